@@ -1,0 +1,3 @@
+from sparse.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""1-D N:M masks: keep the n largest |w| of every m consecutive weights along one dimension."""
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_dim, check_nm, check_weight, pad_to_multiple, scores
+
+
+def nm_mask(weight: torch.Tensor, n: int, m: int, dim: int = 1, *, pad: bool = False) -> torch.Tensor:
+    """N:M mask of a 2-D weight.
+
+    Args:
+        weight: ``[out_features, in_features]`` float tensor (fp32/fp16/bf16/fp64), any device.
+        n, m: keep ``n`` of every ``m`` consecutive weights, ``1 <= n < m <= 32``.
+        dim: dimension the groups run along (1: along ``in_features``, the hardware layout).
+        pad: allow a size along ``dim`` not divisible by ``m`` (tail treated as zero-padded).
+
+    Returns:
+        ``torch.bool`` tensor of ``weight``'s shape and device; exactly ``n`` True per full group.
+        Ties are broken deterministically towards the lower index.
+    """
+    check_weight(weight)
+    n, m = check_nm(n, m)
+    dim = check_dim(dim)
+    rows, cols = weight.shape
+    w = weight if dim == 1 else weight.t()
+    w = pad_to_multiple(w, m, (1,), pad)
+    s = scores(w).reshape(-1, m)
+    # Stable descending sort: equal magnitudes keep their index order, so ties are deterministic.
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :n]
+    mask = torch.zeros_like(s, dtype=torch.bool).scatter_(1, order, True).reshape(w.shape)
+    if dim == 0:
+        return mask[:cols, :rows].t().contiguous()
+    return mask[:rows, :cols].contiguous()
