@@ -6,7 +6,7 @@ with this project).
 
 Extension ``sparse._C`` (optional, never required for ``import sparse``):
 
-* CPU part (C++17, OpenMP): csrc/*.cpp and csrc/cpu/*.cpp, built whenever a C++ compiler works.
+* CPU part (C++20 (torch 2.14 headers need it), OpenMP): csrc/*.cpp and csrc/cpu/*.cpp, built whenever a C++ compiler works.
 * CUDA part: csrc/cuda/*.cu, built when ``SPARSE_BUILD_CUDA=1``, or when it is unset and both nvcc
   and a CUDA build of torch are found.  ``SPARSE_BUILD_CUDA=0`` turns it off.
 
@@ -66,7 +66,7 @@ def _extensions():
     cpu_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     link_flags = ["-fopenmp"]
     define_macros = []
 
@@ -97,7 +97,7 @@ def _extensions():
             include_dirs=include_dirs,
             library_dirs=libs,
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr",
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr",
                                                            "-Xcompiler", "-fopenmp"]},
             extra_link_args=link_flags,
         )

@@ -20,26 +20,41 @@ def enumerable(n: int, m: int) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def patterns(n: int, m: int) -> torch.Tensor:
-    """All valid m x m patterns, ``[P, m*m]`` float32 0/1, in lexicographic order (deterministic ties)."""
-    rows = [tuple(1 if j in c else 0 for j in range(m)) for c in itertools.combinations(range(m), n)]
-    rows.sort(reverse=True)
+def pattern_table(n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Valid patterns as row-combination indices.
+
+    Returns ``combos`` int32 ``[C(m,n), n]`` (column indices of each row combination, in
+    lexicographic order) and ``rows`` int32 ``[P, m]`` (the combination each row of a pattern uses,
+    patterns in lexicographic order, which fixes the tie-breaking: the first best pattern wins).
+    """
+    combos = list(itertools.combinations(range(m), n))
     out = []
 
     def rec(prefix, colsum):
         k = len(prefix)
         if k == m:
-            out.append([v for r in prefix for v in r])
+            out.append(list(prefix))
             return
         left = m - k - 1  # rows still to place after this one
-        for r in rows:
-            new = [a + b for a, b in zip(colsum, r)]
+        for ci, c in enumerate(combos):
+            new = list(colsum)
+            for j in c:
+                new[j] += 1
             # every column must still be able to reach exactly n
             if all(v <= n and v + left >= n for v in new):
-                rec(prefix + [r], new)
+                rec(prefix + [ci], new)
 
     rec([], [0] * m)
-    return torch.tensor(out, dtype=torch.float32)
+    return torch.tensor(combos, dtype=torch.int32), torch.tensor(out, dtype=torch.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def patterns(n: int, m: int) -> torch.Tensor:
+    """All valid m x m patterns, ``[P, m*m]`` float32 0/1, in the order of :func:`pattern_table`."""
+    combos, rows = pattern_table(n, m)
+    onehot = torch.zeros(combos.shape[0], m)
+    onehot.scatter_(1, combos.long(), 1.0)
+    return onehot[rows.long()].reshape(rows.shape[0], m * m)
 
 
 def enum_tiles(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -4,6 +4,37 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_dim, check_nm, check_weight, pad_to_multiple, scores
+from .._backends import ext
+from ..ops.dispatch import Op
+
+nm_op = Op("nm_mask")
+
+
+def _ext_on(device_type: str):
+    def usable(w: torch.Tensor, n: int, m: int) -> str | None:
+        mod = ext()
+        if mod is None:
+            return "sparse._C not built"
+        if w.device.type != device_type:
+            return f"input is on {w.device.type}, not {device_type}"
+        if device_type == "cuda" and not mod.with_cuda():
+            return "sparse._C built without CUDA"
+        return None
+    return usable
+
+
+@nm_op.register("cuda", _ext_on("cuda"))
+@nm_op.register("cpu", _ext_on("cpu"))
+def _nm_ext(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    return ext().nm_mask(w.float().contiguous(), n, m).bool()
+
+
+@nm_op.register("torch")
+def _nm_torch(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    s = scores(w).reshape(-1, m)
+    # Stable descending sort: equal magnitudes keep their index order, so ties are deterministic.
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :n]
+    return torch.zeros_like(s, dtype=torch.bool).scatter_(1, order, True).reshape(w.shape)
 
 
 def nm_mask(weight: torch.Tensor, n: int, m: int, dim: int = 1, *, pad: bool = False) -> torch.Tensor:
@@ -24,11 +55,8 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, dim: int = 1, *, pad: bool = F
     dim = check_dim(dim)
     rows, cols = weight.shape
     w = weight if dim == 1 else weight.t()
-    w = pad_to_multiple(w, m, (1,), pad)
-    s = scores(w).reshape(-1, m)
-    # Stable descending sort: equal magnitudes keep their index order, so ties are deterministic.
-    order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :n]
-    mask = torch.zeros_like(s, dtype=torch.bool).scatter_(1, order, True).reshape(w.shape)
+    w = pad_to_multiple(w.detach(), m, (1,), pad)
+    mask = nm_op(w, n, m)
     if dim == 0:
         return mask[:cols, :rows].t().contiguous()
     return mask[:rows, :cols].contiguous()

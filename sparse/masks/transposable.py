@@ -31,56 +31,64 @@ log = logging.getLogger(__name__)
 METHODS = ("auto", "exact", "approx", "greedy", "flow")
 
 
-def _ext_usable(s: torch.Tensor, n: int) -> str | None:
+def _ext_usable(w: torch.Tensor, *args) -> str | None:
     mod = ext()
     if mod is None:
         return "sparse._C not built"
-    if s.device.type == "cuda" and not mod.with_cuda():
+    if w.device.type == "cuda" and not mod.with_cuda():
         return "sparse._C built without CUDA"
-    if s.device.type not in ("cpu", "cuda"):
-        return f"device {s.device.type} not supported"
+    if w.device.type not in ("cpu", "cuda"):
+        return f"device {w.device.type} not supported"
     return None
 
 
-def _cpu_only(s: torch.Tensor, n: int) -> str | None:
-    why = _ext_usable(s, n)
-    if why is None and s.device.type != "cpu":
-        return "input is not on the CPU"
-    return why
+def _on(device_type: str):
+    def usable(w: torch.Tensor, *args) -> str | None:
+        why = _ext_usable(w, *args)
+        if why is None and w.device.type != device_type:
+            return f"input is on {w.device.type}, not {device_type}"
+        return why
+    return usable
 
 
-def _cuda_only(s: torch.Tensor, n: int) -> str | None:
-    why = _ext_usable(s, n)
-    if why is None and s.device.type != "cuda":
-        return "input is not on a CUDA device"
-    return why
+# Each op maps a float32 weight matrix ``w [R, C]`` (R, C multiples of m; signs ignored) to a bool
+# mask ``[R, C]``. The csrc kernels read tiles in place; the torch versions gather tiles first.
+exact_op = Op("transposable_exact")
+approx_op = Op("transposable_approx")
+enum_op = Op("transposable_enum")
 
 
-exact_tiles = Op("transposable_exact")
-approx_tiles = Op("transposable_approx")
+def _ext_call(fn_name: str):
+    # The extension's functions are looked up once per call from a fixed set of names.
+    def run(w: torch.Tensor, n: int, m: int, *extra) -> torch.Tensor:
+        return getattr(ext(), fn_name)(w.float().contiguous(), n, m, *extra).bool()
+    return run
 
 
-@exact_tiles.register("cuda", _cuda_only)
-@exact_tiles.register("cpu", _cpu_only)
-def _exact_ext(s: torch.Tensor, n: int) -> torch.Tensor:
-    return ext().transposable_exact(s.float().contiguous(), n)
+for _backend in ("cuda", "cpu"):
+    exact_op.register(_backend, _on(_backend))(_ext_call("transposable_exact"))
+    approx_op.register(_backend, _on(_backend))(_ext_call("transposable_approx"))
 
 
-@exact_tiles.register("torch")
-def _exact_torch(s: torch.Tensor, n: int) -> torch.Tensor:
-    return _batched.exact(s, n)
+@enum_op.register("cuda", _on("cuda"))
+@enum_op.register("cpu", _on("cpu"))
+def _enum_ext(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    combos, rows = _enum.pattern_table(n, m)
+    return ext().transposable_enum(w.float().contiguous(), n, m, combos, rows).bool()
 
 
-@approx_tiles.register("cuda", _cuda_only)
-@approx_tiles.register("cpu", _cpu_only)
-def _approx_ext(s: torch.Tensor, n: int) -> torch.Tensor:
-    return ext().transposable_approx(s.float().contiguous(), n)
+def _tiled(fn):
+    def run(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+        return from_tiles(fn(to_tiles(scores(w), m), n, m), w.shape, m)
+    return run
 
 
-@approx_tiles.register("torch")
-def _approx_torch(s: torch.Tensor, n: int) -> torch.Tensor:
-    x = _batched.repair(_batched.greedy(s, n), s, n)
-    return _batched.exchange(x, s, n)
+enum_op.register("torch")(_tiled(_enum.enum_tiles))
+exact_op.register("torch")(_tiled(lambda s, n, m: _batched.exact(s, n)))
+approx_op.register("torch")(_tiled(
+    lambda s, n, m: _batched.exchange(_batched.repair(_batched.greedy(s, n), s, n), s, n)))
+greedy_torch = _tiled(lambda s, n, m: _batched.repair(_batched.greedy(s, n), s, n))
+flow_ref = _tiled(_flow.flow_tiles)
 
 
 def resolve_method(method: str, n: int, m: int, device: torch.device) -> str:
@@ -91,24 +99,20 @@ def resolve_method(method: str, n: int, m: int, device: torch.device) -> str:
         return method
     if _enum.enumerable(n, m):
         return "exact"
-    fake = torch.empty(0, device=device)
-    return "exact" if exact_tiles.choose(fake, n).backend != "torch" else "approx"
+    probe = torch.empty(0, device=device)
+    return "exact" if exact_op.choose(probe, n, m).backend != "torch" else "approx"
 
 
-def solve_tiles(s: torch.Tensor, n: int, m: int, method: str) -> torch.Tensor:
-    """``s [T, m, m]`` float scores -> bool ``[T, m, m]`` with a concrete method."""
-    if s.shape[0] == 0:
-        return torch.zeros_like(s, dtype=torch.bool)
+def solve(w: torch.Tensor, n: int, m: int, method: str) -> torch.Tensor:
+    """Concrete ``method`` on a weight ``w [R, C]`` whose sides divide by m -> bool ``[R, C]``."""
     if method == "flow":
-        return _flow.flow_tiles(s, n, m)
+        return flow_ref(w, n, m)
     if method == "exact":
-        if _enum.enumerable(n, m):
-            return _enum.enum_tiles(s, n, m)
-        return exact_tiles(s, n)
+        return enum_op(w, n, m) if _enum.enumerable(n, m) else exact_op(w, n, m)
     if method == "greedy":
-        return _batched.repair(_batched.greedy(s, n), s, n)
+        return greedy_torch(w, n, m)
     if method == "approx":
-        return approx_tiles(s, n)
+        return approx_op(w, n, m)
     raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
 
 
@@ -133,6 +137,5 @@ def transposable_mask(weight: torch.Tensor, n: int, m: int, method: str = "auto"
     rows, cols = weight.shape
     w = pad_to_multiple(weight, m, (0, 1), pad)
     concrete = resolve_method(method, n, m, w.device)
-    tiles = to_tiles(scores(w), m)
-    mask = solve_tiles(tiles, n, m, concrete).to(torch.bool)
-    return from_tiles(mask, w.shape, m)[:rows, :cols].contiguous()
+    mask = solve(w.detach(), n, m, concrete)
+    return mask[:rows, :cols].contiguous()

@@ -1,0 +1,111 @@
+// CUDA launchers for the per-tile mask solvers: one thread per tile (or per group for 1-D N:M),
+// running the same __host__ __device__ code the CPU launcher runs.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "sparse/launchers.h"
+#include "sparse/transposable_tile.h"
+
+namespace sparse_ext {
+namespace {
+
+constexpr int kThreads = 128;
+
+void check_input(const torch::Tensor& w, int64_t n, int64_t m, bool tiles, const char* fn) {
+  TORCH_CHECK(w.is_cuda(), fn, ": expected a CUDA tensor");
+  TORCH_CHECK(w.dim() == 2, fn, ": expected a 2-D weight, got ", w.dim(), "-D");
+  TORCH_CHECK(w.scalar_type() == torch::kFloat32, fn, ": expected float32, got ", w.scalar_type());
+  TORCH_CHECK(w.is_contiguous(), fn, ": expected a contiguous tensor");
+  TORCH_CHECK(1 <= n && n < m && m <= kMaxM, fn, ": expected 1 <= n < m <= ", kMaxM);
+  TORCH_CHECK(w.size(1) % m == 0 && (!tiles || w.size(0) % m == 0), fn, ": shape not divisible by m");
+}
+
+__device__ __forceinline__ TileView tile_at(const float* w, uint8_t* keep, int64_t t, int64_t tc, int64_t ld,
+                                            int m) {
+  const int64_t r0 = (t / tc) * m, c0 = (t % tc) * m;
+  return TileView{w + r0 * ld + c0, keep + r0 * ld + c0, ld};
+}
+
+__global__ void _transposable_exact_kernel(const float* __restrict__ w, uint8_t* __restrict__ keep, int64_t tiles,
+                                           int64_t tc, int64_t ld, int n, int m) {
+  const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t < tiles) tile_exact(tile_at(w, keep, t, tc, ld, m), n, m);
+}
+
+__global__ void _transposable_approx_kernel(const float* __restrict__ w, uint8_t* __restrict__ keep, int64_t tiles,
+                                            int64_t tc, int64_t ld, int n, int m, int max_passes) {
+  const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t < tiles) tile_approx(tile_at(w, keep, t, tc, ld, m), n, m, max_passes);
+}
+
+__global__ void _transposable_enum_kernel(const float* __restrict__ w, uint8_t* __restrict__ keep, int64_t tiles,
+                                          int64_t tc, int64_t ld, int n, int m, const int32_t* __restrict__ combos,
+                                          int num_combos, const int32_t* __restrict__ patterns, int num_patterns) {
+  const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t < tiles) tile_enum(tile_at(w, keep, t, tc, ld, m), n, m, combos, num_combos, patterns, num_patterns);
+}
+
+__global__ void _nm_mask_kernel(const float* __restrict__ w, uint8_t* __restrict__ keep, int64_t groups, int n,
+                                int m) {
+  const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (g < groups) group_nm(w + g * m, keep + g * m, n, m);
+}
+
+inline unsigned blocks_for(int64_t work) { return (unsigned)((work + kThreads - 1) / kThreads); }
+
+}  // namespace
+
+torch::Tensor transposable_exact_cuda(const torch::Tensor& w, int64_t n, int64_t m) {
+  check_input(w, n, m, true, "transposable_exact");
+  const c10::cuda::CUDAGuard guard(w.device());
+  auto keep = torch::empty(w.sizes(), w.options().dtype(torch::kUInt8));
+  const int64_t tc = w.size(1) / m, tiles = (w.size(0) / m) * tc;
+  if (tiles == 0) return keep;
+  _transposable_exact_kernel<<<blocks_for(tiles), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      w.data_ptr<float>(), keep.data_ptr<uint8_t>(), tiles, tc, w.size(1), (int)n, (int)m);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return keep;
+}
+
+torch::Tensor transposable_approx_cuda(const torch::Tensor& w, int64_t n, int64_t m, int64_t max_passes) {
+  check_input(w, n, m, true, "transposable_approx");
+  const c10::cuda::CUDAGuard guard(w.device());
+  auto keep = torch::empty(w.sizes(), w.options().dtype(torch::kUInt8));
+  const int64_t tc = w.size(1) / m, tiles = (w.size(0) / m) * tc;
+  if (tiles == 0) return keep;
+  _transposable_approx_kernel<<<blocks_for(tiles), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      w.data_ptr<float>(), keep.data_ptr<uint8_t>(), tiles, tc, w.size(1), (int)n, (int)m, (int)max_passes);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return keep;
+}
+
+torch::Tensor transposable_enum_cuda(const torch::Tensor& w, int64_t n, int64_t m, const torch::Tensor& combos,
+                                     const torch::Tensor& patterns) {
+  check_input(w, n, m, true, "transposable_enum");
+  TORCH_CHECK(m <= kMaxEnumM && combos.size(0) <= kMaxEnumCombos, "transposable_enum: m too large");
+  const c10::cuda::CUDAGuard guard(w.device());
+  auto c = combos.to(w.device(), torch::kInt32).contiguous();
+  auto p = patterns.to(w.device(), torch::kInt32).contiguous();
+  auto keep = torch::empty(w.sizes(), w.options().dtype(torch::kUInt8));
+  const int64_t tc = w.size(1) / m, tiles = (w.size(0) / m) * tc;
+  if (tiles == 0) return keep;
+  _transposable_enum_kernel<<<blocks_for(tiles), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      w.data_ptr<float>(), keep.data_ptr<uint8_t>(), tiles, tc, w.size(1), (int)n, (int)m, c.data_ptr<int32_t>(),
+      (int)c.size(0), p.data_ptr<int32_t>(), (int)p.size(0));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return keep;
+}
+
+torch::Tensor nm_mask_cuda(const torch::Tensor& w, int64_t n, int64_t m) {
+  check_input(w, n, m, false, "nm_mask");
+  const c10::cuda::CUDAGuard guard(w.device());
+  auto keep = torch::empty(w.sizes(), w.options().dtype(torch::kUInt8));
+  const int64_t groups = w.numel() / m;
+  if (groups == 0) return keep;
+  _nm_mask_kernel<<<blocks_for(groups), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      w.data_ptr<float>(), keep.data_ptr<uint8_t>(), groups, (int)n, (int)m);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return keep;
+}
+
+}  // namespace sparse_ext

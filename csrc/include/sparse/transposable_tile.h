@@ -1,0 +1,296 @@
+// Per-tile transposable N:M solvers, shared verbatim by the C++/OpenMP launcher and the CUDA kernel
+// (one thread per tile), so the CPU tests exercise the exact code that runs on the GPU.
+//
+// A tile is the aligned m x m block of W at (tile_row, tile_col); element (i, j) of the tile lives at
+// w[(r0 + i) * ld + c0 + j]. The mask is written to the same position of `keep`.
+#pragma once
+
+#include <stdint.h>
+
+#include "sparse/common.h"
+
+namespace sparse_ext {
+
+struct TileView {
+  const float* w;  // pointer to the tile's (0, 0) element
+  uint8_t* keep;   // output, same layout as w
+  int64_t ld;      // leading dimension (columns of the full matrix)
+};
+
+SPARSE_HD float tile_score(const TileView& t, int i, int j) {
+  float v = t.w[i * t.ld + j];
+  return v < 0.f ? -v : v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact: successive shortest paths with Johnson potentials (Dijkstra on a dense graph).
+// Nodes: rows 0..m-1, columns m..2m-1, source S = 2m, sink T = 2m+1. Edge row i -> col j (capacity
+// 1, cost -|w_ij|), S -> row (capacity n), col -> T (capacity n). n*m augmentations of one unit each;
+// each keeps the flow min-cost for its value, so the final flow is an optimal transposable mask.
+// ---------------------------------------------------------------------------------------------
+SPARSE_HD void tile_exact(const TileView& t, int n, int m) {
+  const int S = 2 * m, T = 2 * m + 1, V = 2 * m + 2;
+  const double INF = 1e300;
+  uint8_t x[kMaxM * kMaxM];
+  int rdeg[kMaxM], cdeg[kMaxM];
+  double pot[kMaxNodes], dist[kMaxNodes];
+  int prev[kMaxNodes];
+  bool done[kMaxNodes];
+  float s[kMaxM * kMaxM];
+  for (int i = 0; i < m; ++i) {
+    rdeg[i] = 0;
+    cdeg[i] = 0;
+    for (int j = 0; j < m; ++j) {
+      x[i * m + j] = 0;
+      s[i * m + j] = tile_score(t, i, j);
+    }
+  }
+  // Initial potentials make every reduced cost >= 0: pot(col j) = -max_i |w_ij|.
+  pot[S] = 0.0;
+  double pt = INF;
+  for (int i = 0; i < m; ++i) pot[i] = 0.0;
+  for (int j = 0; j < m; ++j) {
+    float mx = 0.f;
+    for (int i = 0; i < m; ++i) mx = s[i * m + j] > mx ? s[i * m + j] : mx;
+    pot[m + j] = -(double)mx;
+    pt = pot[m + j] < pt ? pot[m + j] : pt;
+  }
+  pot[T] = pt;
+
+  for (int unit = 0; unit < n * m; ++unit) {
+    for (int v = 0; v < V; ++v) {
+      dist[v] = INF;
+      prev[v] = -1;
+      done[v] = false;
+    }
+    dist[S] = 0.0;
+    for (;;) {
+      int u = -1;
+      double best = INF;
+      for (int v = 0; v < V; ++v)
+        if (!done[v] && dist[v] < best) {
+          best = dist[v];
+          u = v;
+        }
+      if (u < 0) break;
+      done[u] = true;
+      if (u == T) break;  // early stop: potentials below use min(dist, dist[T])
+      const double du = dist[u];
+      if (u == S) {
+        for (int i = 0; i < m; ++i)
+          if (rdeg[i] < n && !done[i]) {
+            double nd = du + pot[S] - pot[i];
+            if (nd < dist[i]) { dist[i] = nd; prev[i] = S; }
+          }
+      } else if (u < m) {  // row i -> col j over unkept entries
+        const int i = u;
+        for (int j = 0; j < m; ++j)
+          if (!x[i * m + j] && !done[m + j]) {
+            double nd = du + (-(double)s[i * m + j]) + pot[i] - pot[m + j];
+            if (nd < dist[m + j]) { dist[m + j] = nd; prev[m + j] = i; }
+          }
+      } else {  // col j -> row i over kept entries, col j -> T if not full
+        const int j = u - m;
+        for (int i = 0; i < m; ++i)
+          if (x[i * m + j] && !done[i]) {
+            double nd = du + (double)s[i * m + j] + pot[u] - pot[i];
+            if (nd < dist[i]) { dist[i] = nd; prev[i] = u; }
+          }
+        if (cdeg[j] < n) {
+          double nd = du + pot[u] - pot[T];
+          if (nd < dist[T]) { dist[T] = nd; prev[T] = u; }
+        }
+      }
+    }
+    // Augment along T <- col <- row <- col <- ... <- row <- S.
+    int v = T;
+    int c = prev[v];
+    cdeg[c - m] += 1;
+    v = c;
+    for (int guard = 0; guard < V; ++guard) {
+      int r = prev[v];  // v is a column, r a row
+      x[r * m + (v - m)] = 1;
+      int p = prev[r];
+      if (p == S) { rdeg[r] += 1; break; }
+      x[r * m + (p - m)] = 0;  // p is a column reached through the kept entry (r, p)
+      v = p;
+    }
+    const double dT = dist[T];
+    for (int u = 0; u < V; ++u) pot[u] += (dist[u] < dT ? dist[u] : dT);
+  }
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < m; ++j) t.keep[i * t.ld + j] = x[i * m + j];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Approx: greedy 2-approximation, repair by BFS augmenting paths, then row-pair exchanges (negative
+// 4-cycles) until none improves. Always complete and valid.
+// ---------------------------------------------------------------------------------------------
+SPARSE_HD bool tile_before(const float* s, int a, int b) {  // descending score, ties by index
+  return s[a] > s[b] || (s[a] == s[b] && a < b);
+}
+
+SPARSE_HD void tile_greedy(const float* s, uint8_t* x, int* rdeg, int* cdeg, int n, int m) {
+  int order[kMaxM * kMaxM];
+  const int mm = m * m;
+  for (int k = 0; k < mm; ++k) order[k] = k;
+  // Shell sort: no recursion or allocation, fine on device and for at most 1024 keys.
+  for (int gap = mm / 2; gap > 0; gap /= 2)
+    for (int k = gap; k < mm; ++k) {
+      int v = order[k], q = k;
+      while (q >= gap && tile_before(s, v, order[q - gap])) {
+        order[q] = order[q - gap];
+        q -= gap;
+      }
+      order[q] = v;
+    }
+  for (int k = 0; k < mm; ++k) {
+    const int e = order[k], i = e / m, j = e % m;
+    if (rdeg[i] < n && cdeg[j] < n) {
+      x[e] = 1;
+      ++rdeg[i];
+      ++cdeg[j];
+    }
+  }
+}
+
+// One augmenting path (BFS from every deficit row to any deficit column); returns false if none.
+SPARSE_HD bool tile_augment(const float* s, uint8_t* x, int* rdeg, int* cdeg, int n, int m) {
+  int par_c[kMaxM], par_r[kMaxM], queue[kMaxM];
+  bool seen_r[kMaxM], seen_c[kMaxM];
+  int head = 0, tail = 0;
+  for (int i = 0; i < m; ++i) {
+    seen_c[i] = false;
+    par_c[i] = -1;
+    par_r[i] = -1;
+    seen_r[i] = rdeg[i] < n;
+    if (seen_r[i]) queue[tail++] = i;
+  }
+  int end = -1;
+  while (head < tail && end < 0) {
+    const int i = queue[head++];
+    for (int j = 0; j < m && end < 0; ++j) {
+      if (x[i * m + j] || seen_c[j]) continue;
+      seen_c[j] = true;
+      par_c[j] = i;
+      if (cdeg[j] < n) { end = j; break; }
+      for (int k = 0; k < m; ++k)
+        if (x[k * m + j] && !seen_r[k]) {
+          seen_r[k] = true;
+          par_r[k] = j;
+          queue[tail++] = k;
+        }
+    }
+  }
+  if (end < 0) return false;
+  cdeg[end] += 1;
+  int j = end;
+  for (int guard = 0; guard <= m; ++guard) {
+    const int i = par_c[j];
+    x[i * m + j] = 1;
+    const int jp = par_r[i];
+    if (jp < 0) { rdeg[i] += 1; break; }
+    x[i * m + jp] = 0;
+    j = jp;
+  }
+  return true;
+}
+
+SPARSE_HD void tile_exchange(const float* s, uint8_t* x, int m, int max_passes, float tol) {
+  for (int pass = 0; pass < max_passes; ++pass) {
+    bool improved = false;
+    for (int i = 0; i < m; ++i)
+      for (int k = i + 1; k < m; ++k) {
+        // Row i gives column j to row k; row k gives column l to row i.
+        float ga = -1e30f, gb = -1e30f;
+        int bj = -1, bl = -1;
+        for (int j = 0; j < m; ++j) {
+          const uint8_t xi = x[i * m + j], xk = x[k * m + j];
+          if (xi && !xk) {
+            float g = s[k * m + j] - s[i * m + j];
+            if (g > ga) { ga = g; bj = j; }
+          } else if (xk && !xi) {
+            float g = s[i * m + j] - s[k * m + j];
+            if (g > gb) { gb = g; bl = j; }
+          }
+        }
+        if (bj >= 0 && bl >= 0 && ga + gb > tol) {
+          x[i * m + bj] = 0; x[k * m + bj] = 1;
+          x[k * m + bl] = 0; x[i * m + bl] = 1;
+          improved = true;
+        }
+      }
+    if (!improved) break;
+  }
+}
+
+SPARSE_HD void tile_approx(const TileView& t, int n, int m, int max_passes) {
+  float s[kMaxM * kMaxM];
+  uint8_t x[kMaxM * kMaxM];
+  int rdeg[kMaxM], cdeg[kMaxM];
+  float mx = 0.f;
+  for (int i = 0; i < m; ++i) {
+    rdeg[i] = 0;
+    cdeg[i] = 0;
+    for (int j = 0; j < m; ++j) {
+      s[i * m + j] = tile_score(t, i, j);
+      mx = s[i * m + j] > mx ? s[i * m + j] : mx;
+      x[i * m + j] = 0;
+    }
+  }
+  tile_greedy(s, x, rdeg, cdeg, n, m);
+  for (int guard = 0; guard < n * m; ++guard)
+    if (!tile_augment(s, x, rdeg, cdeg, n, m)) break;
+  tile_exchange(s, x, m, max_passes, 1e-7f * mx);
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < m; ++j) t.keep[i * t.ld + j] = x[i * m + j];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enumeration (small m): every valid pattern is a tuple of m row-combinations; the score of a
+// pattern is the sum of its rows' combination sums, so per tile we compute the C(m, n) sums of each
+// row once and then m additions per pattern. Ties: the first pattern (lexicographic order) wins.
+// combos: [num_combos, n] column indices; patterns: [num_patterns, m] combination index per row.
+// ---------------------------------------------------------------------------------------------
+constexpr int kMaxEnumCombos = 32;  // C(6,3) = 20 is the largest used
+constexpr int kMaxEnumM = 6;
+
+SPARSE_HD void tile_enum(const TileView& t, int n, int m, const int32_t* combos, int num_combos,
+                         const int32_t* patterns, int num_patterns) {
+  float rs[kMaxEnumM * kMaxEnumCombos];
+  for (int i = 0; i < m; ++i)
+    for (int c = 0; c < num_combos; ++c) {
+      float acc = 0.f;
+      for (int q = 0; q < n; ++q) acc += tile_score(t, i, combos[c * n + q]);
+      rs[i * kMaxEnumCombos + c] = acc;
+    }
+  float best = -1.f;
+  int arg = 0;
+  for (int p = 0; p < num_patterns; ++p) {
+    float acc = 0.f;
+    for (int i = 0; i < m; ++i) acc += rs[i * kMaxEnumCombos + patterns[p * m + i]];
+    if (acc > best) { best = acc; arg = p; }
+  }
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < m; ++j) t.keep[i * t.ld + j] = 0;
+    const int c = patterns[arg * m + i];
+    for (int q = 0; q < n; ++q) t.keep[i * t.ld + combos[c * n + q]] = 1;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1-D N:M along rows: keep the n largest |w| of each group of m (ties towards the lower index).
+// ---------------------------------------------------------------------------------------------
+SPARSE_HD void group_nm(const float* w, uint8_t* keep, int n, int m) {
+  for (int a = 0; a < m; ++a) {
+    float va = w[a] < 0.f ? -w[a] : w[a];
+    int rank = 0;
+    for (int b = 0; b < m; ++b) {
+      float vb = w[b] < 0.f ? -w[b] : w[b];
+      rank += (vb > va) || (vb == va && b < a);
+    }
+    keep[a] = rank < n;
+  }
+}
+
+}  // namespace sparse_ext

@@ -1,0 +1,66 @@
+// Python bindings of sparse._C. Each entry dispatches on the input's device to the CPU (OpenMP) or
+// CUDA launcher; the per-tile code is shared (include/sparse/*_tile.h).
+#include <omp.h>
+
+#include "sparse/launchers.h"
+
+namespace sparse_ext {
+namespace {
+
+bool with_cuda() {
+#ifdef SPARSE_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+void require_cpu_build(const torch::Tensor& w, const char* fn) {
+#ifndef SPARSE_WITH_CUDA
+  TORCH_CHECK(!w.is_cuda(), fn, ": sparse._C was built without CUDA; rebuild with SPARSE_BUILD_CUDA=1");
+#endif
+}
+
+#ifdef SPARSE_WITH_CUDA
+#define SPARSE_DISPATCH(name, w, ...) \
+  ((w).is_cuda() ? name##_cuda(w, __VA_ARGS__) : name##_cpu(w, __VA_ARGS__))
+#else
+#define SPARSE_DISPATCH(name, w, ...) name##_cpu(w, __VA_ARGS__)
+#endif
+
+torch::Tensor transposable_exact(const torch::Tensor& w, int64_t n, int64_t m) {
+  require_cpu_build(w, "transposable_exact");
+  return SPARSE_DISPATCH(transposable_exact, w, n, m);
+}
+torch::Tensor transposable_approx(const torch::Tensor& w, int64_t n, int64_t m, int64_t max_passes) {
+  require_cpu_build(w, "transposable_approx");
+  return SPARSE_DISPATCH(transposable_approx, w, n, m, max_passes);
+}
+torch::Tensor transposable_enum(const torch::Tensor& w, int64_t n, int64_t m, const torch::Tensor& combos,
+                                const torch::Tensor& patterns) {
+  require_cpu_build(w, "transposable_enum");
+  return SPARSE_DISPATCH(transposable_enum, w, n, m, combos, patterns);
+}
+torch::Tensor nm_mask(const torch::Tensor& w, int64_t n, int64_t m) {
+  require_cpu_build(w, "nm_mask");
+  return SPARSE_DISPATCH(nm_mask, w, n, m);
+}
+
+}  // namespace
+}  // namespace sparse_ext
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
+  using namespace sparse_ext;
+  mod.doc() = "sparse._C: C++/OpenMP (and CUDA when built) mask solvers";
+  mod.def("with_cuda", &with_cuda, "True if the CUDA launchers were compiled in");
+  mod.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads");
+  mod.def("transposable_exact", &transposable_exact, "exact transposable n:m mask (uint8) of float32 W [R,C]",
+          pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("m"));
+  mod.def("transposable_approx", &transposable_approx, "greedy+repair+exchange transposable n:m mask",
+          pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("m"), pybind11::arg("max_passes") = 32);
+  mod.def("transposable_enum", &transposable_enum, "exact transposable mask by pattern enumeration (m <= 6)",
+          pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("m"), pybind11::arg("combos"),
+          pybind11::arg("patterns"));
+  mod.def("nm_mask", &nm_mask, "1-D n:m mask along dim 1", pybind11::arg("w"), pybind11::arg("n"),
+          pybind11::arg("m"));
+}
