@@ -1,0 +1,119 @@
+"""Accuracy experiment: fine-tune several recipes with the same seeds, split and steps; compare to dense.
+
+    python -m sparse.bench.accuracy --recipes recipes/minilm-bbc-dense.yaml recipes/minilm-bbc-2of4.yaml \\
+        --seeds 0 1 2 --json out.json
+
+Runs one fine-tune at a time (the CPU is the bottleneck), writes the JSON after every run so partial
+results survive, and prints per recipe the mean and spread (sample std) of the test accuracy over seeds
+and the gap to the dense recipe (the first recipe without pruning entries).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipes", nargs="+", required=True, help="recipe YAML files (include a dense one)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default: 0)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop each run after N optimizer steps")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipes' train.epochs")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; 1 is faster on a contended machine)")
+    parser.add_argument("--json", default=None, help="write all results here (rewritten after every run)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per recipe: n, mean, std (sample; 0 for one run), min, max accuracy and the gap to dense (points)."""
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["recipe"], []).append(r)
+    dense = next((name for name, rs in by.items() if rs and rs[0]["dense"]), None)
+    rows = []
+    for name, rs in by.items():
+        accs = [r["accuracy"] for r in rs]
+        rows.append({"recipe": name, "n": len(accs), "mean": statistics.fmean(accs),
+                     "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "min": min(accs), "max": max(accs),
+                     "seeds": [r["seed"] for r in rs], "accuracies": accs})
+    if dense is not None:
+        dense_by_seed = {r["seed"]: r["accuracy"] for r in by[dense]}
+        dmean = next(r["mean"] for r in rows if r["recipe"] == dense)
+        for row in rows:
+            row["gap_points"] = 100 * (row["mean"] - dmean)
+            paired = [a - dense_by_seed[s] for s, a in zip(row["seeds"], row["accuracies"]) if s in dense_by_seed]
+            row["paired_gap_points"] = 100 * statistics.fmean(paired) if paired else None
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'recipe':<32} {'runs':>4} {'mean acc':>9} {'std':>6} {'min':>7} {'max':>7} {'vs dense':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        gap = r.get("gap_points")
+        lines.append(f"{r['recipe']:<32} {r['n']:>4} {100 * r['mean']:>8.2f}% {100 * r['std']:>6.2f} "
+                     f"{100 * r['min']:>6.2f}% {100 * r['max']:>6.2f}% "
+                     f"{'-' if gap is None else f'{gap:+.2f} pt':>9}")
+    return "\n".join(lines)
+
+
+def _write_json(path: str, obj) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..finetune import finetune
+    from ..recipe import load_recipe
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    recipes = [load_recipe(p) for p in args.recipes]  # validate all before hours of training
+    runs: list[dict] = []
+    for seed in args.seeds:
+        for recipe in recipes:
+            res = finetune(recipe, seed=seed, max_steps=args.max_steps, epochs=args.epochs,
+                           progress=not args.no_progress)
+            log.info("%s seed %d: %.4f", recipe.name, seed, res.accuracy)
+            print(f"{recipe.name} seed {seed}: accuracy {100 * res.accuracy:.2f}% "
+                  f"(epochs {[round(100 * a, 2) for a in res.epoch_accuracy]}, {res.seconds_per_step:.2f} s/step)",
+                  flush=True)
+            d = res.to_dict()
+            d["dense"] = not recipe.pruning
+            d["layers_valid"] = all(r["valid"] in (True, None) for r in d["layers"])
+            d.pop("layers")
+            runs.append(d)
+            if args.json:
+                _write_json(args.json, {"runs": runs, "summary": summarize(runs)})
+    print(format_table(summarize(runs)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sparse.bench.accuracy", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"sparse.bench.accuracy: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

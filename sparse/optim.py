@@ -1,0 +1,268 @@
+"""``SparseOptimizer``: prune while fine-tuning by wrapping any ``torch.optim.Optimizer``.
+
+Each optimizer step:
+
+1. magnitude entries: gradients of target weights are multiplied by their masks (pruned weights get
+   no update); SR-STE entries: the dense shadow weight is put back and ``lam * (~mask) * W`` is
+   added to the straight-through gradient;
+2. the wrapped optimizer steps (unchanged, no monkey-patching);
+3. the schedule advances; masks are (re)computed when the schedule or ``refresh_every`` says so;
+4. target weights are multiplied by their masks, so momentum / Adam moments can never revive a pruned
+   weight (the weight the next forward sees is always inside its mask).
+
+A step skipped by ``torch.amp.GradScaler`` (inf/NaN gradients) never reaches :meth:`step`, so the
+schedule does not advance. Masks are computed deterministically from the weights (stable sorts), so
+every DDP rank derives the same masks; when ``torch.distributed`` is initialised they are also
+broadcast from rank 0. LR schedulers take the wrapped optimizer: ``LambdaLR(sparse_opt.optimizer, f)``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .pruning.magnitude import fits, mask_valid, pattern_mask
+from .pruning.schedules import is_update_step, sparsity_at
+from .pruning.srste import srste_grad_
+from .pruning.targets import select_modules
+from .recipe import PruningEntry, Recipe, RecipeError, load_recipe
+
+log = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+@dataclass
+class _Target:
+    """One pruned weight: its parameter fqn, the entry that owns it and its current mask."""
+    fqn: str
+    entry: PruningEntry
+    param: nn.Parameter
+    mask: torch.Tensor | None = None      # torch.bool, param's shape and device; None before pruning
+    dense: torch.Tensor | None = None     # SR-STE dense shadow weight (param's dtype), else None
+    sparsity: float | None = None         # sparsity the current mask was built for
+
+
+class SparseOptimizer:
+    """Wrap ``optimizer`` so the recipe's target weights of ``model`` stay inside their masks.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer`` over (some of) ``model``'s parameters.
+        model: the module whose weights are pruned (a DDP-wrapped model works: regexes are searched).
+        recipe: a :class:`sparse.recipe.Recipe`, a YAML path or a mapping.
+
+    Attributes:
+        optimizer: the wrapped optimizer (give it to LR schedulers).
+        masks: ``dict`` parameter fqn (e.g. ``"bert.encoder.layer.0.attention.self.query.weight"``) ->
+            ``torch.bool`` mask of the weight's shape, for the layers pruned so far.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, recipe: Any):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        self.optimizer = optimizer
+        self.recipe: Recipe = load_recipe(recipe)
+        self._step = 0
+        self._targets: list[_Target] = []
+        self.skipped: dict[str, str] = {}  # fqn -> why a targeted layer was left dense
+        owner: dict[str, str] = {}
+        for i, entry in enumerate(self.recipe.pruning):
+            where = f"pruning[{i}] ({entry.name}).targets"
+            for mod_fqn, module in select_modules(model, entry.targets, where):
+                fqn = f"{mod_fqn}.weight"
+                if fqn in owner:
+                    raise RecipeError(f"{where}: layer {mod_fqn} is already targeted by entry {owner[fqn]!r}; "
+                                      f"each layer may belong to one entry (narrow include/exclude)")
+                owner[fqn] = entry.name
+                why = fits(entry.pattern, tuple(module.weight.shape))
+                if why is not None:
+                    if entry.targets.on_indivisible == "skip":
+                        self.skipped[fqn] = why
+                        log.info("skipping %s: %s", fqn, why)
+                        continue
+                    raise RecipeError(f"{where}: layer {mod_fqn} (weight {tuple(module.weight.shape)}) does not fit "
+                                      f"pattern {entry.pattern.describe()}: {why}; set targets.on_indivisible: skip "
+                                      f"to leave such layers dense, or exclude it")
+                self._targets.append(_Target(fqn, entry, module.weight))
+        self._update_masks()
+
+    # ------------------------------------------------------------------ torch.optim.Optimizer surface
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @property
+    def defaults(self) -> dict:
+        return self.optimizer.defaults
+
+    def add_param_group(self, param_group: dict) -> None:
+        self.optimizer.add_param_group(param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps taken (the schedule's clock)."""
+        return self._step
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {t.fqn: t.mask for t in self._targets if t.mask is not None}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for t in self._targets:
+            if t.mask is None:
+                continue
+            g = t.param.grad
+            if t.dense is not None:
+                t.param.copy_(t.dense)
+                if g is not None:
+                    srste_grad_(g, t.dense, t.mask, t.entry.method.lam)
+            elif g is not None:
+                g.mul_(t.mask)
+        self.optimizer.step()
+        self._step += 1
+        for t in self._targets:
+            if t.dense is not None:
+                t.dense.copy_(t.param)
+        self._update_masks()
+        return loss
+
+    # ------------------------------------------------------------------------------------ masks
+    @torch.no_grad()
+    def _update_masks(self) -> None:
+        for t in self._targets:
+            sched = t.entry.schedule
+            final = t.entry.pattern.target_sparsity
+            if is_update_step(sched, self._step, t.entry.refresh_every, t.mask is not None):
+                s = sparsity_at(sched, final, self._step)
+                if s is not None:
+                    self._compute_mask(t, s)
+            if t.mask is not None:
+                t.param.mul_(t.mask)
+
+    def _compute_mask(self, t: _Target, sparsity: float) -> None:
+        entry = t.entry
+        if entry.method.kind == "srste" and t.dense is None:
+            t.dense = t.param.detach().clone()
+        source = t.dense if t.dense is not None else t.param.detach()
+        mask = pattern_mask(source, entry.pattern, sparsity)
+        mask = _broadcast_mask(mask)
+        t.mask, t.sparsity = mask, sparsity
+
+    # ------------------------------------------------------------------------------ state dict
+    def state_dict(self) -> dict:
+        """Inner optimizer state plus masks, SR-STE dense weights, schedule clock and recipe fingerprint."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "sparse": {
+                "version": _STATE_VERSION,
+                "recipe": self.recipe.pruning_fingerprint(),
+                "recipe_name": self.recipe.name,
+                "step": self._step,
+                "masks": {t.fqn: t.mask.clone() for t in self._targets if t.mask is not None},
+                "dense": {t.fqn: t.dense.clone() for t in self._targets if t.dense is not None},
+                "sparsity": {t.fqn: t.sparsity for t in self._targets if t.mask is not None},
+            },
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a :meth:`state_dict`; it must come from the same pruning recipe and targets."""
+        if not isinstance(state_dict, dict) or "sparse" not in state_dict or "optimizer" not in state_dict:
+            raise ValueError("state_dict: expected a SparseOptimizer.state_dict() with keys 'optimizer' and "
+                             f"'sparse', got {type(state_dict).__name__} with keys "
+                             f"{sorted(state_dict) if isinstance(state_dict, dict) else '-'}")
+        sp = state_dict["sparse"]
+        if sp.get("version") != _STATE_VERSION:
+            raise ValueError(f"state_dict['sparse']['version']: expected {_STATE_VERSION}, got {sp.get('version')!r}")
+        mine = self.recipe.pruning_fingerprint()
+        if sp.get("recipe") != mine:
+            raise RecipeError(f"state_dict: saved under recipe {sp.get('recipe_name')!r} (pruning fingerprint "
+                              f"{sp.get('recipe')}), but this optimizer uses recipe {self.recipe.name!r} "
+                              f"(fingerprint {mine}); load it with the recipe it was saved under")
+        by_fqn = {t.fqn: t for t in self._targets}
+        unknown = sorted(set(sp["masks"]) - set(by_fqn))
+        if unknown:
+            raise ValueError(f"state_dict['sparse']['masks']: layers not targeted by this optimizer: {unknown[:5]}")
+        for fqn, mask in sp["masks"].items():
+            t = by_fqn[fqn]
+            if tuple(mask.shape) != tuple(t.param.shape) or mask.dtype != torch.bool:
+                raise ValueError(f"state_dict['sparse']['masks'][{fqn!r}]: expected a torch.bool mask of shape "
+                                 f"{tuple(t.param.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        self._step = int(sp["step"])
+        for t in self._targets:
+            mask = sp["masks"].get(t.fqn)
+            t.mask = None if mask is None else mask.to(t.param.device)
+            t.sparsity = sp["sparsity"].get(t.fqn)
+            dense = sp["dense"].get(t.fqn)
+            t.dense = None if dense is None else dense.to(device=t.param.device, dtype=t.param.dtype).clone()
+            if t.mask is not None:
+                t.param.mul_(t.mask)
+
+    # ---------------------------------------------------------------------------------- report
+    @torch.no_grad()
+    def report(self) -> list[dict]:
+        """One row per targeted layer: ``fqn``, ``entry``, ``pattern``, ``method``, ``shape``,
+        ``sparsity`` (fraction of zeros in the weight), ``mask_sparsity``, ``valid`` (mask satisfies the
+        pattern and the weight is inside it), ``status`` ("pruned", "dense (not yet)", "skipped: why")."""
+        rows = []
+        for t in self._targets:
+            w = t.param.detach()
+            row = {"fqn": t.fqn, "entry": t.entry.name, "pattern": t.entry.pattern.describe(),
+                   "method": t.entry.method.kind, "shape": list(w.shape),
+                   "sparsity": float((w == 0).sum()) / w.numel()}
+            if t.mask is None:
+                row.update(mask_sparsity=0.0, valid=None, status="dense (not yet)")
+            else:
+                inside = bool((w.masked_fill(t.mask, 0) == 0).all())
+                row.update(mask_sparsity=float((~t.mask).sum()) / t.mask.numel(),
+                           valid=inside and mask_valid(t.mask, t.entry.pattern, t.sparsity), status="pruned")
+            rows.append(row)
+        for fqn, why in self.skipped.items():
+            rows.append({"fqn": fqn, "entry": "", "pattern": "", "method": "", "shape": [], "sparsity": 0.0,
+                         "mask_sparsity": 0.0, "valid": None, "status": f"skipped: {why}"})
+        return rows
+
+    def __repr__(self) -> str:
+        return (f"SparseOptimizer({type(self.optimizer).__name__}, recipe={self.recipe.name!r}, "
+                f"targets={len(self._targets)}, step={self._step})")
+
+
+def _broadcast_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Masks are deterministic per rank already; broadcasting from rank 0 guards against ties broken
+    differently by different hardware."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        buf = mask.to(torch.uint8)
+        dist.broadcast(buf, src=0)
+        mask = buf.to(torch.bool)
+    return mask
+
+
+def format_report(rows: list[dict]) -> str:
+    """Plain-text table of :meth:`SparseOptimizer.report` rows."""
+    head = f"{'layer':<52} {'pattern':<18} {'shape':>11} {'sparsity':>8} {'valid':>5}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        shape = "x".join(str(s) for s in r["shape"]) or "-"
+        valid = "-" if r["valid"] is None else ("yes" if r["valid"] else "NO")
+        pat = r["pattern"] if r["status"] == "pruned" else r["status"][:18]
+        lines.append(f"{r['fqn'][-52:]:<52} {pat:<18} {shape:>11} {100 * r['sparsity']:>7.1f}% {valid:>5}")
+    return "\n".join(lines)
