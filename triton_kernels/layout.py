@@ -1,0 +1,200 @@
+"""Block-sparse (BSR-like) layout shared by the Triton kernels and the CPU/torch paths.
+
+Pure torch: importing this module never imports triton.
+
+A sparse matrix S of shape ``[R*B, C*B]`` keeps ``nnz`` dense ``B x B`` blocks, stored as a data
+tensor ``[..., nnz, B, B]`` in row-major block order. The layout holds the block-row pointers and
+column indices (CSR over blocks) *and* the transpose metadata (CSC over blocks plus the permutation
+into the data tensor), so kernels that need S^T (the backward of a linear layer) walk the columns
+without converting the data.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+BLOCK_SIZES = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Block-sparse layout of a ``[rows, cols]`` matrix with ``block x block`` blocks.
+
+    Fields (all ``torch.int32`` on one device; R = rows/block, C = cols/block):
+
+    * ``crow`` ``[R+1]``: block-row pointers into ``col`` / the data tensor.
+    * ``col`` ``[nnz]``: block-column of each stored block, ascending within a row.
+    * ``row`` ``[nnz]``: block-row of each stored block (for SDD, one program per block).
+    * ``ccol`` ``[C+1]``: block-column pointers into ``row_t`` / ``perm_t`` (transpose metadata).
+    * ``row_t`` ``[nnz]``: block-row of each block in column-major order, ascending within a column.
+    * ``perm_t`` ``[nnz]``: index into the data tensor of each block in column-major order.
+
+    The constructor validates everything (use :meth:`from_mask` to build one).
+    """
+
+    block: int
+    shape: tuple[int, int]
+    crow: torch.Tensor
+    col: torch.Tensor
+    row: torch.Tensor
+    ccol: torch.Tensor
+    row_t: torch.Tensor
+    perm_t: torch.Tensor
+
+    def __post_init__(self):
+        _validate(self)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_mask(cls, block_mask: torch.Tensor, block: int) -> "BlockLayout":
+        """Layout of the True entries of ``block_mask`` (bool ``[R, C]``), blocks of ``block``."""
+        if not isinstance(block_mask, torch.Tensor) or block_mask.dtype != torch.bool or block_mask.dim() != 2:
+            got = (f"{block_mask.dtype} tensor of shape {tuple(block_mask.shape)}"
+                   if isinstance(block_mask, torch.Tensor) else type(block_mask).__name__)
+            raise ValueError(f"block_mask: expected a 2-D torch.bool tensor [R, C], got {got}")
+        _check_block(block)
+        device = block_mask.device
+        m = block_mask.detach().cpu()
+        r, c = m.shape
+        rows, cols = m.nonzero(as_tuple=True)  # row-major order
+        counts_r = m.sum(1)
+        crow = torch.zeros(r + 1, dtype=torch.int64)
+        crow[1:] = counts_r.cumsum(0)
+        # Column-major order of the same blocks; stable sort keeps rows ascending within a column.
+        order = torch.sort(cols * max(r, 1) + rows, stable=True).indices
+        ccol = torch.zeros(c + 1, dtype=torch.int64)
+        ccol[1:] = m.sum(0).cumsum(0)
+        i32 = dict(dtype=torch.int32, device=device)
+        return cls(block=int(block), shape=(r * block, c * block),
+                   crow=crow.to(**i32), col=cols.to(**i32), row=rows.to(**i32),
+                   ccol=ccol.to(**i32), row_t=rows[order].to(**i32), perm_t=order.to(**i32))
+
+    # ------------------------------------------------------------------ views
+    @property
+    def nnz(self) -> int:
+        return int(self.col.numel())
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """``(R, C)``: the shape of the block mask."""
+        return self.shape[0] // self.block, self.shape[1] // self.block
+
+    @property
+    def device(self) -> torch.device:
+        return self.crow.device
+
+    def mask(self) -> torch.Tensor:
+        """The block mask, bool ``[R, C]`` on the layout's device."""
+        out = torch.zeros(self.block_shape, dtype=torch.bool, device=self.device)
+        out[self.row.long(), self.col.long()] = True
+        return out
+
+    def to(self, device) -> "BlockLayout":
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        return dataclasses.replace(self, **{f: getattr(self, f).to(device) for f in _INDEX_FIELDS})
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The index tensors in field order (crow, col, row, ccol, row_t, perm_t)."""
+        return tuple(getattr(self, f) for f in _INDEX_FIELDS)
+
+    @classmethod
+    def from_tensors(cls, block: int, shape, tensors) -> "BlockLayout":
+        return cls(block, tuple(int(s) for s in shape), *tensors)
+
+    def to_dense(self, data: torch.Tensor) -> torch.Tensor:
+        """Dense matrix ``[..., rows, cols]`` from block data ``[..., nnz, B, B]`` (zeros elsewhere)."""
+        check_data(self, data, "data")
+        r, c = self.block_shape
+        b = self.block
+        lead = data.shape[:-3]
+        out = data.new_zeros(*lead, r * c, b, b)
+        out[..., (self.row.long() * c + self.col.long()), :, :] = data
+        return out.view(*lead, r, c, b, b).transpose(-3, -2).reshape(*lead, r * b, c * b)
+
+    def from_dense(self, dense: torch.Tensor) -> torch.Tensor:
+        """Block data ``[..., nnz, B, B]`` of the kept blocks of a dense ``[..., rows, cols]`` tensor."""
+        if dense.dim() < 2 or tuple(dense.shape[-2:]) != self.shape:
+            raise ValueError(f"dense: expected shape [..., {self.shape[0]}, {self.shape[1]}], "
+                             f"got {tuple(dense.shape)}")
+        r, c = self.block_shape
+        b = self.block
+        lead = dense.shape[:-2]
+        blocks = dense.reshape(*lead, r, b, c, b).transpose(-3, -2).reshape(*lead, r * c, b, b)
+        return blocks[..., (self.row.long() * c + self.col.long()).to(dense.device), :, :].contiguous()
+
+
+_INDEX_FIELDS = ("crow", "col", "row", "ccol", "row_t", "perm_t")
+
+
+def _check_block(block) -> None:
+    if isinstance(block, bool) or not isinstance(block, int) or block not in BLOCK_SIZES:
+        raise ValueError(f"block: expected one of {BLOCK_SIZES}, got {block!r}")
+
+
+def _validate(lay: BlockLayout) -> None:
+    _check_block(lay.block)
+    if (not isinstance(lay.shape, tuple) or len(lay.shape) != 2
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 or s % lay.block for s in lay.shape)):
+        raise ValueError(f"shape: expected (rows, cols), non-negative multiples of block={lay.block}, "
+                         f"got {lay.shape!r}")
+    r, c = lay.shape[0] // lay.block, lay.shape[1] // lay.block
+    device = None
+    for name in _INDEX_FIELDS:
+        t = getattr(lay, name)
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != 1:
+            got = f"{t.dtype} tensor of dim {t.dim()}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"layout.{name}: expected a 1-D torch.int32 tensor, got {got}")
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            raise ValueError(f"layout.{name}: expected all index tensors on {device}, got {t.device}")
+    nnz = lay.col.numel()
+    expect = {"crow": r + 1, "ccol": c + 1, "row": nnz, "row_t": nnz, "perm_t": nnz}
+    for name, n in expect.items():
+        if getattr(lay, name).numel() != n:
+            raise ValueError(f"layout.{name}: expected {n} entries (R={r}, C={c}, nnz={nnz}), "
+                             f"got {getattr(lay, name).numel()}")
+    crow, col, row = lay.crow.long().cpu(), lay.col.long().cpu(), lay.row.long().cpu()
+    ccol, row_t, perm_t = lay.ccol.long().cpu(), lay.row_t.long().cpu(), lay.perm_t.long().cpu()
+    if crow[0] != 0 or crow[-1] != nnz or bool((crow[1:] < crow[:-1]).any()):
+        raise ValueError(f"layout.crow: expected non-decreasing pointers from 0 to nnz={nnz}, got {crow.tolist()[:16]}")
+    if ccol[0] != 0 or ccol[-1] != nnz or bool((ccol[1:] < ccol[:-1]).any()):
+        raise ValueError(f"layout.ccol: expected non-decreasing pointers from 0 to nnz={nnz}, got {ccol.tolist()[:16]}")
+    if nnz == 0:
+        return
+    if bool((col < 0).any()) or bool((col >= c).any()):
+        raise ValueError(f"layout.col: expected block columns in [0, {c}), got min {int(col.min())} max {int(col.max())}")
+    if bool((row_t < 0).any()) or bool((row_t >= r).any()):
+        raise ValueError(f"layout.row_t: expected block rows in [0, {r}), got min {int(row_t.min())} max {int(row_t.max())}")
+    expect_row = torch.repeat_interleave(torch.arange(r), crow[1:] - crow[:-1])
+    if not torch.equal(row, expect_row):
+        raise ValueError("layout.row: expected the block row of each stored block (consistent with crow)")
+    key = row * c + col
+    if bool((key[1:] <= key[:-1]).any()):
+        raise ValueError("layout.col: expected strictly ascending block columns within each block row "
+                         "(duplicates or unsorted columns given)")
+    if not torch.equal(torch.sort(perm_t).values, torch.arange(nnz)):
+        raise ValueError("layout.perm_t: expected a permutation of range(nnz)")
+    col_of_t = torch.repeat_interleave(torch.arange(c), ccol[1:] - ccol[:-1])
+    if not (torch.equal(row[perm_t], row_t) and torch.equal(col[perm_t], col_of_t)):
+        raise ValueError("layout.ccol/row_t/perm_t: transpose metadata does not describe the same blocks "
+                         "as crow/col")
+    key_t = col_of_t * r + row_t
+    if bool((key_t[1:] <= key_t[:-1]).any()):
+        raise ValueError("layout.row_t: expected strictly ascending block rows within each block column")
+
+
+def check_data(lay: BlockLayout, data: torch.Tensor, name: str) -> None:
+    """Check that ``data`` is block data ``[..., nnz, B, B]`` for ``lay`` on the layout's device."""
+    b = lay.block
+    if not isinstance(data, torch.Tensor):
+        raise ValueError(f"{name}: expected a tensor [..., nnz={lay.nnz}, {b}, {b}], got {type(data).__name__}")
+    if data.dim() < 3 or tuple(data.shape[-3:]) != (lay.nnz, b, b):
+        raise ValueError(f"{name}: expected block data of shape [..., nnz={lay.nnz}, {b}, {b}], "
+                         f"got {tuple(data.shape)}")
+    if data.device != lay.device:
+        raise ValueError(f"{name}: expected a tensor on the layout's device {lay.device}, got {data.device}")
