@@ -121,10 +121,21 @@ class SparseOptimizer:
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
+        """Mask/adjust gradients, step the wrapped optimizer, advance the schedule, re-mask weights."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self.pre_step()
+        self.optimizer.step()
+        self.post_step()
+        return loss
+
+    @torch.no_grad()
+    def pre_step(self) -> None:
+        """Before the wrapped optimizer's step: mask gradients (magnitude) or restore the dense shadow
+        weights and add the SR-STE decay. Public for integrations that do not own ``optimizer.step``
+        (the Hugging Face Trainer callback)."""
         for t in self._targets:
             if t.mask is None:
                 continue
@@ -135,13 +146,15 @@ class SparseOptimizer:
                     srste_grad_(g, t.dense, t.mask, t.entry.method.lam)
             elif g is not None:
                 g.mul_(t.mask)
-        self.optimizer.step()
+
+    @torch.no_grad()
+    def post_step(self) -> None:
+        """After the wrapped optimizer's step: advance the schedule, refresh masks, re-mask weights."""
         self._step += 1
         for t in self._targets:
             if t.dense is not None:
                 t.dense.copy_(t.param)
         self._update_masks()
-        return loss
 
     # ------------------------------------------------------------------------------------ masks
     @torch.no_grad()
