@@ -91,6 +91,9 @@ def _check_tensor(t, name: str, dtype=None) -> None:
         raise ValueError(f"{name}: expected dtype float32, float16 or bfloat16, got {t.dtype}")
     if dtype is not None and t.dtype != dtype:
         raise ValueError(f"{name}: expected dtype {dtype} (all operands must share one dtype), got {t.dtype}")
+
+
+def _check_launchable(t: torch.Tensor, name: str) -> None:
     if t.device.type != "cuda" and not interpreting():
         raise ValueError(f"{name}: expected a CUDA tensor (CPU tensors only with TRITON_INTERPRET=1), "
                          f"got a tensor on {t.device}")
@@ -131,17 +134,16 @@ def _flags(dtype) -> dict:
     return {"DOT_F32": interpreting() and dtype != torch.float32, "IEEE": dtype == torch.float32}
 
 
-# ---------------------------------------------------------------------------- launchers
-def dsd(a_data: torch.Tensor, layout: BlockLayout, b: torch.Tensor, trans_a: bool = False,
-        trans_b: bool = False) -> torch.Tensor:
-    """``op(S) @ op(b)``: S block-sparse ``layout.shape``, b ``[..., K, N]`` -> ``[..., M, N]``.
-
-    a_data: ``[nnz, B, B]`` or ``[..., nnz, B, B]`` (b's leading dims); b: same dtype and device.
-    """
+# ---------------------------------------------------------------------------- argument checks
+# Shared by every backend (sparse.ops.block_sparse calls them before dispatch): shapes, dtypes,
+# devices and layout; no device-type restriction here.
+def check_dsd(a_data, layout, b, trans_a=False, trans_b=False):
+    """Validate :func:`dsd` arguments; returns ``(M, N, leading dims)``."""
     _check_layout(layout)
     _check_tensor(a_data, "a_data")
     check_data(layout, a_data, "a_data")
     _check_dense(b, "b", a_data.dtype)
+    _check_same_device(b, "b", layout)
     m, k = layout.shape[::-1] if trans_a else layout.shape
     kb, n = _dims(b, trans_b)
     if kb != k:
@@ -149,6 +151,60 @@ def dsd(a_data: torch.Tensor, layout: BlockLayout, b: torch.Tensor, trans_a: boo
                          f"(op(S) is {m}x{k}), got shape {tuple(b.shape)}")
     lead = tuple(b.shape[:-2])
     _data_lead(a_data, lead, "a_data")
+    return m, n, lead
+
+
+def check_dds(a, b_data, layout, trans_a=False, trans_b=False):
+    """Validate :func:`dds` arguments; returns ``(M, N, leading dims)``."""
+    _check_layout(layout)
+    _check_dense(a, "a")
+    _check_tensor(b_data, "b_data", a.dtype)
+    check_data(layout, b_data, "b_data")
+    _check_same_device(a, "a", layout)
+    k, n = layout.shape[::-1] if trans_b else layout.shape
+    m, ka = _dims(a, trans_a)
+    if ka != k:
+        raise ValueError(f"a: expected {'[..., K, M]' if trans_a else '[..., M, K]'} with K={k} "
+                         f"(op(S) is {k}x{n}), got shape {tuple(a.shape)}")
+    lead = tuple(a.shape[:-2])
+    _data_lead(b_data, lead, "b_data")
+    return m, n, lead
+
+
+def check_sdd(a, b, layout, trans_a=False, trans_b=False):
+    """Validate :func:`sdd` arguments; returns ``(K, leading dims)``."""
+    _check_layout(layout)
+    _check_dense(a, "a")
+    _check_dense(b, "b", a.dtype)
+    m, k = _dims(a, trans_a)
+    kb, n = _dims(b, trans_b)
+    if (m, n) != layout.shape:
+        raise ValueError(f"a, b: expected op(a) @ op(b) of shape {layout.shape} (the layout's), "
+                         f"got {m}x{n} from a {tuple(a.shape)}, b {tuple(b.shape)}")
+    if kb != k:
+        raise ValueError(f"b: expected inner dim K={k} (from a), got shape {tuple(b.shape)}")
+    if tuple(a.shape[:-2]) != tuple(b.shape[:-2]):
+        raise ValueError(f"a, b: expected the same leading dims, got {tuple(a.shape[:-2])} and "
+                         f"{tuple(b.shape[:-2])}")
+    _check_same_device(a, "a", layout)
+    _check_same_device(b, "b", layout)
+    return k, tuple(a.shape[:-2])
+
+
+def _check_same_device(t: torch.Tensor, name: str, layout: BlockLayout) -> None:
+    if t.device != layout.device:
+        raise ValueError(f"{name}: expected a tensor on the layout's device {layout.device}, got {t.device}")
+
+
+# ---------------------------------------------------------------------------- launchers
+def dsd(a_data: torch.Tensor, layout: BlockLayout, b: torch.Tensor, trans_a: bool = False,
+        trans_b: bool = False) -> torch.Tensor:
+    """``op(S) @ op(b)``: S block-sparse ``layout.shape``, b ``[..., K, N]`` -> ``[..., M, N]``.
+
+    a_data: ``[nnz, B, B]`` or ``[..., nnz, B, B]`` (b's leading dims); b: same dtype and device.
+    """
+    m, n, lead = check_dsd(a_data, layout, b, trans_a, trans_b)
+    _check_launchable(b, "b")
     b3, (sbz, sbk, sbn) = _as3d(b, trans_b)
     z = b3.shape[0]
     c = torch.zeros(z, m, n, dtype=b.dtype, device=b.device)
@@ -172,17 +228,8 @@ def dds(a: torch.Tensor, b_data: torch.Tensor, layout: BlockLayout, trans_a: boo
     b_data: ``[nnz, B, B]`` or ``[..., nnz, B, B]`` (a's leading dims); same dtype and device as a.
     ``dds(x, W_data, layout, trans_b=True)`` is ``x @ W.T``, the forward of a linear layer.
     """
-    _check_layout(layout)
-    _check_dense(a, "a")
-    _check_tensor(b_data, "b_data", a.dtype)
-    check_data(layout, b_data, "b_data")
-    k, n = layout.shape[::-1] if trans_b else layout.shape
-    m, ka = _dims(a, trans_a)
-    if ka != k:
-        raise ValueError(f"a: expected {'[..., K, M]' if trans_a else '[..., M, K]'} with K={k} "
-                         f"(op(S) is {k}x{n}), got shape {tuple(a.shape)}")
-    lead = tuple(a.shape[:-2])
-    _data_lead(b_data, lead, "b_data")
+    m, n, lead = check_dds(a, b_data, layout, trans_a, trans_b)
+    _check_launchable(a, "a")
     a3, (saz, sam, sak) = _as3d(a, trans_a)
     z = a3.shape[0]
     c = torch.zeros(z, m, n, dtype=a.dtype, device=a.device)
@@ -206,24 +253,8 @@ def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, trans_a: bool = F
     ``layout.shape`` must be ``(M, N)``; a and b have the same leading dims, dtype and device.
     ``sdd(dy, x, layout, trans_a=True)`` is the weight gradient of a block-sparse linear layer.
     """
-    _check_layout(layout)
-    _check_dense(a, "a")
-    _check_dense(b, "b", a.dtype)
-    m, k = _dims(a, trans_a)
-    kb, n = _dims(b, trans_b)
-    if (m, n) != layout.shape:
-        raise ValueError(f"a, b: expected op(a) @ op(b) of shape {layout.shape} (the layout's), "
-                         f"got {m}x{n} from a {tuple(a.shape)}, b {tuple(b.shape)}")
-    if kb != k:
-        raise ValueError(f"b: expected inner dim K={k} (from a), got shape {tuple(b.shape)}")
-    if tuple(a.shape[:-2]) != tuple(b.shape[:-2]):
-        raise ValueError(f"a, b: expected the same leading dims, got {tuple(a.shape[:-2])} and "
-                         f"{tuple(b.shape[:-2])}")
-    if a.device != b.device:
-        raise ValueError(f"b: expected a tensor on {a.device} (a's device), got {b.device}")
-    if layout.device != a.device:
-        raise ValueError(f"layout: expected index tensors on {a.device} (a's device), got {layout.device}")
-    lead = tuple(a.shape[:-2])
+    k, lead = check_sdd(a, b, layout, trans_a, trans_b)
+    _check_launchable(a, "a")
     bs = layout.block
     a3, (saz, sam, sak) = _as3d(a, trans_a)
     b3, (sbz, sbk, sbn) = _as3d(b, trans_b)

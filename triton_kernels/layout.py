@@ -102,8 +102,19 @@ class BlockLayout:
         return tuple(getattr(self, f) for f in _INDEX_FIELDS)
 
     @classmethod
-    def from_tensors(cls, block: int, shape, tensors) -> "BlockLayout":
-        return cls(block, tuple(int(s) for s in shape), *tensors)
+    def from_tensors(cls, block: int, shape, tensors, validate: bool = True) -> "BlockLayout":
+        """Layout from the index tensors of :meth:`tensors`.
+
+        ``validate=False`` skips the (host-synchronising) checks; only for tensors taken from a layout
+        that was already validated, e.g. when a ``torch.library`` op receives them as arguments.
+        """
+        shape = (int(shape[0]), int(shape[1]))
+        if validate:
+            return cls(block, shape, *tensors)
+        lay = object.__new__(cls)
+        for name, value in zip(("block", "shape", *_INDEX_FIELDS), (int(block), shape, *tensors)):
+            object.__setattr__(lay, name, value)
+        return lay
 
     def to_dense(self, data: torch.Tensor) -> torch.Tensor:
         """Dense matrix ``[..., rows, cols]`` from block data ``[..., nnz, B, B]`` (zeros elsewhere)."""

@@ -1,0 +1,201 @@
+"""Block-sparse matmuls (SDD, DSD, DDS) as dispatched, autograd-aware ``torch.library`` ops.
+
+Layering: :func:`dds` / :func:`dsd` / :func:`sdd` (public, take a :class:`BlockLayout`) ->
+``torch.ops.sparse.bs_*`` custom ops (autograd for ``dds``; fake kernels so ``torch.compile`` traces
+through them) -> :class:`~sparse.ops.dispatch.Op` dispatch -> backends:
+
+* ``triton``: :mod:`triton_kernels` (CUDA tensors; on CPU only with ``TRITON_INTERPRET=1`` *and* the
+  backend forced, since the interpreter is for tests).
+* ``cpu``: :mod:`sparse.ops._bsr_cpu`, batched gather + one GEMM (bf16 uses oneDNN/AMX).
+* ``torch``: plain reference, densify the sparse operand and matmul in fp32.
+
+Semantics (``op(t)`` = t or its last-two-dims transpose; S has ``layout.shape``; data
+``[nnz, B, B]`` or ``[..., nnz, B, B]``; fp32/fp16/bf16, output in the input dtype):
+
+* ``sdd(a, b, layout)``: kept blocks of ``op(a) @ op(b)`` -> ``[..., nnz, B, B]``
+* ``dsd(a_data, layout, b)``: ``op(S) @ op(b)`` -> ``[..., M, N]``
+* ``dds(a, b_data, layout)``: ``op(a) @ op(S)`` -> ``[..., M, N]``
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+import triton_kernels.block_sparse as _tk
+from triton_kernels.layout import BlockLayout
+
+from . import _bsr_cpu
+from .dispatch import Op, forced_backend
+
+__all__ = ["BlockLayout", "dds", "dsd", "sdd", "dds_op", "dsd_op", "sdd_op"]
+
+dds_op = Op("block_sparse.dds")
+dsd_op = Op("block_sparse.dsd")
+sdd_op = Op("block_sparse.sdd")
+
+
+# ---------------------------------------------------------------------------- backend usability
+def _device_of(*args) -> torch.device:
+    return next(a.device for a in args if isinstance(a, torch.Tensor))
+
+
+def _triton_usable(*args, **kwargs) -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    dev = _device_of(*args)
+    if dev.type == "cuda":
+        return None
+    if _tk.interpreting() and forced_backend() == "triton":
+        return None
+    return (f"tensors on {dev}: the Triton kernels need CUDA (on CPU only under TRITON_INTERPRET=1 "
+            "with the triton backend forced)")
+
+
+def _cpu_usable(*args, **kwargs) -> str | None:
+    dev = _device_of(*args)
+    return None if dev.type == "cpu" else f"tensors on {dev}, not CPU"
+
+
+# ---------------------------------------------------------------------------- torch reference
+def _op(t: torch.Tensor, trans: bool) -> torch.Tensor:
+    return t.transpose(-1, -2) if trans else t
+
+
+# Priority order: triton, cpu, torch (the dispatcher takes the first usable one).
+dds_op.register("triton", _triton_usable)(_tk.dds)
+dsd_op.register("triton", _triton_usable)(_tk.dsd)
+sdd_op.register("triton", _triton_usable)(_tk.sdd)
+dds_op.register("cpu", _cpu_usable)(_bsr_cpu.dds)
+dsd_op.register("cpu", _cpu_usable)(_bsr_cpu.dsd)
+sdd_op.register("cpu", _cpu_usable)(_bsr_cpu.sdd)
+
+
+@dds_op.register("torch")
+def _dds_torch(a, b_data, layout, trans_a=False, trans_b=False):
+    s = layout.to_dense(b_data.float())
+    return (_op(a.float(), trans_a) @ _op(s, trans_b)).to(a.dtype)
+
+
+@dsd_op.register("torch")
+def _dsd_torch(a_data, layout, b, trans_a=False, trans_b=False):
+    s = layout.to_dense(a_data.float())
+    return (_op(s, trans_a) @ _op(b.float(), trans_b)).to(b.dtype)
+
+
+@sdd_op.register("torch")
+def _sdd_torch(a, b, layout, trans_a=False, trans_b=False):
+    return layout.from_dense(_op(a.float(), trans_a) @ _op(b.float(), trans_b)).to(a.dtype)
+
+
+
+# ---------------------------------------------------------------------------- torch.library ops
+# The layout travels as its index tensors plus (block, rows, cols): custom ops take only tensors and
+# scalars. Checks happen in the public functions; the ops rebuild the layout without re-validating.
+def _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t) -> BlockLayout:
+    return BlockLayout.from_tensors(block, (rows, cols), (crow, col, row, ccol, row_t, perm_t), validate=False)
+
+
+@torch.library.custom_op("sparse::bs_dds", mutates_args=())
+def _bs_dds(a: torch.Tensor, b_data: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, row: torch.Tensor,
+            ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, block: int, rows: int, cols: int,
+            trans_a: bool, trans_b: bool) -> torch.Tensor:
+    lay = _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t)
+    return dds_op(a, b_data, lay, trans_a, trans_b)
+
+
+@torch.library.custom_op("sparse::bs_dsd", mutates_args=())
+def _bs_dsd(a_data: torch.Tensor, b: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, row: torch.Tensor,
+            ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, block: int, rows: int, cols: int,
+            trans_a: bool, trans_b: bool) -> torch.Tensor:
+    lay = _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t)
+    return dsd_op(a_data, lay, b, trans_a, trans_b)
+
+
+@torch.library.custom_op("sparse::bs_sdd", mutates_args=())
+def _bs_sdd(a: torch.Tensor, b: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, row: torch.Tensor,
+            ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, block: int, rows: int, cols: int,
+            trans_a: bool, trans_b: bool) -> torch.Tensor:
+    lay = _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t)
+    return sdd_op(a, b, lay, trans_a, trans_b)
+
+
+@_bs_dds.register_fake
+def _(a, b_data, crow, col, row, ccol, row_t, perm_t, block, rows, cols, trans_a, trans_b):
+    m = a.shape[-1] if trans_a else a.shape[-2]
+    n = rows if trans_b else cols
+    return a.new_empty(*a.shape[:-2], m, n)
+
+
+@_bs_dsd.register_fake
+def _(a_data, b, crow, col, row, ccol, row_t, perm_t, block, rows, cols, trans_a, trans_b):
+    m = cols if trans_a else rows
+    n = b.shape[-2] if trans_b else b.shape[-1]
+    return b.new_empty(*b.shape[:-2], m, n)
+
+
+@_bs_sdd.register_fake
+def _(a, b, crow, col, row, ccol, row_t, perm_t, block, rows, cols, trans_a, trans_b):
+    return a.new_empty(*a.shape[:-2], col.shape[0], block, block)
+
+
+_META = ("crow", "col", "row", "ccol", "row_t", "perm_t", "block", "rows", "cols")
+
+
+def _dds_setup(ctx, inputs, output):
+    a, b_data = inputs[0], inputs[1]
+    ctx.meta = inputs[2:11]
+    ctx.trans = inputs[11:13]
+    ctx.save_for_backward(a, b_data)
+
+
+def _dds_backward(ctx, grad):
+    """C = op(A) @ op(S): dA via dds with S's transpose flipped; dS via sdd on the layout (no densify)."""
+    a, b_data = ctx.saved_tensors
+    trans_a, trans_b = ctx.trans
+    meta = ctx.meta
+    grad_a = grad_data = None
+    if ctx.needs_input_grad[0]:
+        g = torch.ops.sparse.bs_dds(grad, b_data, *meta, False, not trans_b)   # dC @ op(S)^T
+        grad_a = g.transpose(-1, -2) if trans_a else g
+    if ctx.needs_input_grad[1]:
+        if trans_b:   # d(S) = (op(A)^T dC)^T = dC^T op(A)
+            gd = torch.ops.sparse.bs_sdd(grad, a, *meta, True, trans_a)
+        else:         # d(S) = op(A)^T dC
+            gd = torch.ops.sparse.bs_sdd(a, grad, *meta, not trans_a, False)
+        if gd.dim() > b_data.dim():  # data shared by the batch: sum its per-sample gradients
+            gd = gd.sum(dim=tuple(range(gd.dim() - b_data.dim())))
+        grad_data = gd
+    return (grad_a, grad_data) + (None,) * 11
+
+
+_bs_dds.register_autograd(_dds_backward, setup_context=_dds_setup)
+
+
+# ---------------------------------------------------------------------------- public functions
+def _meta(layout: BlockLayout) -> tuple:
+    return (*layout.tensors(), layout.block, layout.shape[0], layout.shape[1])
+
+
+def dds(a: torch.Tensor, b_data: torch.Tensor, layout: BlockLayout, trans_a: bool = False,
+        trans_b: bool = False) -> torch.Tensor:
+    """``op(a) @ op(S)``: a ``[..., M, K]`` dense, S block-sparse -> ``[..., M, N]``; differentiable.
+
+    ``dds(x, w_data, layout, trans_b=True)`` is ``x @ W.T`` for a block-sparse ``W [out, in]``.
+    """
+    _tk.check_dds(a, b_data, layout, trans_a, trans_b)
+    return torch.ops.sparse.bs_dds(a, b_data, *_meta(layout), bool(trans_a), bool(trans_b))
+
+
+def dsd(a_data: torch.Tensor, layout: BlockLayout, b: torch.Tensor, trans_a: bool = False,
+        trans_b: bool = False) -> torch.Tensor:
+    """``op(S) @ op(b)``: S block-sparse, b ``[..., K, N]`` dense -> ``[..., M, N]`` (forward only)."""
+    _tk.check_dsd(a_data, layout, b, trans_a, trans_b)
+    return torch.ops.sparse.bs_dsd(a_data, b, *_meta(layout), bool(trans_a), bool(trans_b))
+
+
+def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, trans_a: bool = False,
+        trans_b: bool = False) -> torch.Tensor:
+    """Kept blocks of ``op(a) @ op(b)`` -> ``[..., nnz, B, B]`` (forward only)."""
+    _tk.check_sdd(a, b, layout, trans_a, trans_b)
+    return torch.ops.sparse.bs_sdd(a, b, *_meta(layout), bool(trans_a), bool(trans_b))
