@@ -1,0 +1,132 @@
+"""``BlockSparseLinear``: a Linear layer whose weight keeps only some ``B x B`` blocks.
+
+The weight is stored compactly as ``weight_data [nnz, B, B]`` (row-major block order) with its
+:class:`~triton_kernels.BlockLayout` index tensors as buffers; forward and both gradients run through
+:mod:`sparse.ops.block_sparse` (DDS forward ``y = x W^T``, DDS ``dX = dY W``, SDD ``dW`` on the kept
+blocks only), so pruned blocks cost neither time nor memory and can never be revived by an optimizer.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from triton_kernels.layout import BLOCK_SIZES, BlockLayout
+
+from ..ops import block_sparse as bs_ops
+
+_LAYOUT_BUFFERS = ("crow", "col", "row", "ccol", "row_t", "perm_t")
+
+
+class BlockSparseLinear(nn.Module):
+    """``y = x @ W^T + bias`` with block-sparse ``W [out_features, in_features]``.
+
+    Args:
+        in_features, out_features: dense sizes, multiples of the block size.
+        block_mask: ``torch.bool [out_features / B, in_features / B]``; True = block kept. The block
+            size ``B`` is inferred (``out_features / rows == in_features / cols``, one of 16/32/64/128).
+        bias: learn an additive bias ``[out_features]``.
+
+    Parameters: ``weight_data [nnz, B, B]``, ``bias [out_features]``. Input ``x [..., in_features]``
+    (any leading shape, the parameters' dtype: fp32/fp16/bf16); output ``[..., out_features]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, block_mask: torch.Tensor, bias: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        block = _infer_block(block_mask, out_features, in_features)
+        layout = BlockLayout.from_mask(block_mask.to(device) if device is not None else block_mask, block)
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.block = block
+        for name, t in zip(_LAYOUT_BUFFERS, layout.tensors()):
+            self.register_buffer(name, t)
+        factory = {"device": layout.device if device is None else device, "dtype": dtype}
+        self.weight_data = nn.Parameter(torch.empty(layout.nnz, block, block, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's init on the dense weight, restricted to the kept blocks (same fan-in bound).
+        bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+        with torch.no_grad():
+            self.weight_data.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
+
+    # ------------------------------------------------------------------ conversion
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, block_mask: torch.Tensor) -> "BlockSparseLinear":
+        """The kept blocks of ``linear.weight`` (and its bias), on the Linear's device and dtype."""
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"linear: expected a torch.nn.Linear, got {type(linear).__name__}")
+        w = linear.weight
+        mod = cls(linear.in_features, linear.out_features, block_mask.to(w.device), bias=linear.bias is not None,
+                  device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            mod.weight_data.copy_(mod.layout().from_dense(w.detach()))
+            if linear.bias is not None:
+                mod.bias.copy_(linear.bias.detach())
+        return mod
+
+    def layout(self) -> BlockLayout:
+        """The block layout, built from this module's buffers (follows ``.to(device)``)."""
+        return BlockLayout.from_tensors(self.block, (self.out_features, self.in_features),
+                                        tuple(getattr(self, n) for n in _LAYOUT_BUFFERS), validate=False)
+
+    @property
+    def block_mask(self) -> torch.Tensor:
+        """``torch.bool [out/B, in/B]``: the kept blocks."""
+        return self.layout().mask()
+
+    def dense_weight(self) -> torch.Tensor:
+        """The dense weight ``[out_features, in_features]`` with zeros in the pruned blocks."""
+        return self.layout().to_dense(self.weight_data)
+
+    def to_dense(self) -> nn.Linear:
+        """An ``nn.Linear`` with the same outputs (pruned blocks as zeros), same device and dtype."""
+        w = self.weight_data
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device,
+                        dtype=w.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    # ------------------------------------------------------------------ compute
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected a tensor [..., in_features={self.in_features}], got {got}")
+        if x.dtype != self.weight_data.dtype:
+            raise ValueError(f"x: expected dtype {self.weight_data.dtype} (the layer's), got {x.dtype}")
+        lead = x.shape[:-1]
+        # Leading dims folded into rows: one large GEMM and dW reduced over all tokens by the SDD itself.
+        y = bs_ops.dds(x.reshape(-1, self.in_features), self.weight_data, self.layout(), trans_b=True)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        r, c = self.out_features // self.block, self.in_features // self.block
+        density = self.weight_data.shape[0] / max(r * c, 1)
+        return (f"in_features={self.in_features}, out_features={self.out_features}, block={self.block}, "
+                f"blocks={self.weight_data.shape[0]}/{r * c} (density {density:.3f}), bias={self.bias is not None}")
+
+
+def _infer_block(block_mask, out_features: int, in_features: int) -> int:
+    if not isinstance(block_mask, torch.Tensor) or block_mask.dtype != torch.bool or block_mask.dim() != 2:
+        got = (f"{block_mask.dtype} tensor of shape {tuple(block_mask.shape)}"
+               if isinstance(block_mask, torch.Tensor) else type(block_mask).__name__)
+        raise ValueError(f"block_mask: expected a 2-D torch.bool tensor [out/B, in/B], got {got}")
+    r, c = block_mask.shape
+    if r == 0 or c == 0 or out_features % r or in_features % c or out_features // r != in_features // c:
+        raise ValueError(f"block_mask: expected shape [out/B, in/B] for one square block size B in {BLOCK_SIZES} "
+                         f"(out_features={out_features}, in_features={in_features}), got {tuple(block_mask.shape)}")
+    block = out_features // r
+    if block not in BLOCK_SIZES:
+        raise ValueError(f"block_mask: shape {tuple(block_mask.shape)} implies block size {block} for a "
+                         f"{out_features}x{in_features} weight; expected one of {BLOCK_SIZES}")
+    return block
