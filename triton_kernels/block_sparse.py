@@ -59,7 +59,14 @@ def _kernel(kind: str):
     # Imported here, not at module import: TRITON_INTERPRET is read when the kernels are decorated.
     from . import _block_sparse_kernels as k
 
-    return {"dsd": k._dsd_kernel, "dds": k._dds_kernel, "sdd": k._sdd_kernel}[kind]
+    fn = {"dsd": k._dsd_kernel, "dds": k._dds_kernel, "sdd": k._sdd_kernel}[kind]
+    if interpreting():
+        from triton.runtime.interpreter import InterpretedFunction
+
+        if not isinstance(fn, InterpretedFunction):
+            raise RuntimeError("TRITON_INTERPRET=1 is set, but triton_kernels._block_sparse_kernels was imported "
+                               "before it was: set the variable before the first kernel launch")
+    return fn
 
 
 @functools.lru_cache(maxsize=None)
