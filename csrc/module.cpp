@@ -2,6 +2,8 @@
 // CUDA launcher; the per-tile code is shared (include/sparse/*_tile.h).
 #include <omp.h>
 
+#include <torch/extension.h>
+
 #include "sparse/launchers.h"
 
 namespace sparse_ext {
@@ -15,7 +17,7 @@ bool with_cuda() {
 #endif
 }
 
-void require_cpu_build(const torch::Tensor& w, const char* fn) {
+void require_cpu_build(const at::Tensor& w, const char* fn) {
 #ifndef SPARSE_WITH_CUDA
   TORCH_CHECK(!w.is_cuda(), fn, ": sparse._C was built without CUDA; rebuild with SPARSE_BUILD_CUDA=1");
 #endif
@@ -28,20 +30,20 @@ void require_cpu_build(const torch::Tensor& w, const char* fn) {
 #define SPARSE_DISPATCH(name, w, ...) name##_cpu(w, __VA_ARGS__)
 #endif
 
-torch::Tensor transposable_exact(const torch::Tensor& w, int64_t n, int64_t m) {
+at::Tensor transposable_exact(const at::Tensor& w, int64_t n, int64_t m) {
   require_cpu_build(w, "transposable_exact");
   return SPARSE_DISPATCH(transposable_exact, w, n, m);
 }
-torch::Tensor transposable_approx(const torch::Tensor& w, int64_t n, int64_t m, int64_t max_passes) {
+at::Tensor transposable_approx(const at::Tensor& w, int64_t n, int64_t m, int64_t max_passes) {
   require_cpu_build(w, "transposable_approx");
   return SPARSE_DISPATCH(transposable_approx, w, n, m, max_passes);
 }
-torch::Tensor transposable_enum(const torch::Tensor& w, int64_t n, int64_t m, const torch::Tensor& combos,
-                                const torch::Tensor& patterns) {
+at::Tensor transposable_enum(const at::Tensor& w, int64_t n, int64_t m, const at::Tensor& combos,
+                                const at::Tensor& patterns) {
   require_cpu_build(w, "transposable_enum");
   return SPARSE_DISPATCH(transposable_enum, w, n, m, combos, patterns);
 }
-torch::Tensor nm_mask(const torch::Tensor& w, int64_t n, int64_t m) {
+at::Tensor nm_mask(const at::Tensor& w, int64_t n, int64_t m) {
   require_cpu_build(w, "nm_mask");
   return SPARSE_DISPATCH(nm_mask, w, n, m);
 }

@@ -7,10 +7,10 @@
 namespace sparse_ext {
 namespace {
 
-void check_input(const torch::Tensor& w, int64_t n, int64_t m, bool tiles, const char* fn) {
+void check_input(const at::Tensor& w, int64_t n, int64_t m, bool tiles, const char* fn) {
   TORCH_CHECK(w.device().is_cpu(), fn, ": expected a CPU tensor, got ", w.device());
   TORCH_CHECK(w.dim() == 2, fn, ": expected a 2-D weight, got ", w.dim(), "-D");
-  TORCH_CHECK(w.scalar_type() == torch::kFloat32, fn, ": expected float32, got ", w.scalar_type());
+  TORCH_CHECK(w.scalar_type() == at::kFloat, fn, ": expected float32, got ", w.scalar_type());
   TORCH_CHECK(w.is_contiguous(), fn, ": expected a contiguous tensor");
   TORCH_CHECK(1 <= n && n < m && m <= kMaxM, fn, ": expected 1 <= n < m <= ", kMaxM, ", got n=", n, " m=", m);
   TORCH_CHECK(w.size(1) % m == 0 && (!tiles || w.size(0) % m == 0), fn, ": shape ", w.sizes(),
@@ -18,8 +18,8 @@ void check_input(const torch::Tensor& w, int64_t n, int64_t m, bool tiles, const
 }
 
 template <typename F>
-torch::Tensor for_each_tile(const torch::Tensor& w, int64_t m, F&& f) {
-  auto keep = torch::empty(w.sizes(), w.options().dtype(torch::kUInt8));
+at::Tensor for_each_tile(const at::Tensor& w, int64_t m, F&& f) {
+  auto keep = at::empty(w.sizes(), w.options().dtype(at::kByte));
   const int64_t tr = w.size(0) / m, tc = w.size(1) / m, ld = w.size(1);
   const float* wp = w.data_ptr<float>();
   uint8_t* kp = keep.data_ptr<uint8_t>();
@@ -34,21 +34,21 @@ torch::Tensor for_each_tile(const torch::Tensor& w, int64_t m, F&& f) {
 
 }  // namespace
 
-torch::Tensor transposable_exact_cpu(const torch::Tensor& w, int64_t n, int64_t m) {
+at::Tensor transposable_exact_cpu(const at::Tensor& w, int64_t n, int64_t m) {
   check_input(w, n, m, true, "transposable_exact");
   return for_each_tile(w, m, [&](const TileView& v) { tile_exact(v, (int)n, (int)m); });
 }
 
-torch::Tensor transposable_approx_cpu(const torch::Tensor& w, int64_t n, int64_t m, int64_t max_passes) {
+at::Tensor transposable_approx_cpu(const at::Tensor& w, int64_t n, int64_t m, int64_t max_passes) {
   check_input(w, n, m, true, "transposable_approx");
   return for_each_tile(w, m, [&](const TileView& v) { tile_approx(v, (int)n, (int)m, (int)max_passes); });
 }
 
-torch::Tensor transposable_enum_cpu(const torch::Tensor& w, int64_t n, int64_t m, const torch::Tensor& combos,
-                                    const torch::Tensor& patterns) {
+at::Tensor transposable_enum_cpu(const at::Tensor& w, int64_t n, int64_t m, const at::Tensor& combos,
+                                    const at::Tensor& patterns) {
   check_input(w, n, m, true, "transposable_enum");
   TORCH_CHECK(m <= kMaxEnumM, "transposable_enum: m must be <= ", kMaxEnumM, ", got ", m);
-  TORCH_CHECK(combos.scalar_type() == torch::kInt32 && patterns.scalar_type() == torch::kInt32,
+  TORCH_CHECK(combos.scalar_type() == at::kInt && patterns.scalar_type() == at::kInt,
               "transposable_enum: combos and patterns must be int32");
   TORCH_CHECK(combos.size(0) <= kMaxEnumCombos && combos.size(1) == n && patterns.size(1) == m,
               "transposable_enum: bad combos/patterns shapes");
@@ -60,9 +60,9 @@ torch::Tensor transposable_enum_cpu(const torch::Tensor& w, int64_t n, int64_t m
   return for_each_tile(w, m, [&](const TileView& v) { tile_enum(v, (int)n, (int)m, cp, nc, pp, np); });
 }
 
-torch::Tensor nm_mask_cpu(const torch::Tensor& w, int64_t n, int64_t m) {
+at::Tensor nm_mask_cpu(const at::Tensor& w, int64_t n, int64_t m) {
   check_input(w, n, m, false, "nm_mask");
-  auto keep = torch::empty(w.sizes(), w.options().dtype(torch::kUInt8));
+  auto keep = at::empty(w.sizes(), w.options().dtype(at::kByte));
   const int64_t groups = w.numel() / m;
   const float* wp = w.data_ptr<float>();
   uint8_t* kp = keep.data_ptr<uint8_t>();

@@ -11,10 +11,10 @@ namespace {
 
 constexpr int kThreads = 128;
 
-void check_input(const torch::Tensor& w, int64_t n, int64_t m, bool tiles, const char* fn) {
+void check_input(const at::Tensor& w, int64_t n, int64_t m, bool tiles, const char* fn) {
   TORCH_CHECK(w.is_cuda(), fn, ": expected a CUDA tensor");
   TORCH_CHECK(w.dim() == 2, fn, ": expected a 2-D weight, got ", w.dim(), "-D");
-  TORCH_CHECK(w.scalar_type() == torch::kFloat32, fn, ": expected float32, got ", w.scalar_type());
+  TORCH_CHECK(w.scalar_type() == at::kFloat, fn, ": expected float32, got ", w.scalar_type());
   TORCH_CHECK(w.is_contiguous(), fn, ": expected a contiguous tensor");
   TORCH_CHECK(1 <= n && n < m && m <= kMaxM, fn, ": expected 1 <= n < m <= ", kMaxM);
   TORCH_CHECK(w.size(1) % m == 0 && (!tiles || w.size(0) % m == 0), fn, ": shape not divisible by m");
@@ -55,10 +55,10 @@ inline unsigned blocks_for(int64_t work) { return (unsigned)((work + kThreads - 
 
 }  // namespace
 
-torch::Tensor transposable_exact_cuda(const torch::Tensor& w, int64_t n, int64_t m) {
+at::Tensor transposable_exact_cuda(const at::Tensor& w, int64_t n, int64_t m) {
   check_input(w, n, m, true, "transposable_exact");
   const c10::cuda::CUDAGuard guard(w.device());
-  auto keep = torch::empty(w.sizes(), w.options().dtype(torch::kUInt8));
+  auto keep = at::empty(w.sizes(), w.options().dtype(at::kByte));
   const int64_t tc = w.size(1) / m, tiles = (w.size(0) / m) * tc;
   if (tiles == 0) return keep;
   _transposable_exact_kernel<<<blocks_for(tiles), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -67,10 +67,10 @@ torch::Tensor transposable_exact_cuda(const torch::Tensor& w, int64_t n, int64_t
   return keep;
 }
 
-torch::Tensor transposable_approx_cuda(const torch::Tensor& w, int64_t n, int64_t m, int64_t max_passes) {
+at::Tensor transposable_approx_cuda(const at::Tensor& w, int64_t n, int64_t m, int64_t max_passes) {
   check_input(w, n, m, true, "transposable_approx");
   const c10::cuda::CUDAGuard guard(w.device());
-  auto keep = torch::empty(w.sizes(), w.options().dtype(torch::kUInt8));
+  auto keep = at::empty(w.sizes(), w.options().dtype(at::kByte));
   const int64_t tc = w.size(1) / m, tiles = (w.size(0) / m) * tc;
   if (tiles == 0) return keep;
   _transposable_approx_kernel<<<blocks_for(tiles), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -79,14 +79,14 @@ torch::Tensor transposable_approx_cuda(const torch::Tensor& w, int64_t n, int64_
   return keep;
 }
 
-torch::Tensor transposable_enum_cuda(const torch::Tensor& w, int64_t n, int64_t m, const torch::Tensor& combos,
-                                     const torch::Tensor& patterns) {
+at::Tensor transposable_enum_cuda(const at::Tensor& w, int64_t n, int64_t m, const at::Tensor& combos,
+                                     const at::Tensor& patterns) {
   check_input(w, n, m, true, "transposable_enum");
   TORCH_CHECK(m <= kMaxEnumM && combos.size(0) <= kMaxEnumCombos, "transposable_enum: m too large");
   const c10::cuda::CUDAGuard guard(w.device());
-  auto c = combos.to(w.device(), torch::kInt32).contiguous();
-  auto p = patterns.to(w.device(), torch::kInt32).contiguous();
-  auto keep = torch::empty(w.sizes(), w.options().dtype(torch::kUInt8));
+  auto c = combos.to(w.device(), at::kInt).contiguous();
+  auto p = patterns.to(w.device(), at::kInt).contiguous();
+  auto keep = at::empty(w.sizes(), w.options().dtype(at::kByte));
   const int64_t tc = w.size(1) / m, tiles = (w.size(0) / m) * tc;
   if (tiles == 0) return keep;
   _transposable_enum_kernel<<<blocks_for(tiles), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -96,10 +96,10 @@ torch::Tensor transposable_enum_cuda(const torch::Tensor& w, int64_t n, int64_t 
   return keep;
 }
 
-torch::Tensor nm_mask_cuda(const torch::Tensor& w, int64_t n, int64_t m) {
+at::Tensor nm_mask_cuda(const at::Tensor& w, int64_t n, int64_t m) {
   check_input(w, n, m, false, "nm_mask");
   const c10::cuda::CUDAGuard guard(w.device());
-  auto keep = torch::empty(w.sizes(), w.options().dtype(torch::kUInt8));
+  auto keep = at::empty(w.sizes(), w.options().dtype(at::kByte));
   const int64_t groups = w.numel() / m;
   if (groups == 0) return keep;
   _nm_mask_kernel<<<blocks_for(groups), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(

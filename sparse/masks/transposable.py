@@ -10,7 +10,8 @@ Methods (all return a complete, valid mask):
 * ``"greedy"`` the 2-approximation vectorised over tiles, repaired by augmenting paths so every tile
                is complete.
 * ``"approx"`` greedy + repair + row-pair exchange local search (>= 99.5% of the optimal kept
-               magnitude at m = 8 on random and real weights).
+               magnitude at m = 8 on random and real weights); for n <= 2, where exchanges are
+               weakest and the exact solver costs about the same, the exact solver.
 * ``"auto"``   ``"exact"`` when enumeration applies or the compiled solver is available, and
                ``"approx"`` otherwise (the pure-torch exact solver is much slower than approx).
 """
@@ -85,8 +86,16 @@ def _tiled(fn):
 
 enum_op.register("torch")(_tiled(_enum.enum_tiles))
 exact_op.register("torch")(_tiled(lambda s, n, m: _batched.exact(s, n)))
-approx_op.register("torch")(_tiled(
-    lambda s, n, m: _batched.exchange(_batched.repair(_batched.greedy(s, n), s, n), s, n)))
+APPROX_EXACT_MAX_N = 2  # same rule as csrc: exchange search is weakest, and exact cheap, for n <= 2
+
+
+def _approx_torch(s: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    if n <= APPROX_EXACT_MAX_N:
+        return _batched.exact(s, n)
+    return _batched.exchange(_batched.repair(_batched.greedy(s, n), s, n), s, n)
+
+
+approx_op.register("torch")(_tiled(_approx_torch))
 greedy_torch = _tiled(lambda s, n, m: _batched.repair(_batched.greedy(s, n), s, n))
 flow_ref = _tiled(_flow.flow_tiles)
 
