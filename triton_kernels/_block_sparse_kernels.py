@@ -8,6 +8,10 @@ sparse block data is ``[Z or 1, nnz, B, B]`` addressed through ``stride_dz`` (0 
 batch), ``stride_dp`` (between blocks) and two in-block strides (swapped by the launcher to read a
 block transposed). Accumulation is fp32; ``DOT_F32`` casts tiles to fp32 before ``tl.dot`` (needed in
 the interpreter, whose bf16 ``tl.dot`` is wrong); ``IEEE`` keeps fp32 inputs exact (no tf32).
+
+Only triton builtins are called (``tl.full``, not ``tl.zeros``): the stdlib helpers are ``@jit``
+functions decorated when triton is imported, and if that happened before ``TRITON_INTERPRET=1`` was set
+(torch imports triton on its own) the interpreter refuses to call them.
 """
 import triton
 import triton.language as tl
@@ -40,7 +44,7 @@ def _dsd_kernel(data_ptr, seg_ptr, idx_ptr, dptr_ptr, b_ptr, c_ptr,
     offs_r = tl.arange(0, BLOCK)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK, BLOCK_N), 0.0, tl.float32)  # not tl.zeros: see module doc
     for i in range(0, end - start):
         p = start + i  # a tensor, also in the interpreter
         kb = tl.load(idx_ptr + p).to(tl.int64)
@@ -74,7 +78,7 @@ def _dds_kernel(a_ptr, data_ptr, seg_ptr, idx_ptr, dptr_ptr, c_ptr,
     offs_c = tl.arange(0, BLOCK)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    acc = tl.zeros((BLOCK_M, BLOCK), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK), 0.0, tl.float32)  # not tl.zeros: see module doc
     for i in range(0, end - start):
         p = start + i  # a tensor, also in the interpreter
         kb = tl.load(idx_ptr + p).to(tl.int64)
@@ -107,7 +111,7 @@ def _sdd_kernel(a_ptr, b_ptr, row_ptr, col_ptr, c_ptr,
     offs_b = tl.arange(0, BLOCK)
     offs_m = rb * BLOCK + offs_b
     offs_n = cb * BLOCK + offs_b
-    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+    acc = tl.full((BLOCK, BLOCK), 0.0, tl.float32)  # not tl.zeros: see module doc
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K

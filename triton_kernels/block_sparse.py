@@ -18,6 +18,7 @@ Triton itself is imported on the first launch, never at import of this module.
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import torch
@@ -119,7 +120,7 @@ def _dims(t: torch.Tensor, trans: bool) -> tuple[int, int]:
 
 def _as3d(t: torch.Tensor, trans: bool):
     """``t`` as ``[Z, rows, cols]`` of op(t) and its (z, row, col) strides (a transpose swaps strides)."""
-    t3 = t.reshape(-1, t.shape[-2], t.shape[-1])
+    t3 = t.reshape(math.prod(t.shape[:-2]), t.shape[-2], t.shape[-1])
     sz, s0, s1 = t3.stride()
     return t3, (sz, s1, s0) if trans else (sz, s0, s1)
 
@@ -131,7 +132,7 @@ def _data_lead(data: torch.Tensor, lead: tuple, name: str) -> None:
 
 
 def _data_strides(data: torch.Tensor, trans: bool):
-    d4 = data.reshape(-1, *data.shape[-3:])
+    d4 = data.reshape(math.prod(data.shape[:-3]), *data.shape[-3:])
     sz = 0 if data.dim() == 3 else d4.stride(0)
     _, sp, s0, s1 = d4.stride()
     return d4, (sz, sp, s1, s0) if trans else (sz, sp, s0, s1)

@@ -13,6 +13,8 @@ Same signatures and semantics as :mod:`triton_kernels.block_sparse` (``sdd``, ``
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from triton_kernels.layout import BlockLayout
@@ -74,7 +76,7 @@ def dsd(a_data: torch.Tensor, layout: BlockLayout, b: torch.Tensor, trans_a: boo
     lead = tuple(b.shape[:-2])
     opb = b.transpose(-1, -2) if trans_b else b
     n = opb.shape[-1]
-    b3 = opb.reshape(-1, k, n).contiguous()
+    b3 = opb.reshape(math.prod(lead), k, n).contiguous()
     z = b3.shape[0]
     if layout.nnz == 0 or z * m * n == 0:
         return b.new_zeros(*lead, m, n)
@@ -116,8 +118,9 @@ def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, trans_a: bool = F
     lead = tuple(a.shape[:-2])
     opa = a.transpose(-1, -2) if trans_a else a
     k = opa.shape[-1]
-    a3 = opa.reshape(-1, m, k).contiguous()                                   # [Z, M, K]
-    bt3 = (b if trans_b else b.transpose(-1, -2)).reshape(-1, n, k).contiguous()  # [Z, N, K]
+    z = math.prod(lead)
+    a3 = opa.reshape(z, m, k).contiguous()                                   # [Z, M, K]
+    bt3 = (b if trans_b else b.transpose(-1, -2)).reshape(z, n, k).contiguous()  # [Z, N, K]
     z = a3.shape[0]
     out = a.new_zeros(z, layout.nnz, bs, bs)
     if layout.nnz == 0 or z == 0 or k == 0:

@@ -1,0 +1,183 @@
+"""sparse.ops.block_sparse: dispatch (triton / cpu / torch), the CPU path against the fp32 reference,
+autograd of DDS, the torch.library ops (opcheck, fake kernels under torch.compile), argument errors."""
+import importlib.util
+
+import pytest
+import torch
+
+from sparse.ops import block_sparse as bs
+from sparse.ops import last_backend, use_backend
+from triton_kernels import BlockLayout
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+has_triton = importlib.util.find_spec("triton") is not None
+
+
+def _close(out, ref, dtype):
+    assert out.dtype == dtype and out.shape == ref.shape
+    scale = max(ref.abs().max().item(), 1.0) if ref.numel() else 1.0
+    err = (out.float() - ref).abs().max().item() if ref.numel() else 0.0
+    assert err <= TOL[dtype] * scale, f"max error {err:.3g} > {TOL[dtype]:.1g} * {scale:.3g}"
+
+
+def _case(r, c, block, p=0.4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(r, c, generator=g) < p
+    mask[0, 0] = True
+    if r > 2:
+        mask[2] = False
+    # One long row so the CPU path splits it into several chunks (partial sums).
+    mask[-1] = True
+    lay = BlockLayout.from_mask(mask, block)
+    data = torch.randn(lay.nnz, block, block, generator=g)
+    return lay, data
+
+
+def _t(x, trans):
+    return x.transpose(-1, -2) if trans else x
+
+
+MODES = [(False, False), (False, True), (True, False), (True, True)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("trans_a, trans_b", MODES)
+def test_cpu_path_matches_reference(dtype, trans_a, trans_b):
+    lay, data = _case(5, 9, 16, seed=int(trans_a) + 2 * int(trans_b))
+    d = data.to(dtype)
+    s = lay.to_dense(d.float())
+    a = torch.randn(2, 6, s.shape[1] if trans_b else s.shape[0]).to(dtype)   # op(a): [2, 6, K]
+    out = bs.dds(_t(a, trans_a).contiguous(), d, lay, trans_a=trans_a, trans_b=trans_b)
+    assert last_backend("block_sparse.dds") == "cpu"
+    _close(out, a.float() @ _t(s, trans_b), dtype)
+
+    b = torch.randn(2, s.shape[0] if trans_a else s.shape[1], 7).to(dtype)    # op(b): [2, K, 7]
+    out = bs.dsd(d, lay, _t(b, trans_b).contiguous(), trans_a=trans_a, trans_b=trans_b)
+    assert last_backend("block_sparse.dsd") == "cpu"
+    _close(out, _t(s, trans_a) @ b.float(), dtype)
+
+    a2 = torch.randn(2, s.shape[0], 11).to(dtype)
+    b2 = torch.randn(2, 11, s.shape[1]).to(dtype)
+    out = bs.sdd(_t(a2, trans_a).contiguous(), _t(b2, trans_b).contiguous(), lay, trans_a=trans_a, trans_b=trans_b)
+    assert last_backend("block_sparse.sdd") == "cpu"
+    _close(out, lay.from_dense(a2.float() @ b2.float()), dtype)
+
+
+@pytest.mark.parametrize("block", [16, 32, 64, 128])
+def test_cpu_path_every_block_size_and_batched_data(block):
+    lay, data = _case(2, 3, block, seed=block)
+    per = torch.randn(3, lay.nnz, block, block)
+    x = torch.randn(3, 4, lay.shape[1])
+    _close(bs.dds(x, per, lay, trans_b=True), x @ lay.to_dense(per).transpose(-1, -2), torch.float32)
+    _close(bs.dsd(per, lay, x, trans_b=True), lay.to_dense(per) @ x.transpose(-1, -2), torch.float32)
+
+
+def test_empty_layout_and_empty_batch():
+    lay = BlockLayout.from_mask(torch.zeros(2, 2, dtype=torch.bool), 16)
+    data = torch.zeros(0, 16, 16)
+    for backend in ("cpu", "torch"):
+        with use_backend(backend):
+            assert torch.equal(bs.dds(torch.randn(3, 32), data, lay, trans_b=True), torch.zeros(3, 32))
+            assert torch.equal(bs.dsd(data, lay, torch.randn(32, 5)), torch.zeros(32, 5))
+            assert bs.sdd(torch.randn(32, 4), torch.randn(4, 32), lay).shape == (0, 16, 16)
+    lay, data = _case(2, 2, 16)
+    assert bs.dds(torch.randn(0, 32), data, lay, trans_b=True).shape == (0, 32)
+
+
+def test_dispatch_default_forced_and_env(monkeypatch):
+    lay, data = _case(2, 2, 16)
+    x = torch.randn(3, 32)
+    ref = x @ lay.to_dense(data).t()
+    monkeypatch.delenv("SPARSE_BACKEND", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    bs.dds(x, data, lay, trans_b=True)
+    assert last_backend("block_sparse.dds") == "cpu"
+    with use_backend("torch"):
+        _close(bs.dds(x, data, lay, trans_b=True), ref, torch.float32)
+    assert last_backend("block_sparse.dds") == "torch"
+    monkeypatch.setenv("SPARSE_BACKEND", "torch")
+    bs.dds(x, data, lay, trans_b=True)
+    assert last_backend("block_sparse.dds") == "torch"
+    monkeypatch.delenv("SPARSE_BACKEND")
+    with use_backend("triton"), pytest.raises(RuntimeError, match="forced backend 'triton' cannot run"):
+        bs.dds(x, data, lay, trans_b=True)
+    with use_backend("cuda"), pytest.raises(RuntimeError, match="forced backend 'cuda'"):
+        bs.dds(x, data, lay, trans_b=True)
+
+
+@pytest.mark.skipif(not has_triton, reason="triton not installed")
+def test_triton_backend_in_interpreter_only_when_forced(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    lay, data = _case(2, 3, 16, seed=4)
+    x = torch.randn(5, 48, requires_grad=True)
+    w = data.clone().requires_grad_()
+    bs.dds(x, w, lay, trans_b=True)
+    assert last_backend("block_sparse.dds") == "cpu"       # the interpreter is never picked on its own
+    with use_backend("triton"):
+        y = bs.dds(x, w, lay, trans_b=True)
+        assert last_backend("block_sparse.dds") == "triton"
+        y.backward(torch.ones_like(y))
+        assert last_backend("block_sparse.sdd") == "triton"
+    s = lay.to_dense(data)
+    _close(y.detach(), x.detach() @ s.t(), torch.float32)
+    _close(x.grad, torch.ones(5, 32) @ s, torch.float32)
+    _close(w.grad, lay.from_dense(torch.ones(32, 5) @ x.detach()), torch.float32)
+
+
+@pytest.mark.parametrize("trans_a, trans_b", MODES)
+def test_dds_gradients_match_masked_dense(trans_a, trans_b):
+    lay, data = _case(3, 4, 16, seed=11)
+    s = lay.to_dense(data).requires_grad_()
+    a = torch.randn(2, 5, s.shape[1] if trans_b else s.shape[0])
+    a_in = _t(a, trans_a).contiguous().requires_grad_()
+    w = data.clone().requires_grad_()
+    out = bs.dds(a_in, w, lay, trans_a=trans_a, trans_b=trans_b)
+    g = torch.randn_like(out)
+    out.backward(g)
+    a_ref = a_in.detach().clone().requires_grad_()
+    (_t(a_ref, trans_a) @ _t(s, trans_b)).backward(g)
+    _close(a_in.grad, a_ref.grad, torch.float32)
+    _close(w.grad, lay.from_dense(s.grad), torch.float32)   # kept blocks only; batch summed
+
+
+def test_opcheck_custom_ops():
+    lay, data = _case(2, 3, 16, seed=2)
+    meta = (*lay.tensors(), lay.block, *lay.shape)
+    x = torch.randn(4, 48, requires_grad=True)
+    w = data.clone().requires_grad_()
+    torch.library.opcheck(torch.ops.sparse.bs_dds.default, (x, w, *meta, False, True))
+    torch.library.opcheck(torch.ops.sparse.bs_dsd.default, (data, torch.randn(48, 5), *meta, False, False))
+    torch.library.opcheck(torch.ops.sparse.bs_sdd.default, (torch.randn(6, 32), torch.randn(6, 48), *meta,
+                                                            True, False))
+
+
+def test_torch_compile_traces_through_fake_kernels():
+    lay, data = _case(2, 3, 16, seed=9)
+    w = data.clone().requires_grad_()
+    x = torch.randn(2, 3, 48)
+
+    def f(x, w):
+        return torch.relu(bs.dds(x, w, lay, trans_b=True)).sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    loss = compiled(x, w)
+    loss.backward()
+    w2 = data.clone().requires_grad_()
+    ref = f(x, w2)
+    ref.backward()
+    _close(loss.detach(), ref.detach(), torch.float32)
+    _close(w.grad, w2.grad, torch.float32)
+
+
+def test_public_functions_reject_bad_arguments():
+    lay, data = _case(2, 2, 16)
+    with pytest.raises(ValueError, match=r"a: expected \[..., M, K\] with K=32"):
+        bs.dds(torch.randn(3, 16), data, lay, trans_b=True)
+    with pytest.raises(ValueError, match="b_data: expected dtype torch.bfloat16"):
+        bs.dds(torch.randn(3, 32, dtype=torch.bfloat16), data, lay, trans_b=True)
+    with pytest.raises(ValueError, match="layout: expected a triton_kernels.BlockLayout"):
+        bs.dsd(data, lay.mask(), torch.randn(32, 2))
+    with pytest.raises(ValueError, match=r"a, b: expected op\(a\) @ op\(b\) of shape"):
+        bs.sdd(torch.randn(16, 4), torch.randn(4, 32), lay)
+    with pytest.raises(ValueError, match="a_data: expected a torch.Tensor, got list"):
+        bs.dsd([1, 2], lay, torch.randn(32, 2))
