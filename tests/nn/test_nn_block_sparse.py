@@ -1,0 +1,205 @@
+"""BlockSparseLinear: outputs and gradients vs the masked dense Linear, conversions, errors, the Triton
+backend (interpreter), SparseOptimizer, and a drop-in replacement inside the real pretrained MiniLM."""
+import copy
+import importlib.util
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from sparse.nn import BlockSparseLinear
+from sparse.ops import last_backend, use_backend
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _close(out, ref, dtype, tol=None):
+    assert out.shape == ref.shape
+    scale = max(ref.abs().max().item(), 1.0)
+    err = (out.float() - ref.float()).abs().max().item()
+    tol = TOL[dtype] if tol is None else tol
+    assert err <= tol * scale, f"max error {err:.3g} > {tol:.1g} * {scale:.3g}"
+
+
+def _mask(r, c, p=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.rand(r, c, generator=g) < p
+    m[0, 0] = True
+    m[-1] = False  # an empty block row: those outputs are the bias only
+    return m
+
+
+def _masked_linear(lin, mask, block):
+    ref = copy.deepcopy(lin)
+    keep = mask.repeat_interleave(block, 0).repeat_interleave(block, 1).to(lin.weight.dtype)
+    with torch.no_grad():
+        ref.weight.mul_(keep)
+    return ref, keep
+
+
+@pytest.mark.parametrize("block", [16, 32])
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_and_gradients_match_masked_dense(block, bias):
+    torch.manual_seed(block)
+    lin = nn.Linear(4 * block, 3 * block, bias=bias)
+    mask = _mask(3, 4, seed=block)
+    mod = BlockSparseLinear.from_dense(lin, mask)
+    ref, keep = _masked_linear(lin, mask, block)
+    x = torch.randn(2, 3, 5, 4 * block)            # any leading shape
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, y_ref = mod(x1), ref(x2)
+    _close(y.detach(), y_ref.detach(), torch.float32)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    _close(x1.grad, x2.grad, torch.float32)
+    _close(mod.dense_weight(), ref.weight, torch.float32)
+    _close(mod.layout().to_dense(mod.weight_data.grad), ref.weight.grad * keep, torch.float32)
+    if bias:
+        _close(mod.bias.grad, ref.bias.grad, torch.float32)
+    assert last_backend("block_sparse.sdd") == "cpu"
+
+
+def test_bf16_forward_backward():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96).to(torch.bfloat16)
+    mask = _mask(3, 2, seed=1)
+    mod = BlockSparseLinear.from_dense(lin, mask)
+    ref, _ = _masked_linear(lin.float(), mask, 32)
+    x = torch.randn(7, 64).to(torch.bfloat16)
+    x1 = x.clone().requires_grad_()
+    x2 = x.float().requires_grad_()
+    y = mod(x1)
+    assert y.dtype == torch.bfloat16
+    y_ref = ref(x2)
+    _close(y.detach(), y_ref.detach(), torch.bfloat16)
+    y.float().sum().backward()
+    y_ref.sum().backward()
+    _close(x1.grad, x2.grad, torch.bfloat16)
+
+
+def test_to_dense_and_state_dict_round_trip():
+    lin = nn.Linear(64, 64)
+    mask = _mask(4, 4, seed=3)
+    mod = BlockSparseLinear.from_dense(lin, mask)
+    assert mod.block == 16 and torch.equal(mod.block_mask, mask)
+    dense = mod.to_dense()
+    x = torch.randn(3, 64)
+    _close(dense(x), mod(x), torch.float32)
+    other = BlockSparseLinear(64, 64, mask)
+    other.load_state_dict(mod.state_dict())
+    assert torch.equal(other(x), mod(x))
+    assert "block=16" in repr(mod)
+
+
+def test_bad_arguments_rejected():
+    lin = nn.Linear(64, 96)
+    with pytest.raises(ValueError, match="block_mask: expected a 2-D torch.bool tensor"):
+        BlockSparseLinear.from_dense(lin, torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"block_mask: expected shape \[out/B, in/B\].*got \(3, 3\)"):
+        BlockSparseLinear.from_dense(lin, torch.ones(3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="implies block size 8"):
+        BlockSparseLinear.from_dense(nn.Linear(16, 16), torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="linear: expected a torch.nn.Linear, got Conv1d"):
+        BlockSparseLinear.from_dense(nn.Conv1d(2, 2, 1), torch.ones(1, 1, dtype=torch.bool))
+    mod = BlockSparseLinear.from_dense(lin, torch.ones(3, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"x: expected a tensor \[..., in_features=64\], got \(2, 63\)"):
+        mod(torch.randn(2, 63))
+    with pytest.raises(ValueError, match="x: expected dtype torch.float32"):
+        mod(torch.randn(2, 64, dtype=torch.bfloat16))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_backend_in_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    kern = sys.modules.get("triton_kernels._block_sparse_kernels")
+    if kern is not None and type(kern._dds_kernel).__name__ != "InterpretedFunction":
+        pytest.skip("kernels were compiled for CUDA earlier in this process")
+    torch.manual_seed(0)
+    lin = nn.Linear(48, 32)
+    mask = _mask(2, 3, seed=5)
+    mod = BlockSparseLinear.from_dense(lin, mask)
+    x = torch.randn(2, 3, 48)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with use_backend("triton"):
+        y = mod(x1)
+        y.sum().backward()
+        assert last_backend("block_sparse.dds") == "triton" and last_backend("block_sparse.sdd") == "triton"
+    g_tr = mod.weight_data.grad.clone()
+    mod.weight_data.grad = None
+    y_cpu = mod(x2)
+    y_cpu.sum().backward()
+    _close(y.detach(), y_cpu.detach(), torch.float32)
+    _close(x1.grad, x2.grad, torch.float32)
+    _close(g_tr, mod.weight_data.grad, torch.float32)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = BlockSparseLinear.from_dense(nn.Linear(64, 64), _mask(4, 4, seed=2))
+        self.proj = nn.Linear(64, 8)
+
+    def forward(self, x):
+        return self.proj(torch.relu(self.blocks(x)))
+
+
+def test_with_sparse_optimizer():
+    from sparse.optim import SparseOptimizer
+
+    torch.manual_seed(0)
+    net = _Net()
+    recipe = {"name": "r", "pruning": [{
+        "name": "proj", "targets": {"types": ["Linear"], "include": ["proj"]},
+        "pattern": {"type": "nm", "n": 2, "m": 4}, "schedule": {"type": "oneshot", "at_step": 0}}]}
+    opt = SparseOptimizer(torch.optim.AdamW(net.parameters(), lr=1e-2), net, recipe)
+    assert list(opt.masks) == ["proj.weight"]
+    before = net.blocks.weight_data.detach().clone()
+    x, target = torch.randn(16, 64), torch.randint(0, 8, (16,))
+    losses = []
+    for _ in range(5):
+        loss = nn.functional.cross_entropy(net(x), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert not torch.equal(before, net.blocks.weight_data)           # the block-sparse layer trains
+    assert net.blocks.weight_data.shape == before.shape               # ...and stays block-sparse
+    assert bool(((net.proj.weight != 0) | ~opt.masks["proj.weight"]).all())
+    assert bool((net.proj.weight[~opt.masks["proj.weight"]] == 0).all())
+
+
+def test_real_minilm_block_sparse_ffn_matches_masked_dense():
+    transformers = pytest.importorskip("transformers")
+    from sparse.data import minilm_path
+
+    path = minilm_path()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    dense = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(0)
+    for i in (0, 3):
+        ffn = model.encoder.layer[i]
+        for name, owner in (("dense", ffn.intermediate), ("dense", ffn.output)):
+            lin = getattr(owner, name)
+            mask = torch.rand(lin.out_features // 32, lin.in_features // 32, generator=g) < 0.3
+            setattr(owner, name, BlockSparseLinear.from_dense(lin, mask))
+            ref_lin = getattr(getattr(dense.encoder.layer[i], "intermediate" if owner is ffn.intermediate
+                                      else "output"), name)
+            keep = mask.repeat_interleave(32, 0).repeat_interleave(32, 1)
+            with torch.no_grad():
+                ref_lin.weight.mul_(keep)
+    assert isinstance(model.encoder.layer[3].output.dense, BlockSparseLinear)
+    batch = tok(["Shares rose sharply after the bank's results.", "The match ended in a draw."],
+                padding=True, return_tensors="pt")
+    out = model(**batch).last_hidden_state
+    ref = dense(**batch).last_hidden_state
+    _close(out.detach(), ref.detach(), torch.float32, tol=1e-4)
+    out.pow(2).mean().backward()
+    ref.pow(2).mean().backward()
+    sp = model.encoder.layer[0].intermediate.dense
+    ref_w = dense.encoder.layer[0].intermediate.dense.weight
+    _close(sp.layout().to_dense(sp.weight_data.grad), ref_w.grad * sp.layout().to_dense(
+        torch.ones_like(sp.weight_data)), torch.float32, tol=1e-4)
