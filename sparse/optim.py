@@ -42,6 +42,7 @@ class _Target:
     entry: PruningEntry
     param: nn.Parameter
     mask: torch.Tensor | None = None      # torch.bool, param's shape and device; None before pruning
+    fmask: torch.Tensor | None = None     # the mask in the param's dtype: mul_ by it is ~2x faster than by bool
     dense: torch.Tensor | None = None     # SR-STE dense shadow weight (param's dtype), else None
     sparsity: float | None = None         # sparsity the current mask was built for
 
@@ -145,7 +146,7 @@ class SparseOptimizer:
                 if g is not None:
                     srste_grad_(g, t.dense, t.mask, t.entry.method.lam)
             elif g is not None:
-                g.mul_(t.mask)
+                g.mul_(t.fmask)
 
     @torch.no_grad()
     def post_step(self) -> None:
@@ -166,8 +167,8 @@ class SparseOptimizer:
                 s = sparsity_at(sched, final, self._step)
                 if s is not None:
                     self._compute_mask(t, s)
-            if t.mask is not None:
-                t.param.mul_(t.mask)
+            if t.fmask is not None:
+                t.param.mul_(t.fmask)
 
     def _compute_mask(self, t: _Target, sparsity: float) -> None:
         entry = t.entry
@@ -177,6 +178,7 @@ class SparseOptimizer:
         mask = pattern_mask(source, entry.pattern, sparsity)
         mask = _broadcast_mask(mask)
         t.mask, t.sparsity = mask, sparsity
+        t.fmask = mask.to(t.param.dtype)
 
     # ------------------------------------------------------------------------------ state dict
     def state_dict(self) -> dict:
@@ -223,6 +225,7 @@ class SparseOptimizer:
         for t in self._targets:
             mask = sp["masks"].get(t.fqn)
             t.mask = None if mask is None else mask.to(t.param.device)
+            t.fmask = None if mask is None else t.mask.to(t.param.dtype)
             t.sparsity = sp["sparsity"].get(t.fqn)
             dense = sp["dense"].get(t.fqn)
             t.dense = None if dense is None else dense.to(device=t.param.device, dtype=t.param.dtype).clone()
