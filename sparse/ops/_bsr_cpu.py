@@ -1,10 +1,10 @@
 """Fast CPU path of the block-sparse matmuls: batched gather + one GEMM per call (pure torch).
 
-The sparse operand's block rows are cut into *chunks* of ``kc`` blocks (the last chunk of a row padded
-with zero blocks). One ``index_select`` gathers, for every chunk, the ``kc`` dense row-blocks it
-multiplies; one batched matmul (oneDNN/AMX for bf16) computes all chunks; an ``index_add_`` (or
-``index_copy_`` when every row is a single chunk) sums the chunks of each row. ``kc`` trades padding
-work against the number of partial sums and is chosen per layout by a small cost model.
+The sparse operand's non-empty block rows are sorted by their number of blocks and split into at most
+``MAX_GROUPS`` groups (exact DP on padded work + a per-group price); each group is padded to its largest
+count with zero blocks. Per group: one ``index_select`` gathers the dense row-blocks every row
+multiplies, one batched matmul (oneDNN/AMX for bf16) computes all its rows, one ``index_copy_`` puts
+them in place. No partial sums (bf16 ``index_add_`` is very slow on CPU).
 
 Few large ops on purpose: on a shared 2-core machine every parallel region can cost a scheduler slice,
 so a loop over block rows (hundreds of small GEMMs) is far slower than dense.
@@ -20,45 +20,65 @@ import torch
 from triton_kernels.layout import BlockLayout
 
 
-def _choose_kc(counts: torch.Tensor) -> int:
-    """Blocks per chunk minimising padded block products plus per-chunk partial-sum traffic."""
-    nz = counts[counts > 0]
-    if nz.numel() == 0:
-        return 1
-    kmax = int(nz.max())
-    best, best_cost = kmax, None
-    for kc in sorted({kmax, *range(1, min(kmax, 8) + 1), -(-kmax // 2)}):
-        chunks = (nz + kc - 1) // kc
-        nch = int(chunks.sum())
-        # Padded slot = one gathered block + its GEMM share; a multi-chunk row adds an index_add pass.
-        cost = nch * kc + nch * (2 if kc < kmax else 1)
-        if best_cost is None or cost < best_cost:
-            best, best_cost = kc, cost
-    return best
+MAX_GROUPS = 3
+
+
+def _groups(counts: torch.Tensor, max_groups: int = MAX_GROUPS) -> list[tuple[int, int]]:
+    """Split the non-empty rows, sorted by block count, into <= max_groups contiguous runs.
+
+    Returns ``[(start, end)]`` into the sorted order; each run is padded to its largest count. Exact
+    DP minimising padded blocks plus a fixed per-group price (each group is three more ops).
+    """
+    c = sorted(int(v) for v in counts.tolist() if v > 0)
+    n = len(c)
+    if n == 0:
+        return []
+    price = max(1, sum(c) // 8)
+    inf = float("inf")
+    # best[g][i]: cost of the first i rows in g groups; rows sorted ascending so a run's pad is c[i-1].
+    best = [[inf] * (n + 1) for _ in range(max_groups + 1)]
+    back = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0
+    for g in range(1, max_groups + 1):
+        for i in range(1, n + 1):
+            for j in range(i):
+                if best[g - 1][j] == inf:
+                    continue
+                cost = best[g - 1][j] + (i - j) * c[i - 1] + price
+                if cost < best[g][i]:
+                    best[g][i], back[g][i] = cost, j
+    g = min(range(1, max_groups + 1), key=lambda k: best[k][n])
+    runs, i = [], n
+    while g > 0:
+        j = back[g][i]
+        runs.append((j, i))
+        i, g = j, g - 1
+    return runs[::-1]
 
 
 def _plan(seg: torch.Tensor, idx: torch.Tensor, dptr: torch.Tensor | None):
-    """Chunks of the sparse rows described by ``seg`` (pointers), ``idx`` and ``dptr`` (data index).
+    """Row groups of the sparse rows given by ``seg`` (pointers), ``idx`` and ``dptr`` (data index).
 
-    Returns ``(kc, ch_row [nch], ch_idx [nch, kc], ch_dptr [nch, kc], valid [nch, kc], single)`` where
-    ``single`` says every non-empty row is exactly one chunk (all int64 on CPU).
+    Returns a list of ``(rows [n], idx [n, k], dptr [n, k], valid [n, k])`` (int64/bool on CPU): rows of
+    similar block counts, each padded to the group's largest count ``k`` (padding: index 0, invalid).
     """
     seg = seg.to("cpu", torch.int64)
     idx = idx.to("cpu", torch.int64)
+    dptr = None if dptr is None else dptr.to("cpu", torch.int64)
     counts = seg[1:] - seg[:-1]
-    kc = _choose_kc(counts)
-    nchunks = (counts + kc - 1) // kc
-    nch = int(nchunks.sum())
-    rows = torch.arange(counts.numel())
-    ch_row = torch.repeat_interleave(rows, nchunks)
-    start_chunk = torch.cumsum(nchunks, 0) - nchunks
-    j = torch.arange(nch) - torch.repeat_interleave(start_chunk, nchunks)
-    pos = (seg[:-1][ch_row] + j * kc)[:, None] + torch.arange(kc)
-    valid = pos < seg[1:][ch_row][:, None]
-    pos = torch.where(valid, pos, torch.zeros_like(pos))
-    ch_idx = torch.where(valid, idx[pos], torch.zeros_like(pos))
-    ch_dptr = pos if dptr is None else dptr.to("cpu", torch.int64)[pos]
-    return kc, ch_row, ch_idx, ch_dptr, valid, bool((nchunks <= 1).all())
+    order = torch.argsort(counts, stable=True)
+    order = order[counts[order] > 0]
+    out = []
+    for a, b in _groups(counts):
+        rows = order[a:b]
+        k = int(counts[rows].max())
+        pos = seg[:-1][rows][:, None] + torch.arange(k)
+        valid = pos < seg[1:][rows][:, None]
+        pos = torch.where(valid, pos, torch.zeros_like(pos))
+        g_idx = torch.where(valid, idx[pos], torch.zeros_like(pos))
+        g_dptr = pos if dptr is None else dptr[pos]
+        out.append((rows, g_idx, g_dptr, valid))
+    return out
 
 
 def _row_side(layout: BlockLayout, trans: bool):
@@ -80,26 +100,27 @@ def dsd(a_data: torch.Tensor, layout: BlockLayout, b: torch.Tensor, trans_a: boo
     z = b3.shape[0]
     if layout.nnz == 0 or z * m * n == 0:
         return b.new_zeros(*lead, m, n)
-    kc, ch_row, ch_idx, ch_dptr, valid, single = _plan(*_row_side(layout, trans_a))
     dev = b.device
-    ch_row, ch_idx, ch_dptr, valid = (t.to(dev) for t in (ch_row, ch_idx, ch_dptr, valid))
-    nch = ch_row.numel()
-    blocks = a_data[..., ch_dptr.view(-1), :, :]  # [(Z,) nch*kc, B, B]
-    if trans_a:
-        blocks = blocks.transpose(-1, -2)
-    blocks = blocks * valid.view(-1, 1, 1).to(blocks.dtype)
-    # [(Z,) nch, B(out row), kc*B]: chunk row r_local, columns slot-major then in-block column.
-    w = blocks.reshape(*blocks.shape[:-3], nch, kc, bs, bs).transpose(-3, -2).reshape(
-        *blocks.shape[:-3], nch, bs, kc * bs)
-    if a_data.dim() > 3:  # per-batch blocks: flatten their leading dims like b's
-        w = w.reshape(z, nch, bs, kc * bs)
-    xg = b3.view(z, k // bs, bs, n).index_select(1, ch_idx.view(-1)).view(z, nch, kc * bs, n)
-    part = torch.matmul(w, xg)  # [Z, nch, B, N]
     out = b3.new_zeros(z, m // bs, bs, n)
-    if single:
-        out.index_copy_(1, ch_row, part)
-    else:
-        out.index_add_(1, ch_row, part)
+    xb = b3.view(z, k // bs, bs, n)
+    for rows, g_idx, g_dptr, valid in _plan(*_row_side(layout, trans_a)):
+        rows, g_idx, g_dptr, valid = (t.to(dev) for t in (rows, g_idx, g_dptr, valid))
+        nr, kc = g_idx.shape
+        blocks = a_data[..., g_dptr.view(-1), :, :]  # [(Z,) nr*kc, B, B]
+        if trans_a:
+            blocks = blocks.transpose(-1, -2)
+        blocks = blocks * valid.view(-1, 1, 1).to(blocks.dtype)
+        # [(Z,) nr, B(out row), kc*B]: columns slot-major, then in-block column.
+        w = blocks.reshape(*blocks.shape[:-3], nr, kc, bs, bs).transpose(-3, -2).reshape(
+            *blocks.shape[:-3], nr, bs, kc * bs)
+        if a_data.dim() > 3:  # per-batch blocks: flatten their leading dims like b's
+            w = w.reshape(z, nr, bs, kc * bs)
+        xg = xb.index_select(1, g_idx.view(-1)).view(z, nr, kc * bs, n)
+        part = torch.matmul(w, xg)  # [Z, nr, B, N]
+        if nr == m // bs:  # one group holding every row: its order is the only copy needed
+            out = part if bool((rows == torch.arange(nr, device=dev)).all()) else out.index_copy_(1, rows, part)
+        else:
+            out.index_copy_(1, rows, part)
     return out.view(*lead, m, n)
 
 
@@ -125,14 +146,16 @@ def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, trans_a: bool = F
     out = a.new_zeros(z, layout.nnz, bs, bs)
     if layout.nnz == 0 or z == 0 or k == 0:
         return out.view(*lead, layout.nnz, bs, bs)
-    kc, ch_row, ch_idx, ch_dptr, valid, _ = _plan(layout.crow, layout.col, None)
     dev = a.device
-    ch_row, ch_idx, ch_dptr, valid = (t.to(dev) for t in (ch_row, ch_idx, ch_dptr, valid))
-    nch = ch_row.numel()
-    ar = a3.view(z, m // bs, bs, k).index_select(1, ch_row)                      # [Z, nch, B, K]
-    bg = bt3.view(z, n // bs, bs, k).index_select(1, ch_idx.view(-1)).view(z, nch, kc * bs, k)
-    part = torch.matmul(ar, bg.transpose(-1, -2))                                # [Z, nch, B, kc*B]
-    part = part.view(z, nch, bs, kc, bs).transpose(2, 3).reshape(z, nch * kc, bs, bs)
-    keep = valid.view(-1).nonzero().squeeze(1)
-    out.index_copy_(1, ch_dptr.view(-1)[keep], part.index_select(1, keep))
+    ab = a3.view(z, m // bs, bs, k)
+    bb = bt3.view(z, n // bs, bs, k)
+    for rows, g_idx, g_dptr, valid in _plan(layout.crow, layout.col, None):
+        rows, g_idx, g_dptr, valid = (t.to(dev) for t in (rows, g_idx, g_dptr, valid))
+        nr, kc = g_idx.shape
+        ar = ab.index_select(1, rows)                                             # [Z, nr, B, K]
+        bg = bb.index_select(1, g_idx.view(-1)).view(z, nr, kc * bs, k)           # [Z, nr, kc*B, K]
+        part = torch.matmul(ar, bg.transpose(-1, -2))                             # [Z, nr, B, kc*B]
+        part = part.view(z, nr, bs, kc, bs).transpose(2, 3).reshape(z, nr * kc, bs, bs)
+        keep = valid.view(-1).nonzero().squeeze(1)
+        out.index_copy_(1, g_dptr.view(-1)[keep], part.index_select(1, keep))
     return out.view(*lead, layout.nnz, bs, bs)

@@ -1,0 +1,175 @@
+"""``sparse bench blocksparse``: BlockSparseLinear fwd+bwd vs dense ``nn.Linear`` on the CPU.
+
+Default: BERT-base FFN shapes (768->3072 and 3072->768), 4096 tokens, bf16, blocks 32 and 64,
+sparsity 50-95 %, random block masks. Dense and sparse runs alternate in one process and the table
+reports medians and their ratio (speedup > 1: block-sparse is faster), plus the break-even sparsity
+(the lowest measured sparsity from which on block-sparse is at least as fast).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+SHAPES = {"up": (768, 3072), "down": (3072, 768)}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--tokens", type=int, default=4096, help="rows of x (batch*sequence), default 4096")
+    parser.add_argument("--shapes", default="up,down", help="comma list of up (768->3072), down (3072->768) "
+                                                            "or IN:OUT, default up,down")
+    parser.add_argument("--blocks", default="32,64", help="comma list of block sizes, default 32,64")
+    parser.add_argument("--sparsities", default="0.5,0.6,0.7,0.8,0.9,0.95",
+                        help="comma list of block sparsities in [0, 1), default 0.5..0.95")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--repeats", type=int, default=5, help="timed fwd+bwd runs of each side, default 5")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, default 2")
+    parser.add_argument("--backend", choices=["cpu", "torch"], default="cpu",
+                        help="block-sparse backend to force (default cpu: the fast path)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", dest="json_path", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+
+
+def _csv(text: str, cast, name: str) -> list:
+    try:
+        values = [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{name}: expected a comma-separated list, got {text!r}") from None
+    if not values:
+        raise ValueError(f"--{name}: expected at least one value, got {text!r}")
+    return values
+
+
+def _shapes(text: str) -> list[tuple[str, int, int]]:
+    out = []
+    for item in _csv(text, str, "shapes"):
+        item = item.strip()
+        if item in SHAPES:
+            out.append((item, *SHAPES[item]))
+            continue
+        try:
+            i, o = (int(v) for v in item.split(":"))
+        except ValueError:
+            raise ValueError(f"--shapes: expected up, down or IN:OUT, got {item!r}") from None
+        out.append((item, i, o))
+    return out
+
+
+def _fwd_bwd(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> float:
+    x.grad = None
+    for p in layer.parameters():
+        p.grad = None
+    t0 = time.perf_counter()
+    layer(x).backward(g)
+    return time.perf_counter() - t0
+
+
+def measure(in_f: int, out_f: int, block: int, sparsity: float, tokens: int, dtype, repeats: int,
+            backend: str, seed: int) -> dict:
+    """Median fwd+bwd seconds of dense and block-sparse layers, interleaved in one process."""
+    from sparse.nn import BlockSparseLinear
+    from sparse.ops import last_backend, use_backend
+
+    gen = torch.Generator().manual_seed(seed)
+    dense = nn.Linear(in_f, out_f).to(dtype)
+    mask = torch.rand(out_f // block, in_f // block, generator=gen) >= sparsity
+    sparse_layer = BlockSparseLinear.from_dense(dense, mask)
+    x = torch.randn(tokens, in_f, generator=gen).to(dtype).requires_grad_()
+    g = torch.randn(tokens, out_f, generator=gen).to(dtype)
+    t_dense, t_sparse = [], []
+    with use_backend(backend):
+        _fwd_bwd(dense, x, g)
+        _fwd_bwd(sparse_layer, x, g)  # warm-up (oneDNN primitive creation)
+        for _ in range(repeats):
+            t_dense.append(_fwd_bwd(dense, x, g))
+            t_sparse.append(_fwd_bwd(sparse_layer, x, g))
+        ran = last_backend("block_sparse.dds")
+    d, s = statistics.median(t_dense), statistics.median(t_sparse)
+    return {"in": in_f, "out": out_f, "block": block, "sparsity": sparsity,
+            "actual_sparsity": 1.0 - float(mask.float().mean()), "tokens": tokens, "dtype": str(dtype),
+            "backend": ran, "dense_ms": d * 1e3, "sparse_ms": s * 1e3, "speedup": d / s}
+
+
+def break_even(rows: list[dict]) -> float | None:
+    """Lowest measured sparsity from which on every larger one is at least as fast as dense."""
+    best = None
+    for r in sorted(rows, key=lambda r: -r["sparsity"]):
+        if r["speedup"] < 1.0:
+            break
+        best = r["sparsity"]
+    return best
+
+
+def _write_json(path: str, payload: dict, force: bool) -> None:
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"--json: {path} exists; pass --force to overwrite it")
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".blocksparse-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run(args) -> int:
+    shapes = _shapes(args.shapes)
+    blocks = _csv(args.blocks, int, "blocks")
+    sparsities = _csv(args.sparsities, float, "sparsities")
+    for s in sparsities:
+        if not 0.0 <= s < 1.0:
+            raise ValueError(f"--sparsities: expected values in [0, 1), got {s}")
+    for b in blocks:
+        if b not in (16, 32, 64, 128):
+            raise ValueError(f"--blocks: expected block sizes among 16, 32, 64, 128, got {b}")
+    for name, i, o in shapes:
+        for b in blocks:
+            if i % b or o % b:
+                raise ValueError(f"--shapes: {name} ({i}x{o}) is not a multiple of block {b}")
+    if args.tokens < 1 or args.repeats < 1 or args.threads < 1:
+        raise ValueError(f"--tokens/--repeats/--threads: expected positive integers, got "
+                         f"{args.tokens}/{args.repeats}/{args.threads}")
+    if args.json_path and os.path.exists(args.json_path) and not args.force:
+        raise FileExistsError(f"--json: {args.json_path} exists; pass --force to overwrite it")
+    torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+    rows = []
+    print(f"BlockSparseLinear fwd+bwd vs dense nn.Linear: {args.tokens} tokens, {args.dtype}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats} (CPU: {torch.backends.cpu.get_cpu_capability()})")
+    print(f"{'shape':>10} {'block':>5} {'sparsity':>8} {'dense ms':>9} {'sparse ms':>9} {'speedup':>8}")
+    for name, i, o in shapes:
+        for b in blocks:
+            for s in sparsities:
+                r = measure(i, o, b, s, args.tokens, dtype, args.repeats, args.backend, args.seed)
+                r["shape"] = name
+                rows.append(r)
+                print(f"{name + f' {i}x{o}':>10} {b:>5} {s:>8.2f} {r['dense_ms']:>9.1f} {r['sparse_ms']:>9.1f} "
+                      f"{r['speedup']:>7.2f}x", flush=True)
+    summary = []
+    for name, i, o in shapes:
+        for b in blocks:
+            sel = [r for r in rows if r["shape"] == name and r["block"] == b]
+            be = break_even(sel)
+            at90 = [r["speedup"] for r in sel if abs(r["sparsity"] - 0.9) < 1e-9]
+            summary.append({"shape": name, "block": b, "break_even_sparsity": be,
+                            "speedup_at_90": at90[0] if at90 else None})
+            print(f"{name} block {b}: break-even sparsity "
+                  f"{'not reached' if be is None else f'{be:.2f}'}"
+                  + (f", speedup at 90%: {at90[0]:.2f}x" if at90 else ""))
+    if args.json_path:
+        _write_json(args.json_path, {"config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                                     "rows": rows, "summary": summary}, args.force)
+    return 0
