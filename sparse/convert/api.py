@@ -1,0 +1,273 @@
+"""``convert_checkpoint``: unstructured-sparse checkpoint -> N:M (optionally transposable) checkpoint."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from contextlib import ExitStack
+
+import torch
+
+from ..masks import METHODS
+from .atomic import atomic_dir, atomic_file, check_destination, write_text_atomic
+from .prune import PruneStats, as_2d, prune_blocks
+from .report import ConvertReport, TensorReport
+from .safetensors_io import SafetensorsReader, SafetensorsWriter, copy_raw
+from .sources import SAFETENSORS_EXT, TORCH_EXT, Shard, Source, resolve_source
+from .targets import TargetFilter, shape_problem
+from .torch_io import load_state_dict, save_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def parse_pattern(pattern) -> tuple[int, int]:
+    """``"2:4"`` -> ``(2, 4)``; anything else is a ``ValueError`` naming ``pattern``."""
+    try:
+        n_s, m_s = str(pattern).split(":")
+        n, m = int(n_s), int(m_s)
+    except ValueError:
+        raise ValueError(f"pattern: expected 'N:M' with integers 1 <= N < M, e.g. '2:4', got {pattern!r}") from None
+    if not (1 <= n < m <= 32):
+        raise ValueError(f"pattern: expected 'N:M' with 1 <= N < M <= 32, got {pattern!r}")
+    return n, m
+
+
+class _TensorSource:
+    """Uniform access to one input shard: names in file order, dtype/shape, tensor, raw bytes."""
+
+    def __init__(self, shard: Shard, stack: ExitStack):
+        self.kind = shard.kind
+        if shard.kind == "safetensors":
+            self.reader = stack.enter_context(SafetensorsReader(shard.path))
+            self.names = [i.name for i in self.reader.infos]
+            self.metadata = self.reader.metadata
+        else:
+            self.sd = load_state_dict(shard.path)
+            self.names = list(self.sd)
+            self.metadata = None
+
+    def meta(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        if self.kind == "safetensors":
+            i = self.reader.by_name[name]
+            return i.dtype, i.shape
+        t = self.sd[name]
+        return t.dtype, tuple(t.shape)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.reader.tensor(name) if self.kind == "safetensors" else self.sd[name]
+
+    def release(self, name: str) -> None:
+        if self.kind == "safetensors":
+            self.reader.release(name)
+
+
+class _Sink:
+    """Output of one shard: streaming safetensors, or a dict saved with torch.save at the end."""
+
+    def __init__(self, path: str, kind: str, entries, metadata):
+        self.kind, self.path = kind, path
+        if kind == "safetensors":
+            self.file = open(path, "wb")
+            if metadata is None:
+                metadata = {"format": "pt"}  # transformers refuses safetensors without a format tag
+            self.writer = SafetensorsWriter(self.file, entries, metadata)
+        else:
+            self.out: dict[str, torch.Tensor] = {}
+            self.parts: list[torch.Tensor] = []
+
+    def write_chunk(self, name: str, chunk: torch.Tensor) -> None:
+        if self.kind == "safetensors":
+            self.writer.write(name, chunk)
+        else:
+            self.parts.append(chunk)
+
+    def end_tensor(self, name: str, shape, dtype) -> None:
+        if self.kind != "safetensors":
+            self.out[name] = torch.cat([p.reshape(-1) for p in self.parts]).reshape(shape) if self.parts \
+                else torch.empty(shape, dtype=dtype)
+            self.parts = []
+
+    def copy(self, name: str, src: _TensorSource) -> None:
+        if self.kind == "safetensors":
+            if src.kind == "safetensors":
+                copy_raw(self.writer, name, src.reader.raw(name))
+            else:
+                self.writer.write(name, src.tensor(name))
+        else:
+            self.out[name] = src.tensor(name).clone() if src.kind == "safetensors" else src.tensor(name)
+
+    def close(self) -> None:
+        if self.kind == "safetensors":
+            self.writer.finish()
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+        else:
+            save_state_dict(self.out, self.path)
+
+
+def _out_kind(shard: Shard, source: Source, dst: str) -> str:
+    if source.is_dir_output:
+        return shard.kind
+    low = dst.lower()
+    if low.endswith(SAFETENSORS_EXT):
+        return "safetensors"
+    if low.endswith(TORCH_EXT):
+        return "torch"
+    raise ValueError(f"dst: expected a file name ending in .safetensors, .pt, .pth or .bin, got {dst!r}")
+
+
+def _convert_shard(shard: Shard, source: Source, out_path: str, out_kind: str, n: int, m: int,
+                   transposable: bool, method: str, targets: TargetFilter, overrides: dict[str, torch.Tensor],
+                   report: ConvertReport, progress) -> None:
+    with ExitStack() as stack:
+        src = _TensorSource(shard, stack)
+        entries = [(name, *src.meta(name)) for name in src.names]
+        sink = _Sink(out_path, out_kind, entries, src.metadata)
+        try:
+            for name, dtype, shape in entries:
+                nbytes = dtype.itemsize * int(torch.Size(shape).numel())
+                if targets.wanted(name, dtype, shape):
+                    why = shape_problem(shape, m, transposable)
+                    if why is not None:
+                        report.skipped[name] = why
+                        log.warning("not converting %s: %s", name, why)
+                        sink.copy(name, src)
+                        report.untouched += 1
+                    else:
+                        report.tensors.append(_convert_one(name, src.tensor(name), n, m, transposable, method,
+                                                           overrides.get(name), sink))
+                        sink.end_tensor(name, shape, dtype)
+                elif name in overrides:  # a bias refitted by calibration
+                    sink.write_chunk(name, overrides[name].to(dtype).contiguous())
+                    sink.end_tensor(name, shape, dtype)
+                else:
+                    sink.copy(name, src)
+                    report.untouched += 1
+                src.release(name)
+                report.bytes_read += nbytes
+                if progress is not None:
+                    progress.update(nbytes)
+            sink.close()
+        except BaseException:
+            if out_kind == "safetensors" and not sink.file.closed:
+                sink.file.close()
+            raise
+
+
+def _convert_one(name, weight, n, m, transposable, method, override, sink) -> TensorReport:
+    stats = PruneStats()
+    created = 0
+    if override is None:
+        for pruned, _ in prune_blocks(weight, n, m, transposable, method, stats, name):
+            sink.write_chunk(name, pruned)
+        nnz_after = stats.nnz_after
+    else:
+        # Calibrated: the mask (hence the kept/zeroed counts) is the same deterministic mask; the
+        # values written are the fitted ones, zero outside the mask.
+        w2d, o2d = as_2d(weight), as_2d(override.to(weight.dtype))
+        row = 0
+        nnz_after = 0
+        for pruned, mask in prune_blocks(weight, n, m, transposable, method, stats, name):
+            blk = o2d[row:row + mask.shape[0]]
+            if bool((blk[~mask] != 0).any()):
+                raise RuntimeError(f"{name}: calibrated weight is non-zero outside its mask")
+            created += int(((blk != 0) & (w2d[row:row + mask.shape[0]] == 0)).sum())
+            nnz_after += int(torch.count_nonzero(blk))
+            sink.write_chunk(name, blk.contiguous())
+            row += mask.shape[0]
+    return TensorReport(name=name, shape=list(weight.shape), dtype=str(weight.dtype).replace("torch.", ""),
+                        numel=stats.numel, nnz_before=stats.nnz_before, nnz_after=nnz_after,
+                        kept_nonzero=stats.kept_nonzero, newly_zeroed=stats.newly_zeroed,
+                        abs_before=stats.abs_before, abs_kept=stats.abs_kept, calibrated=override is not None,
+                        created_nonzero=created)
+
+
+def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: bool = False, method: str = "auto",
+                       *, include: list[str] | None = None, exclude: list[str] | None = None,
+                       calibrate: bool = False, calibration=None, calibration_texts: list[str] | None = None,
+                       force: bool = False, report_path: str | None = None,
+                       progress: bool = False) -> ConvertReport:
+    """Convert an (unstructured-sparse) checkpoint's Linear/conv weights to an N:M pattern.
+
+    Args:
+        src: a ``.safetensors`` file, a sharded ``*.index.json``, a ``.pt``/``.pth``/``.bin`` state
+            dict (loaded with ``weights_only=True`` only) or an HF model folder. Never modified.
+        dst: output file (``.safetensors`` or ``.pt``/``.pth``/``.bin``) for a single-file SRC; a
+            folder for sharded/HF SRC (same shard names, other files copied; HF ``from_pretrained``
+            loads it). Written to a temporary sibling and renamed; refused if it exists unless ``force``.
+        pattern: ``"N:M"`` (groups of M along in_features; conv weights flattened to ``[out, in*kh*kw]``).
+        transposable: every aligned MxM tile keeps N per row and per column (``sparse.masks.transposable_mask``).
+        method: transposable mask method (``sparse.masks.METHODS``).
+        include, exclude: regexes over tensor names (see :mod:`sparse.convert.targets`).
+        calibrate: AdaPrune (HF folders only): fit each pruned layer's output to the dense layer's.
+        calibration: an :class:`sparse.convert.adaprune.AdaPruneConfig` (defaults if None).
+        calibration_texts: calibration texts (default: a slice of the BBC News training texts).
+        force: replace an existing ``dst`` (and ``report_path``).
+        report_path: also write the report as JSON there.
+        progress: show a progress bar (bytes) on stderr.
+
+    Returns:
+        :class:`ConvertReport`. Every tensor keeps its name, dtype and shape; non-target tensors are
+        bit-identical (except biases refitted by calibration); pruned entries are exactly zero.
+    """
+    n, m = parse_pattern(pattern)
+    if not isinstance(transposable, bool):
+        raise ValueError(f"transposable: expected a bool, got {transposable!r}")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    for arg, v in (("include", include), ("exclude", exclude)):
+        if v is not None and (isinstance(v, str) or not all(isinstance(p, str) for p in v)):
+            raise ValueError(f"{arg}: expected a list of regex strings, got {v!r}")
+    targets = TargetFilter(list(include or []), list(exclude or []))
+    src, dst = os.fspath(src), os.fspath(dst)
+    source = resolve_source(src)
+    check_destination(src, dst, force)
+    if report_path is not None:
+        check_destination(src, report_path, force)
+    if calibrate and source.kind != "hf":
+        raise ValueError(f"calibrate: needs an HF model folder as src (the model is run on calibration text), "
+                         f"got a {source.kind} checkpoint {src!r}")
+    out_kinds = [_out_kind(s, source, dst) for s in source.shards]
+
+    report = ConvertReport(src=src, dst=dst, pattern=f"{n}:{m}", transposable=transposable, method=method)
+    t0 = time.perf_counter()
+    overrides: dict[str, torch.Tensor] = {}
+    if calibrate:
+        from .adaprune import AdaPruneConfig, calibrate_hf_folder
+
+        cfg = calibration if calibration is not None else AdaPruneConfig()
+        overrides, report.calibration = calibrate_hf_folder(source, n, m, transposable, method, targets, cfg,
+                                                            calibration_texts)
+    progress_bar = None
+    if progress:
+        from tqdm import tqdm
+
+        total = sum(os.path.getsize(s.path) for s in source.shards)
+        progress_bar = tqdm(total=total, unit="B", unit_scale=True, desc="convert")
+    try:
+        if source.is_dir_output:
+            with atomic_dir(dst, force) as tmp:
+                for rel in source.copy:
+                    out = os.path.join(tmp, rel)
+                    os.makedirs(os.path.dirname(out), exist_ok=True)
+                    shutil.copy2(os.path.join(source.root, rel), out)
+                for shard, kind in zip(source.shards, out_kinds):
+                    out = os.path.join(tmp, shard.rel)
+                    os.makedirs(os.path.dirname(out), exist_ok=True)
+                    _convert_shard(shard, source, out, kind, n, m, transposable, method, targets, overrides,
+                                   report, progress_bar)
+        else:
+            with atomic_file(dst, force) as tmp:
+                _convert_shard(source.shards[0], source, tmp, out_kinds[0], n, m, transposable, method, targets,
+                               overrides, report, progress_bar)
+    finally:
+        if progress_bar is not None:
+            progress_bar.close()
+    report.seconds = time.perf_counter() - t0
+    if not report.tensors:
+        log.warning("no tensor of %s matched the target selection; output is a copy", src)
+    if report_path is not None:
+        write_text_atomic(report_path, report.to_json(), force=True)
+    return report

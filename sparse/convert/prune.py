@@ -1,0 +1,99 @@
+"""Mask one weight to N:M (or transposable N:M), chunk by chunk, and count what the mask keeps.
+
+Existing zeros have |w| = 0, so the magnitude masks of :mod:`sparse.masks` already prefer the
+non-zeros: the mask keeps as much of the existing magnitude as the pattern allows. Pruned entries
+become exactly ``+0`` in the weight's own dtype and kept entries keep their bits.
+
+Rows are processed in blocks (a multiple of ``m`` rows for transposable masks, whose ``m x m``
+tiles are aligned to row 0) so temporaries stay small and cache-resident; N:M groups never cross
+rows, so the result equals masking the whole tensor at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from ..masks import nm_mask, transposable_mask
+
+CHUNK_ELEMS = 1 << 20  # elements per block: ~4 MB of fp32, fast and bounded
+
+
+@dataclass
+class PruneStats:
+    """Counts for one tensor; magnitudes are float64 sums of |w| in the weight's dtype."""
+    numel: int = 0
+    nnz_before: int = 0
+    nnz_after: int = 0
+    kept_nonzero: int = 0
+    abs_before: float = 0.0
+    abs_kept: float = 0.0
+
+    @property
+    def newly_zeroed(self) -> int:
+        return self.nnz_before - self.kept_nonzero
+
+
+def as_2d(w: torch.Tensor) -> torch.Tensor:
+    """``[out, in, *k]`` -> ``[out, in * prod(k)]`` (a view for contiguous tensors)."""
+    return w.reshape(w.shape[0], -1)
+
+
+def block_rows(rows: int, cols: int, m: int, transposable: bool) -> int:
+    step = m if transposable else 1
+    return max(step, CHUNK_ELEMS // max(cols, 1) // step * step)
+
+
+def make_mask(w2d: torch.Tensor, n: int, m: int, transposable: bool, method: str) -> torch.Tensor:
+    """Bool mask ``[rows, cols]`` of a 2-D block (fp16/bf16/fp32/fp64)."""
+    if transposable:
+        return transposable_mask(w2d, n, m, method=method)
+    return nm_mask(w2d, n, m)
+
+
+def prune_blocks(weight: torch.Tensor, n: int, m: int, transposable: bool, method: str,
+                 stats: PruneStats, name: str = "weight") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(pruned_block, mask_block)`` over row blocks of ``weight`` flattened to 2-D.
+
+    ``pruned_block`` has the weight's dtype (pruned entries exactly +0, kept ones bit-identical);
+    blocks concatenated in order are the row-major bytes of the pruned tensor. ``stats`` is
+    updated in place. NaN/Inf raise ``ValueError`` naming ``name``.
+    """
+    w2d = as_2d(weight)
+    rows, cols = w2d.shape
+    step = block_rows(rows, cols, m, transposable)
+    zero = torch.zeros((), dtype=w2d.dtype)
+    stats.numel += w2d.numel()
+    for lo in range(0, rows, step):
+        blk = w2d[lo:lo + step]
+        try:
+            mask = make_mask(blk, n, m, transposable, method)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        pruned = torch.where(mask, blk, zero)
+        a = blk.abs()
+        stats.nnz_before += int(torch.count_nonzero(blk))
+        kept = int(torch.count_nonzero(pruned))
+        stats.nnz_after += kept
+        stats.kept_nonzero += kept
+        stats.abs_before += float(a.sum(dtype=torch.float64))
+        stats.abs_kept += float(a.masked_fill_(~mask, 0).sum(dtype=torch.float64))
+        yield pruned, mask
+
+
+def prune_tensor(weight: torch.Tensor, n: int, m: int, transposable: bool = False, method: str = "auto",
+                 name: str = "weight") -> tuple[torch.Tensor, torch.Tensor, PruneStats]:
+    """Whole-tensor convenience: ``(pruned [same shape/dtype], mask [rows, cols] bool, stats)``."""
+    stats = PruneStats()
+    parts = list(prune_blocks(weight, n, m, transposable, method, stats, name))
+    pruned = torch.cat([p for p, _ in parts]).reshape(weight.shape)
+    mask = torch.cat([k for _, k in parts])
+    return pruned, mask, stats
+
+
+def stream_pruned(weight: torch.Tensor, n: int, m: int, transposable: bool, method: str, stats: PruneStats,
+                  sink: Callable[[torch.Tensor], None], name: str = "weight") -> None:
+    """Prune ``weight`` block by block, handing each pruned block to ``sink`` (e.g. a file writer)."""
+    for pruned, _ in prune_blocks(weight, n, m, transposable, method, stats, name):
+        sink(pruned)

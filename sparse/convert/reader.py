@@ -1,0 +1,41 @@
+"""Read any supported checkpoint one tensor at a time (shared by conversion and ``sparse inspect``)."""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import torch
+
+from .safetensors_io import SafetensorsReader
+from .sources import resolve_source
+from .torch_io import load_state_dict
+
+
+def iter_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` for every tensor of the checkpoint at ``path``, in file order.
+
+    Safetensors tensors are zero-copy views of a memory map, valid only until the next item: clone
+    one to keep it.
+    """
+    source = resolve_source(os.fspath(path))
+    for shard in source.shards:
+        if shard.kind == "safetensors":
+            with SafetensorsReader(shard.path) as reader:
+                for info in reader.infos:
+                    yield info.name, reader.tensor(info.name)
+                    reader.release(info.name)
+        else:
+            yield from load_state_dict(shard.path).items()
+
+
+def list_tensors(path: str) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """``[(name, dtype, shape)]`` of every tensor, reading only headers where the format allows."""
+    source = resolve_source(os.fspath(path))
+    out = []
+    for shard in source.shards:
+        if shard.kind == "safetensors":
+            with SafetensorsReader(shard.path) as reader:
+                out += [(i.name, i.dtype, i.shape) for i in reader.infos]
+        else:
+            out += [(k, v.dtype, tuple(v.shape)) for k, v in load_state_dict(shard.path).items()]
+    return out
