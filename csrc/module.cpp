@@ -59,7 +59,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("transposable_exact", &transposable_exact, "exact transposable n:m mask (uint8) of float32 W [R,C]",
           pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("m"));
   mod.def("transposable_approx", &transposable_approx, "greedy+repair+exchange transposable n:m mask",
-          pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("m"), pybind11::arg("max_passes") = 32);
+          pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("m"), pybind11::arg("max_passes") = 3);
   mod.def("transposable_enum", &transposable_enum, "exact transposable mask by pattern enumeration (m <= 6)",
           pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("m"), pybind11::arg("combos"),
           pybind11::arg("patterns"));

@@ -58,11 +58,11 @@ inline unsigned blocks_for(int64_t work) { return (unsigned)((work + kThreads - 
 at::Tensor transposable_exact_cuda(const at::Tensor& w, int64_t n, int64_t m) {
   check_input(w, n, m, true, "transposable_exact");
   const c10::cuda::CUDAGuard guard(w.device());
-  auto keep = at::empty(w.sizes(), w.options().dtype(at::kByte));
+  auto keep = at::empty(w.sizes(), w.options().dtype(at::kBool));
   const int64_t tc = w.size(1) / m, tiles = (w.size(0) / m) * tc;
   if (tiles == 0) return keep;
   _transposable_exact_kernel<<<blocks_for(tiles), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      w.data_ptr<float>(), keep.data_ptr<uint8_t>(), tiles, tc, w.size(1), (int)n, (int)m);
+      w.data_ptr<float>(), reinterpret_cast<uint8_t*>(keep.data_ptr<bool>()), tiles, tc, w.size(1), (int)n, (int)m);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return keep;
 }
@@ -70,11 +70,11 @@ at::Tensor transposable_exact_cuda(const at::Tensor& w, int64_t n, int64_t m) {
 at::Tensor transposable_approx_cuda(const at::Tensor& w, int64_t n, int64_t m, int64_t max_passes) {
   check_input(w, n, m, true, "transposable_approx");
   const c10::cuda::CUDAGuard guard(w.device());
-  auto keep = at::empty(w.sizes(), w.options().dtype(at::kByte));
+  auto keep = at::empty(w.sizes(), w.options().dtype(at::kBool));
   const int64_t tc = w.size(1) / m, tiles = (w.size(0) / m) * tc;
   if (tiles == 0) return keep;
   _transposable_approx_kernel<<<blocks_for(tiles), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      w.data_ptr<float>(), keep.data_ptr<uint8_t>(), tiles, tc, w.size(1), (int)n, (int)m, (int)max_passes);
+      w.data_ptr<float>(), reinterpret_cast<uint8_t*>(keep.data_ptr<bool>()), tiles, tc, w.size(1), (int)n, (int)m, (int)max_passes);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return keep;
 }
@@ -86,11 +86,11 @@ at::Tensor transposable_enum_cuda(const at::Tensor& w, int64_t n, int64_t m, con
   const c10::cuda::CUDAGuard guard(w.device());
   auto c = combos.to(w.device(), at::kInt).contiguous();
   auto p = patterns.to(w.device(), at::kInt).contiguous();
-  auto keep = at::empty(w.sizes(), w.options().dtype(at::kByte));
+  auto keep = at::empty(w.sizes(), w.options().dtype(at::kBool));
   const int64_t tc = w.size(1) / m, tiles = (w.size(0) / m) * tc;
   if (tiles == 0) return keep;
   _transposable_enum_kernel<<<blocks_for(tiles), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      w.data_ptr<float>(), keep.data_ptr<uint8_t>(), tiles, tc, w.size(1), (int)n, (int)m, c.data_ptr<int32_t>(),
+      w.data_ptr<float>(), reinterpret_cast<uint8_t*>(keep.data_ptr<bool>()), tiles, tc, w.size(1), (int)n, (int)m, c.data_ptr<int32_t>(),
       (int)c.size(0), p.data_ptr<int32_t>(), (int)p.size(0));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return keep;
@@ -99,11 +99,11 @@ at::Tensor transposable_enum_cuda(const at::Tensor& w, int64_t n, int64_t m, con
 at::Tensor nm_mask_cuda(const at::Tensor& w, int64_t n, int64_t m) {
   check_input(w, n, m, false, "nm_mask");
   const c10::cuda::CUDAGuard guard(w.device());
-  auto keep = at::empty(w.sizes(), w.options().dtype(at::kByte));
+  auto keep = at::empty(w.sizes(), w.options().dtype(at::kBool));
   const int64_t groups = w.numel() / m;
   if (groups == 0) return keep;
   _nm_mask_kernel<<<blocks_for(groups), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      w.data_ptr<float>(), keep.data_ptr<uint8_t>(), groups, (int)n, (int)m);
+      w.data_ptr<float>(), reinterpret_cast<uint8_t*>(keep.data_ptr<bool>()), groups, (int)n, (int)m);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return keep;
 }

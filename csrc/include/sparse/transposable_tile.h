@@ -126,30 +126,43 @@ SPARSE_HD void tile_exact(const TileView& t, int n, int m) {
 // Approx: greedy 2-approximation, repair by BFS augmenting paths, then row-pair exchanges (negative
 // 4-cycles) until none improves. Always complete and valid.
 // ---------------------------------------------------------------------------------------------
-SPARSE_HD bool tile_before(const float* s, int a, int b) {  // descending score, ties by index
-  return s[a] > s[b] || (s[a] == s[b] && a < b);
+// Sort key: descending |w|, ties towards the lower index. |w| >= 0, so its IEEE bits order like the
+// value; the index goes in the low word, inverted so that a lower index gives a larger key.
+SPARSE_HD uint64_t tile_key(float v, int idx) {
+  union {
+    float f;
+    uint32_t u;
+  } bits;
+  bits.f = v;
+  return ((uint64_t)bits.u << 32) | (uint64_t)(0xFFFFFFFFu - (uint32_t)idx);
 }
 
 SPARSE_HD void tile_greedy(const float* s, uint8_t* x, int* rdeg, int* cdeg, int n, int m) {
-  int order[kMaxM * kMaxM];
+  uint64_t keys[kMaxM * kMaxM];
   const int mm = m * m;
-  for (int k = 0; k < mm; ++k) order[k] = k;
-  // Shell sort: no recursion or allocation, fine on device and for at most 1024 keys.
-  for (int gap = mm / 2; gap > 0; gap /= 2)
+  for (int k = 0; k < mm; ++k) keys[k] = tile_key(s[k], k);
+  // Shell sort (descending) with Ciura's gaps: no recursion or allocation, so it runs on device too.
+  const int gaps[8] = {701, 301, 132, 57, 23, 10, 4, 1};
+  for (int g = 0; g < 8; ++g) {
+    const int gap = gaps[g];
     for (int k = gap; k < mm; ++k) {
-      int v = order[k], q = k;
-      while (q >= gap && tile_before(s, v, order[q - gap])) {
-        order[q] = order[q - gap];
+      const uint64_t v = keys[k];
+      int q = k;
+      while (q >= gap && keys[q - gap] < v) {
+        keys[q] = keys[q - gap];
         q -= gap;
       }
-      order[q] = v;
+      keys[q] = v;
     }
-  for (int k = 0; k < mm; ++k) {
-    const int e = order[k], i = e / m, j = e % m;
+  }
+  int filled = 0;
+  for (int k = 0; k < mm && filled < n * m; ++k) {
+    const int e = (int)(0xFFFFFFFFu - (uint32_t)(keys[k] & 0xFFFFFFFFu)), i = e / m, j = e % m;
     if (rdeg[i] < n && cdeg[j] < n) {
       x[e] = 1;
       ++rdeg[i];
       ++cdeg[j];
+      ++filled;
     }
   }
 }
@@ -196,32 +209,51 @@ SPARSE_HD bool tile_augment(const float* s, uint8_t* x, int* rdeg, int* cdeg, in
   return true;
 }
 
+SPARSE_HD int tile_ctz(uint32_t v) {
+#if defined(__CUDA_ARCH__)
+  return __ffs(v) - 1;
+#else
+  return __builtin_ctz(v);
+#endif
+}
+
 SPARSE_HD void tile_exchange(const float* s, uint8_t* x, int m, int max_passes, float tol) {
+  uint32_t row[kMaxM];  // kept columns of each row as a bit set
+  for (int i = 0; i < m; ++i) {
+    row[i] = 0;
+    for (int j = 0; j < m; ++j) row[i] |= (uint32_t)x[i * m + j] << j;
+  }
   for (int pass = 0; pass < max_passes; ++pass) {
     bool improved = false;
     for (int i = 0; i < m; ++i)
       for (int k = i + 1; k < m; ++k) {
         // Row i gives column j to row k; row k gives column l to row i.
-        float ga = -1e30f, gb = -1e30f;
+        uint32_t a = row[i] & ~row[k], b = row[k] & ~row[i];
+        if (!a) continue;
+        float ga = -3e38f, gb = -3e38f;
         int bj = -1, bl = -1;
-        for (int j = 0; j < m; ++j) {
-          const uint8_t xi = x[i * m + j], xk = x[k * m + j];
-          if (xi && !xk) {
-            float g = s[k * m + j] - s[i * m + j];
-            if (g > ga) { ga = g; bj = j; }
-          } else if (xk && !xi) {
-            float g = s[i * m + j] - s[k * m + j];
-            if (g > gb) { gb = g; bl = j; }
-          }
+        const float* si = s + i * m;
+        const float* sk = s + k * m;
+        for (; a; a &= a - 1) {
+          const int j = tile_ctz(a);
+          const float g = sk[j] - si[j];
+          if (g > ga) { ga = g; bj = j; }
         }
-        if (bj >= 0 && bl >= 0 && ga + gb > tol) {
-          x[i * m + bj] = 0; x[k * m + bj] = 1;
-          x[k * m + bl] = 0; x[i * m + bl] = 1;
+        for (; b; b &= b - 1) {
+          const int l = tile_ctz(b);
+          const float g = si[l] - sk[l];
+          if (g > gb) { gb = g; bl = l; }
+        }
+        if (ga + gb > tol) {
+          row[i] ^= (1u << bj) | (1u << bl);
+          row[k] ^= (1u << bj) | (1u << bl);
           improved = true;
         }
       }
     if (!improved) break;
   }
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < m; ++j) x[i * m + j] = (row[i] >> j) & 1u;
 }
 
 // Exchange search is weakest for very small n (1:8 keeps ~99.3%), where the exact solver costs about
