@@ -34,7 +34,8 @@ def _dsd_kernel(data_ptr, seg_ptr, idx_ptr, dptr_ptr, b_ptr, c_ptr,
                 stride_dz, stride_dp, stride_d0, stride_d1,
                 stride_bz, stride_bk, stride_bn,
                 stride_cz, stride_cm, stride_cn,
-                BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, INDIRECT: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
+                BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, INDIRECT: tl.constexpr,
+                DOT_F32: tl.constexpr, IEEE: tl.constexpr):
     """C[z, m-block, n-tile] = sum over the blocks of sparse row m of S_blk @ B[z, k-block, n-tile]."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -68,7 +69,8 @@ def _dds_kernel(a_ptr, data_ptr, seg_ptr, idx_ptr, dptr_ptr, c_ptr,
                 stride_az, stride_am, stride_ak,
                 stride_dz, stride_dp, stride_d0, stride_d1,
                 stride_cz, stride_cm, stride_cn,
-                BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, INDIRECT: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
+                BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, INDIRECT: tl.constexpr,
+                DOT_F32: tl.constexpr, IEEE: tl.constexpr):
     """C[z, m-tile, n-block] = sum over the blocks of sparse column n of A[z, m-tile, k-block] @ S_blk."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)

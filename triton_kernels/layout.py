@@ -172,15 +172,19 @@ def _validate(lay: BlockLayout) -> None:
     crow, col, row = lay.crow.long().cpu(), lay.col.long().cpu(), lay.row.long().cpu()
     ccol, row_t, perm_t = lay.ccol.long().cpu(), lay.row_t.long().cpu(), lay.perm_t.long().cpu()
     if crow[0] != 0 or crow[-1] != nnz or bool((crow[1:] < crow[:-1]).any()):
-        raise ValueError(f"layout.crow: expected non-decreasing pointers from 0 to nnz={nnz}, got {crow.tolist()[:16]}")
+        raise ValueError(f"layout.crow: expected non-decreasing pointers from 0 to nnz={nnz}, "
+                         f"got {crow.tolist()[:16]}")
     if ccol[0] != 0 or ccol[-1] != nnz or bool((ccol[1:] < ccol[:-1]).any()):
-        raise ValueError(f"layout.ccol: expected non-decreasing pointers from 0 to nnz={nnz}, got {ccol.tolist()[:16]}")
+        raise ValueError(f"layout.ccol: expected non-decreasing pointers from 0 to nnz={nnz}, "
+                         f"got {ccol.tolist()[:16]}")
     if nnz == 0:
         return
     if bool((col < 0).any()) or bool((col >= c).any()):
-        raise ValueError(f"layout.col: expected block columns in [0, {c}), got min {int(col.min())} max {int(col.max())}")
+        raise ValueError(f"layout.col: expected block columns in [0, {c}), "
+                         f"got min {int(col.min())} max {int(col.max())}")
     if bool((row_t < 0).any()) or bool((row_t >= r).any()):
-        raise ValueError(f"layout.row_t: expected block rows in [0, {r}), got min {int(row_t.min())} max {int(row_t.max())}")
+        raise ValueError(f"layout.row_t: expected block rows in [0, {r}), "
+                         f"got min {int(row_t.min())} max {int(row_t.max())}")
     expect_row = torch.repeat_interleave(torch.arange(r), crow[1:] - crow[:-1])
     if not torch.equal(row, expect_row):
         raise ValueError("layout.row: expected the block row of each stored block (consistent with crow)")

@@ -148,7 +148,8 @@ def run(args) -> int:
     dtype = DTYPES[args.dtype]
     rows = []
     print(f"BlockSparseLinear fwd+bwd vs dense nn.Linear: {args.tokens} tokens, {args.dtype}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} (CPU: {torch.backends.cpu.get_cpu_capability()})")
+          f"{torch.get_num_threads()} threads, median of {args.repeats} "
+          f"(CPU: {torch.backends.cpu.get_cpu_capability()})")
     print(f"{'shape':>10} {'block':>5} {'sparsity':>8} {'dense ms':>9} {'sparse ms':>9} {'speedup':>8}")
     for name, i, o in shapes:
         for b in blocks:

@@ -203,3 +203,30 @@ def test_real_minilm_block_sparse_ffn_matches_masked_dense():
     ref_w = dense.encoder.layer[0].intermediate.dense.weight
     _close(sp.layout().to_dense(sp.weight_data.grad), ref_w.grad * sp.layout().to_dense(
         torch.ones_like(sp.weight_data)), torch.float32, tol=1e-4)
+
+
+def test_cpu_benchmark_cli_writes_json_and_refuses_to_clobber(tmp_path, capsys):
+    import json
+
+    from sparse.cli import main
+
+    out = tmp_path / "bench.json"
+    argv = ["bench", "blocksparse", "--tokens", "64", "--shapes", "64:128", "--blocks", "32",
+            "--sparsities", "0.5,0.9", "--repeats", "1", "--threads", "1", "--json", str(out)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["sparsity"] for r in rows] == [0.5, 0.9]
+    assert all(r["backend"] == "cpu" and r["dense_ms"] > 0 and r["sparse_ms"] > 0 for r in rows)
+    assert "speedup" in capsys.readouterr().out
+    assert main(argv) == 2                                     # exists: refused without --force
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--sparsities", "1.5"]) == 2
+    assert "--sparsities: expected values in [0, 1), got 1.5" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_gpu_benchmark_says_it_needs_cuda(capsys):
+    from sparse.bench.blocksparse_gpu import main
+
+    assert main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
