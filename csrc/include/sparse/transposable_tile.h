@@ -17,6 +17,14 @@ struct TileView {
   int64_t ld;      // leading dimension (columns of the full matrix)
 };
 
+SPARSE_HD int tile_ctz64(uint64_t v) {
+#if defined(__CUDA_ARCH__)
+  return __ffsll((long long)v) - 1;
+#else
+  return __builtin_ctzll(v);
+#endif
+}
+
 SPARSE_HD float tile_score(const TileView& t, int i, int j) {
   float v = t.w[i * t.ld + j];
   return v < 0.f ? -v : v;
@@ -29,97 +37,92 @@ SPARSE_HD float tile_score(const TileView& t, int i, int j) {
 // each keeps the flow min-cost for its value, so the final flow is an optimal transposable mask.
 // ---------------------------------------------------------------------------------------------
 SPARSE_HD void tile_exact(const TileView& t, int n, int m) {
-  const int S = 2 * m, T = 2 * m + 1, V = 2 * m + 2;
+  // S (source) is implicit: every row with spare capacity starts at distance -pot[row]. T (sink) is
+  // implicit too: reaching column j with spare capacity costs pot[j] - potT more. Node ids: rows
+  // 0..m-1, columns m..2m-1.
+  const int V = 2 * m;
   const double INF = 1e300;
-  uint8_t x[kMaxM * kMaxM];
+  uint32_t xr[kMaxM];  // kept columns of each row (bit set)
   int rdeg[kMaxM], cdeg[kMaxM];
-  double pot[kMaxNodes], dist[kMaxNodes];
-  int prev[kMaxNodes];
-  bool done[kMaxNodes];
+  double pot[2 * kMaxM], dist[2 * kMaxM];
+  double potT;
+  int prev[2 * kMaxM];
   float s[kMaxM * kMaxM];
   for (int i = 0; i < m; ++i) {
     rdeg[i] = 0;
     cdeg[i] = 0;
-    for (int j = 0; j < m; ++j) {
-      x[i * m + j] = 0;
-      s[i * m + j] = tile_score(t, i, j);
-    }
+    xr[i] = 0;
+    for (int j = 0; j < m; ++j) s[i * m + j] = tile_score(t, i, j);
   }
-  // Initial potentials make every reduced cost >= 0: pot(col j) = -max_i |w_ij|.
-  pot[S] = 0.0;
-  double pt = INF;
+  // Initial potentials make every reduced cost >= 0: pot(col j) = -max_i |w_ij|, pot(T) = min_j.
+  potT = INF;
   for (int i = 0; i < m; ++i) pot[i] = 0.0;
   for (int j = 0; j < m; ++j) {
     float mx = 0.f;
     for (int i = 0; i < m; ++i) mx = s[i * m + j] > mx ? s[i * m + j] : mx;
     pot[m + j] = -(double)mx;
-    pt = pot[m + j] < pt ? pot[m + j] : pt;
+    potT = pot[m + j] < potT ? pot[m + j] : potT;
   }
-  pot[T] = pt;
 
   for (int unit = 0; unit < n * m; ++unit) {
+    uint64_t open = 0;  // settled nodes are removed from this set
     for (int v = 0; v < V; ++v) {
-      dist[v] = INF;
       prev[v] = -1;
-      done[v] = false;
+      dist[v] = INF;
     }
-    dist[S] = 0.0;
+    for (int i = 0; i < m; ++i)
+      if (rdeg[i] < n) dist[i] = -pot[i];  // S -> row i, reduced cost 0 + potS(=0) - pot[i]
+    for (int v = 0; v < V; ++v) open |= (uint64_t)1 << v;
+    double dT = INF;
+    int endc = -1;
     for (;;) {
       int u = -1;
-      double best = INF;
-      for (int v = 0; v < V; ++v)
-        if (!done[v] && dist[v] < best) {
-          best = dist[v];
-          u = v;
-        }
+      double best = dT;  // nodes at distance >= dT can no longer improve the path to T
+      for (uint64_t o = open; o; o &= o - 1) {
+        const int v = tile_ctz64(o);
+        if (dist[v] < best) { best = dist[v]; u = v; }
+      }
       if (u < 0) break;
-      done[u] = true;
-      if (u == T) break;  // early stop: potentials below use min(dist, dist[T])
+      open &= ~((uint64_t)1 << u);
       const double du = dist[u];
-      if (u == S) {
-        for (int i = 0; i < m; ++i)
-          if (rdeg[i] < n && !done[i]) {
-            double nd = du + pot[S] - pot[i];
-            if (nd < dist[i]) { dist[i] = nd; prev[i] = S; }
-          }
-      } else if (u < m) {  // row i -> col j over unkept entries
-        const int i = u;
+      if (u < m) {  // row -> column over unkept entries
+        const float* su = s + u * m;
+        const double pu = du + pot[u];
         for (int j = 0; j < m; ++j)
-          if (!x[i * m + j] && !done[m + j]) {
-            double nd = du + (-(double)s[i * m + j]) + pot[i] - pot[m + j];
-            if (nd < dist[m + j]) { dist[m + j] = nd; prev[m + j] = i; }
+          if (!((xr[u] >> j) & 1u)) {
+            const double nd = pu - (double)su[j] - pot[m + j];
+            if (nd < dist[m + j]) { dist[m + j] = nd; prev[m + j] = u; }
           }
-      } else {  // col j -> row i over kept entries, col j -> T if not full
+      } else {  // column -> row over kept entries; column -> T when not full
         const int j = u - m;
+        const double pu = du + pot[u];
         for (int i = 0; i < m; ++i)
-          if (x[i * m + j] && !done[i]) {
-            double nd = du + (double)s[i * m + j] + pot[u] - pot[i];
+          if ((xr[i] >> j) & 1u) {
+            const double nd = pu + (double)s[i * m + j] - pot[i];
             if (nd < dist[i]) { dist[i] = nd; prev[i] = u; }
           }
-        if (cdeg[j] < n) {
-          double nd = du + pot[u] - pot[T];
-          if (nd < dist[T]) { dist[T] = nd; prev[T] = u; }
+        if (cdeg[j] < n && pu - potT < dT) {
+          dT = pu - potT;
+          endc = j;
         }
       }
     }
-    // Augment along T <- col <- row <- col <- ... <- row <- S.
-    int v = T;
-    int c = prev[v];
-    cdeg[c - m] += 1;
-    v = c;
+    // Augment: T <- col endc <- row <- col <- ... <- row (a row with spare capacity).
+    cdeg[endc] += 1;
+    int v = m + endc;
     for (int guard = 0; guard < V; ++guard) {
-      int r = prev[v];  // v is a column, r a row
-      x[r * m + (v - m)] = 1;
-      int p = prev[r];
-      if (p == S) { rdeg[r] += 1; break; }
-      x[r * m + (p - m)] = 0;  // p is a column reached through the kept entry (r, p)
+      const int r = prev[v];  // v is a column, r a row
+      xr[r] |= 1u << (v - m);
+      const int p = prev[r];
+      if (p < 0) { rdeg[r] += 1; break; }
+      xr[r] &= ~(1u << (p - m));  // p is the column reached through the kept entry (r, p)
       v = p;
     }
-    const double dT = dist[T];
     for (int u = 0; u < V; ++u) pot[u] += (dist[u] < dT ? dist[u] : dT);
+    potT += dT;
   }
   for (int i = 0; i < m; ++i)
-    for (int j = 0; j < m; ++j) t.keep[i * t.ld + j] = x[i * m + j];
+    for (int j = 0; j < m; ++j) t.keep[i * t.ld + j] = (xr[i] >> j) & 1u;
 }
 
 // ---------------------------------------------------------------------------------------------
