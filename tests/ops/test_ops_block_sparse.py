@@ -181,3 +181,20 @@ def test_public_functions_reject_bad_arguments():
         bs.sdd(torch.randn(16, 4), torch.randn(4, 32), lay)
     with pytest.raises(ValueError, match="a_data: expected a torch.Tensor, got list"):
         bs.dsd([1, 2], lay, torch.randn(32, 2))
+
+
+@pytest.mark.skipif(not has_triton, reason="triton not installed")
+def test_env_vars_force_triton_interpreter_in_a_fresh_process():
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from sparse.nn import BlockSparseLinear; from sparse.ops import last_backend\n"
+        "lin = torch.nn.Linear(32, 48); mask = torch.tensor([[True, False], [True, True], [False, False]])\n"
+        "m = BlockSparseLinear.from_dense(lin, mask); x = torch.randn(5, 32, requires_grad=True)\n"
+        "m(x).sum().backward(); print(last_backend('block_sparse.dds'), last_backend('block_sparse.sdd'))\n"
+    )
+    env = dict(os.environ, SPARSE_BACKEND="triton", TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    assert out.stdout.split() == ["triton", "triton"]
