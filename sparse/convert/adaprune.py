@@ -86,7 +86,7 @@ class GramCollector:
 
     def _hook(self, fqn: str):
         def hook(module, inputs, output):
-            x = inputs[0].detach()
+            x = inputs[0]  # identity matters (detach() would make a new object per hook)
             key = self.key_of.get(fqn)
             if key is None:
                 seen = self._seen.get(id(x))
@@ -95,7 +95,7 @@ class GramCollector:
             if key != fqn:  # same input as an earlier module: its accumulator already has it
                 return
             self._seen[id(x)] = (x, fqn)
-            flat = x.reshape(-1, x.shape[-1]).float()
+            flat = x.detach().reshape(-1, x.shape[-1]).float()
             if self._keep is not None and self._keep.numel() == flat.shape[0]:
                 flat = flat[self._keep]
             flat = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)
