@@ -1,6 +1,9 @@
 """``convert_checkpoint``: unstructured-sparse checkpoint -> N:M (optionally transposable) checkpoint."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
 import shutil
@@ -11,7 +14,7 @@ import torch
 
 from ..masks import METHODS
 from .atomic import atomic_dir, atomic_file, check_destination, write_text_atomic
-from .prune import PruneStats, as_2d, prune_blocks
+from .prune import BlockBuffer, PruneStats, as_2d, prune_blocks
 from .report import ConvertReport, TensorReport
 from .safetensors_io import SafetensorsReader, SafetensorsWriter, copy_raw
 from .sources import SAFETENSORS_EXT, TORCH_EXT, Shard, Source, resolve_source
@@ -19,6 +22,24 @@ from .targets import TargetFilter, shape_problem
 from .torch_io import load_state_dict, save_state_dict
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim`` or None (other C libraries / platforms)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _trim_heap() -> None:
+    # Freed block temporaries stay in glibc's heap, fragmented, and resident memory then creeps
+    # up with every large tensor; handing them back after each tensor keeps the peak flat.
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def parse_pattern(pattern) -> tuple[int, int]:
@@ -72,6 +93,7 @@ class _Sink:
             if metadata is None:
                 metadata = {"format": "pt"}  # transformers refuses safetensors without a format tag
             self.writer = SafetensorsWriter(self.file, entries, metadata)
+            self.buffer = BlockBuffer()
         else:
             self.out: dict[str, torch.Tensor] = {}
             self.parts: list[torch.Tensor] = []
@@ -139,6 +161,7 @@ def _convert_shard(shard: Shard, source: Source, out_path: str, out_kind: str, n
                         report.tensors.append(_convert_one(name, src.tensor(name), n, m, transposable, method,
                                                            overrides.get(name), sink))
                         sink.end_tensor(name, shape, dtype)
+                        _trim_heap()
                 elif name in overrides:  # a bias refitted by calibration
                     sink.write_chunk(name, overrides[name].to(dtype).contiguous())
                     sink.end_tensor(name, shape, dtype)
@@ -160,7 +183,9 @@ def _convert_one(name, weight, n, m, transposable, method, override, sink) -> Te
     stats = PruneStats()
     created = 0
     if override is None:
-        for pruned, _ in prune_blocks(weight, n, m, transposable, method, stats, name):
+        # A torch sink keeps the blocks, so only the streaming writer may reuse one buffer.
+        buffer = sink.buffer if sink.kind == "safetensors" else None
+        for pruned, _ in prune_blocks(weight, n, m, transposable, method, stats, name, buffer=buffer):
             sink.write_chunk(name, pruned)
         nnz_after = stats.nnz_after
     else:

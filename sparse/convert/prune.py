@@ -35,6 +35,24 @@ class PruneStats:
         return self.nnz_before - self.kept_nonzero
 
 
+class BlockBuffer:
+    """One reusable output buffer for pruned blocks, shared by every tensor of a conversion.
+
+    Fresh pages are expensive on VMs that hand freed memory back to the host, and per-tensor
+    buffers fragment the heap (resident memory then grows with the checkpoint); one buffer grown
+    to the largest block avoids both.
+    """
+
+    def __init__(self):
+        self._raw = torch.empty(0, dtype=torch.uint8)
+
+    def get(self, shape: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        nbytes = shape[0] * shape[1] * dtype.itemsize
+        if self._raw.numel() < nbytes:
+            self._raw = torch.empty(nbytes, dtype=torch.uint8)
+        return self._raw[:nbytes].view(dtype).view(shape)
+
+
 def as_2d(w: torch.Tensor) -> torch.Tensor:
     """``[out, in, *k]`` -> ``[out, in * prod(k)]`` (a view for contiguous tensors)."""
     return w.reshape(w.shape[0], -1)
@@ -42,7 +60,10 @@ def as_2d(w: torch.Tensor) -> torch.Tensor:
 
 def block_rows(rows: int, cols: int, m: int, transposable: bool) -> int:
     step = m if transposable else 1
-    return max(step, CHUNK_ELEMS // max(cols, 1) // step * step)
+    # Transposable masks score every tile against all valid tile patterns (90 for 2:4): their
+    # temporaries are several times the block, so their blocks are smaller.
+    elems = CHUNK_ELEMS // 4 if transposable else CHUNK_ELEMS
+    return max(step, elems // max(cols, 1) // step * step)
 
 
 def make_mask(w2d: torch.Tensor, n: int, m: int, transposable: bool, method: str) -> torch.Tensor:
@@ -53,12 +74,14 @@ def make_mask(w2d: torch.Tensor, n: int, m: int, transposable: bool, method: str
 
 
 def prune_blocks(weight: torch.Tensor, n: int, m: int, transposable: bool, method: str,
-                 stats: PruneStats, name: str = "weight") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                 stats: PruneStats, name: str = "weight", *,
+                 buffer: BlockBuffer | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(pruned_block, mask_block)`` over row blocks of ``weight`` flattened to 2-D.
 
     ``pruned_block`` has the weight's dtype (pruned entries exactly +0, kept ones bit-identical);
     blocks concatenated in order are the row-major bytes of the pruned tensor. ``stats`` is
-    updated in place. NaN/Inf raise ``ValueError`` naming ``name``.
+    updated in place. NaN/Inf raise ``ValueError`` naming ``name``. With ``buffer`` every pruned
+    block lives in that buffer and the next block overwrites it (consume it before advancing).
     """
     w2d = as_2d(weight)
     rows, cols = w2d.shape
@@ -71,7 +94,10 @@ def prune_blocks(weight: torch.Tensor, n: int, m: int, transposable: bool, metho
             mask = make_mask(blk, n, m, transposable, method)
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
-        pruned = torch.where(mask, blk, zero)
+        if buffer is None:
+            pruned = torch.where(mask, blk, zero)
+        else:
+            pruned = torch.where(mask, blk, zero, out=buffer.get(tuple(blk.shape), blk.dtype))
         # One pass each, no temporaries: L1 norms give the magnitudes (fp32 partial sums of at
         # most CHUNK_ELEMS terms, added up in float64 here), count_nonzero the densities.
         stats.nnz_before += int(torch.count_nonzero(blk))
