@@ -21,21 +21,27 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparse", description="Structured-sparsity training toolkit.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def add_registered(parser: argparse.ArgumentParser, dest: str, metavar: str,
+                   registry: dict[str, tuple[str, str]]) -> None:
+    """One sub-parser per registry entry; each module fills its parser and provides ``run``."""
+    sub = parser.add_subparsers(dest=dest, metavar=metavar)
     sub.required = True
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (module_name, help_text) in registry.items():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name != module_name:
                 raise
-            continue  # command not shipped in this build
+            continue  # not shipped in this build
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparse", description="Structured-sparsity training toolkit.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    add_registered(parser, "command", "COMMAND", COMMANDS)
     return parser
 
 
