@@ -154,3 +154,12 @@ def test_flow_tile_handles_general_n():
     tile = np.abs(np.random.default_rng(0).standard_normal((6, 6)))
     out = _flow.flow_tile(tile, 2)
     assert (out.sum(0) == 2).all() and (out.sum(1) == 2).all()
+
+
+@pytest.mark.parametrize("n,m", [(16, 32), (5, 32), (1, 2), (2, 3)])
+def test_exact_extreme_m(n, m):
+    w = torch.randn(2 * m, m, generator=torch.Generator().manual_seed(n))
+    got = transposable_mask(w, n, m, "exact")
+    assert is_transposable(got, n, m)
+    assert kept(w, got) == pytest.approx(flow_objective(w, n, m), rel=1e-6)
+    assert is_transposable(transposable_mask(w, n, m, "approx"), n, m)
