@@ -189,25 +189,28 @@ def cg_fit(v0: torch.Tensor, support: torch.Tensor, pruned: torch.Tensor, g: tor
     gd = (g + lam * torch.eye(g.shape[0], dtype=g.dtype)).float()
     sf = support.float()
     inv_diag = 1.0 / gd.diagonal()
-    r = ((v0 * pruned) @ g).float() * sf
+    r = ((v0 * pruned) @ g).float().mul_(sf)
     x = torch.zeros_like(r)
     z = r * inv_diag
     p = z.clone()
-    rz = (r * z).sum(1, keepdim=True)
-    norm0 = r.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    ap, tmp = torch.empty_like(r), torch.empty_like(r)
+    rz = torch.mul(r, z, out=tmp).sum(1, keepdim=True)
+    limit = (tol * r.norm(dim=1, keepdim=True)).clamp_min(1e-30)
+    # In-place updates into preallocated [out, k] buffers: on VMs where fresh pages are expensive,
+    # allocating a few temporaries per iteration costs more than the matmul.
     for _ in range(iters):
-        ap = (p @ gd) * sf
-        alpha = rz / (p * ap).sum(1, keepdim=True).clamp_min(1e-30)
-        x.add_(alpha * p)
-        r.sub_(alpha * ap)
-        if bool((r.norm(dim=1, keepdim=True) <= tol * norm0).all()):
+        torch.mm(p, gd, out=ap).mul_(sf)
+        alpha = rz / torch.mul(p, ap, out=tmp).sum(1, keepdim=True).clamp_min(1e-30)
+        x.addcmul_(p, alpha)
+        r.addcmul_(ap, alpha, value=-1.0)
+        if bool((r.norm(dim=1, keepdim=True) <= limit).all()):
             break
-        z = r * inv_diag
-        rz_new = (r * z).sum(1, keepdim=True)
-        p = z + (rz_new / rz.clamp_min(1e-30)) * p
+        torch.mul(r, inv_diag, out=z)
+        rz_new = torch.mul(r, z, out=tmp).sum(1, keepdim=True)
+        p.mul_(rz_new / rz.clamp_min(1e-30)).add_(z)
         rz = rz_new
     v = torch.where(pruned, torch.zeros_like(v0), v0)
-    return v + x.double() * sf.double()
+    return v.add_(x.mul_(sf).double())
 
 
 def adam_fit(init: torch.Tensor, v0: torch.Tensor, keep: torch.Tensor, g: torch.Tensor, steps: int,
