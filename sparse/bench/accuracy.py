@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 is faster on a contended machine)")
     parser.add_argument("--json", default=None, help="write all results here (rewritten after every run)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in --json and skip those (recipe, seed) pairs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -84,8 +86,17 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     recipes = [load_recipe(p) for p in args.recipes]  # validate all before hours of training
     runs: list[dict] = []
+    if args.resume:
+        if not args.json:
+            raise ValueError("--resume: needs --json FILE holding the earlier runs")
+        if os.path.isfile(args.json):
+            with open(args.json, encoding="utf-8") as f:
+                runs = list(json.load(f)["runs"])
+    done = {(r["recipe"], r["seed"]) for r in runs}
     for seed in args.seeds:
         for recipe in recipes:
+            if (recipe.name, seed) in done:
+                continue
             res = finetune(recipe, seed=seed, max_steps=args.max_steps, epochs=args.epochs,
                            progress=not args.no_progress)
             log.info("%s seed %d: %.4f", recipe.name, seed, res.accuracy)

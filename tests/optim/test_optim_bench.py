@@ -1,10 +1,13 @@
 """``sparse bench optimizer`` (tiny model smoke) and the accuracy runner's summary maths."""
 import json
+import os
 
 import pytest
 
 from sparse.bench.accuracy import format_table, summarize
 from sparse.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_bench_optimizer_tiny(tmp_path, capsys):
@@ -34,3 +37,17 @@ def test_accuracy_summary_mean_spread_and_gap():
     assert rows["dense"]["gap_points"] == pytest.approx(0.0)
     table = format_table(list(rows.values()))
     assert "-0.67 pt" in table and "97.00%" in table
+
+
+def test_accuracy_runner_resume_needs_json(capsys):
+    from sparse.bench.accuracy import main as acc_main
+    assert acc_main(["--recipes", os.path.join(ROOT, "recipes", "minilm-bbc-dense.yaml"), "--resume"]) == 2
+    assert "--resume: needs --json" in capsys.readouterr().err
+
+
+def test_accuracy_runner_bad_recipe_fails_before_training(tmp_path, capsys):
+    from sparse.bench.accuracy import main as acc_main
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\npruning: [{pattern: {type: nm, n: 2, m: 2}}]\n")
+    assert acc_main(["--recipes", str(bad)]) == 2
+    assert "pattern.n: expected n < m" in capsys.readouterr().err
