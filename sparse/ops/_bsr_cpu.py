@@ -1,22 +1,22 @@
-"""Fast CPU path of the block-sparse matmuls: batched gather + one GEMM per call (pure torch).
+"""CPU paths of the block-sparse matmuls: the C++ kernels of ``sparse._C`` and a pure-torch fallback.
 
-The sparse operand's non-empty block rows are sorted by their number of blocks and split into at most
-``MAX_GROUPS`` groups (exact DP on padded work + a per-group price); each group is padded to its largest
-count with zero blocks. Per group: one ``index_select`` gathers the dense row-blocks every row
-multiplies, one batched matmul (oneDNN/AMX for bf16) computes all its rows, one ``index_copy_`` puts
-them in place. No partial sums (bf16 ``index_add_`` is very slow on CPU).
+Native path (backend ``cpu``, :func:`native_dds` / :func:`native_dsd` / :func:`native_sdd`): C++ in
+``csrc/cpu/bsr_brgemm_cpu.cpp``. Every kept ``B x B`` block is multiplied where it lies in the dense
+operand (no gathers of activations): bf16 with B a multiple of 32 runs hand-written AMX tile kernels that
+keep a 32 x 32 fp32 output tile in the AMX registers across all kept blocks of an output block; other
+cases (fp32, B=16, bf16 without AMX) call ATen's ``cpublas::brgemm`` (oneDNN ukernels) per block run.
+:func:`native_usable` says when it applies (extension built, CPU tensors, a dtype the CPU runs natively:
+fp32 always, bf16/fp16 only where oneDNN can pack them, i.e. not fp16 on CPUs without AMX-FP16).
 
-Few large ops on purpose: on a shared 2-core machine every parallel region can cost a scheduler slice,
-so a loop over block rows (hundreds of small GEMMs) is far slower than dense.
+Fallback (backend ``torch``, :func:`dds` / :func:`dsd` / :func:`sdd`): batched gather + one GEMM per
+row group, pure torch, any device. The sparse operand's non-empty block rows are sorted by their number
+of blocks and split into at most ``MAX_GROUPS`` groups (exact DP on padded work + a per-group price);
+each group is padded to its largest count with zero blocks; per group one ``index_select``, one batched
+matmul and one ``index_copy_``. It is correct but slow: 0.15-0.25x of dense bf16 ``nn.Linear`` on the
+BERT-base FFN benchmark, because dense bf16 runs on AMX while the gathers move the activations around.
 
 Same signatures and semantics as :mod:`triton_kernels.block_sparse` (``sdd``, ``dsd``, ``dds``).
-
-Performance, measured honestly (``sparse bench blocksparse``, shared 2-core AVX-512/AMX machine, bf16,
-BERT-base FFN, 4096 tokens): fwd+bwd is 0.15-0.25x the speed of dense ``nn.Linear`` even at 90-95 %
-block sparsity, i.e. *slower* than dense. Dense bf16 GEMM runs on AMX at ~1 TFLOP/s, while batched
-GEMMs with a 32/64-wide dimension reach 30-110 GFLOP/s through ``torch.bmm`` and the gathers/transposes
-move ~density x (out/B) times the activations at ~1-3 GB/s. A real CPU speedup needs a fused
-gather-GEMM kernel (block pointers fed to a brgemm, as in oneDNN/libxsmm) in C++.
+Measured figures: ``sparse bench blocksparse`` (both backends side by side against dense).
 """
 from __future__ import annotations
 
@@ -25,6 +25,96 @@ import math
 import torch
 
 from triton_kernels.layout import BlockLayout
+
+from .._backends import ext
+
+# Tokens per task of the native DDS and per K-chunk of the native SDD: the activation slice of a task
+# stays in L2, the packed operands of a chunk too (tuned on the BERT-base FFN shapes, 2 threads).
+DDS_M_TILE = 256
+SDD_K_TILE = 256
+
+_NATIVE_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _native_ext():
+    mod = ext()
+    if mod is None:
+        return None, "sparse._C is not built"
+    if not all(hasattr(mod, f) for f in ("bsr_dds", "bsr_sdd", "bsr_brgemm_supported")):
+        return None, "sparse._C predates the block-sparse kernels; rebuild it"
+    return mod, None
+
+
+def native_usable(*args, **kwargs) -> str | None:
+    """None if the C++ path can run a call with these tensors, else the reason (for the dispatcher)."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    mod, why = _native_ext()
+    if mod is None:
+        return why
+    dev = tensors[0].device
+    if dev.type != "cpu":
+        return f"tensors on {dev}, not CPU"
+    dtype = tensors[0].dtype
+    if dtype not in _NATIVE_DTYPES:
+        return f"dtype {dtype}: expected one of {', '.join(map(str, _NATIVE_DTYPES))}"
+    if not mod.bsr_brgemm_supported(_NATIVE_DTYPES[dtype]):
+        return f"dtype {dtype} has no native brgemm on this CPU (oneDNN cannot pack it)"
+    return None
+
+
+def _meta_i32(layout: BlockLayout):
+    return tuple(t.to("cpu", torch.int32).contiguous() for t in layout.tensors())
+
+
+def _dds_2d(mod, a2: torch.Tensor, data: torch.Tensor, layout: BlockLayout, trans_b: bool) -> torch.Tensor:
+    crow, col, _, ccol, row_t, perm_t = _meta_i32(layout)
+    if trans_b:  # op(S) = S^T: output block j is a block row of S, its blocks transposed
+        return mod.bsr_dds(a2, data, crow, col, torch.empty(0, dtype=torch.int32), True, DDS_M_TILE)
+    return mod.bsr_dds(a2, data, ccol, row_t, perm_t, False, DDS_M_TILE)
+
+
+def native_dds(a: torch.Tensor, b_data: torch.Tensor, layout: BlockLayout, trans_a: bool = False,
+               trans_b: bool = False) -> torch.Tensor:
+    """``op(a) @ op(S)`` -> ``[..., M, N]`` by the C++ kernels (see :func:`triton_kernels.dds`)."""
+    mod, why = _native_ext()
+    if mod is None:
+        raise RuntimeError(why)
+    opa = a.transpose(-1, -2) if trans_a else a
+    lead, (m, k) = tuple(opa.shape[:-2]), tuple(opa.shape[-2:])
+    n = layout.shape[0] if trans_b else layout.shape[1]
+    data = b_data.contiguous()
+    if data.dim() == 3:  # blocks shared by the batch: fold every leading dim into the rows
+        out = _dds_2d(mod, opa.reshape(math.prod(lead) * m, k).contiguous(), data, layout, trans_b)
+        return out.view(*lead, m, n)
+    a3 = opa.reshape(math.prod(lead), m, k)
+    d3 = data.reshape(math.prod(lead), *data.shape[-3:])
+    out = [_dds_2d(mod, a3[i].contiguous(), d3[i], layout, trans_b) for i in range(a3.shape[0])]
+    return torch.stack(out).view(*lead, m, n) if out else a.new_zeros(*lead, m, n)
+
+
+def native_dsd(a_data: torch.Tensor, layout: BlockLayout, b: torch.Tensor, trans_a: bool = False,
+               trans_b: bool = False) -> torch.Tensor:
+    """``op(S) @ op(b)`` -> ``[..., M, N]`` as ``(op(b)^T @ op(S)^T)^T`` by :func:`native_dds`."""
+    ct = native_dds(b, a_data, layout, trans_a=not trans_b, trans_b=not trans_a)
+    return ct.transpose(-1, -2).contiguous()
+
+
+def native_sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, trans_a: bool = False,
+               trans_b: bool = False) -> torch.Tensor:
+    """Kept blocks of ``op(a) @ op(b)`` -> ``[..., nnz, B, B]`` by the C++ kernels."""
+    mod, why = _native_ext()
+    if mod is None:
+        raise RuntimeError(why)
+    crow, col, _, ccol, row_t, perm_t = _meta_i32(layout)
+    bs = layout.block
+    lead = tuple(a.shape[:-2])
+    z = math.prod(lead)
+    a3, b3 = a.reshape(z, *a.shape[-2:]), b.reshape(z, *b.shape[-2:])
+    out = [mod.bsr_sdd(a3[i], b3[i], crow, col, ccol, row_t, perm_t, bs, bool(trans_a), bool(trans_b), SDD_K_TILE)
+           for i in range(a3.shape[0])]
+    if not out:
+        return a.new_zeros(*lead, layout.nnz, bs, bs)
+    return torch.stack(out).view(*lead, layout.nnz, bs, bs)
 
 
 MAX_GROUPS = 3

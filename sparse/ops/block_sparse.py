@@ -6,8 +6,10 @@ through them) -> :class:`~sparse.ops.dispatch.Op` dispatch -> backends:
 
 * ``triton``: :mod:`triton_kernels` (CUDA tensors; on CPU only with ``TRITON_INTERPRET=1`` *and* the
   backend forced, since the interpreter is for tests).
-* ``cpu``: :mod:`sparse.ops._bsr_cpu`, batched gather + one GEMM (bf16 uses oneDNN/AMX).
-* ``torch``: plain reference, densify the sparse operand and matmul in fp32.
+* ``cpu``: the C++ kernels of ``sparse._C`` (AMX tile kernels for bf16, ATen brgemm otherwise; see
+  :mod:`sparse.ops._bsr_cpu`): CPU tensors, extension built, a dtype the CPU runs natively.
+* ``torch``: pure torch, batched gather + one GEMM per row group (:mod:`sparse.ops._bsr_cpu`), any
+  device; what runs when the extension or a native dtype is missing.
 
 Semantics (``op(t)`` = t or its last-two-dims transpose; S has ``layout.shape``; data
 ``[nnz, B, B]`` or ``[..., nnz, B, B]``; fp32/fp16/bf16, output in the input dtype):
@@ -52,41 +54,16 @@ def _triton_usable(*args, **kwargs) -> str | None:
             "with the triton backend forced)")
 
 
-def _cpu_usable(*args, **kwargs) -> str | None:
-    dev = _device_of(*args)
-    return None if dev.type == "cpu" else f"tensors on {dev}, not CPU"
-
-
-# ---------------------------------------------------------------------------- torch reference
-def _op(t: torch.Tensor, trans: bool) -> torch.Tensor:
-    return t.transpose(-1, -2) if trans else t
-
-
 # Priority order: triton, cpu, torch (the dispatcher takes the first usable one).
 dds_op.register("triton", _triton_usable)(_tk.dds)
 dsd_op.register("triton", _triton_usable)(_tk.dsd)
 sdd_op.register("triton", _triton_usable)(_tk.sdd)
-dds_op.register("cpu", _cpu_usable)(_bsr_cpu.dds)
-dsd_op.register("cpu", _cpu_usable)(_bsr_cpu.dsd)
-sdd_op.register("cpu", _cpu_usable)(_bsr_cpu.sdd)
-
-
-@dds_op.register("torch")
-def _dds_torch(a, b_data, layout, trans_a=False, trans_b=False):
-    s = layout.to_dense(b_data.float())
-    return (_op(a.float(), trans_a) @ _op(s, trans_b)).to(a.dtype)
-
-
-@dsd_op.register("torch")
-def _dsd_torch(a_data, layout, b, trans_a=False, trans_b=False):
-    s = layout.to_dense(a_data.float())
-    return (_op(s, trans_a) @ _op(b.float(), trans_b)).to(b.dtype)
-
-
-@sdd_op.register("torch")
-def _sdd_torch(a, b, layout, trans_a=False, trans_b=False):
-    return layout.from_dense(_op(a.float(), trans_a) @ _op(b.float(), trans_b)).to(a.dtype)
-
+dds_op.register("cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_dds)
+dsd_op.register("cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_dsd)
+sdd_op.register("cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_sdd)
+dds_op.register("torch")(_bsr_cpu.dds)
+dsd_op.register("torch")(_bsr_cpu.dsd)
+sdd_op.register("torch")(_bsr_cpu.sdd)
 
 
 # ---------------------------------------------------------------------------- torch.library ops

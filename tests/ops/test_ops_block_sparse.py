@@ -1,10 +1,11 @@
-"""sparse.ops.block_sparse: dispatch (triton / cpu / torch), the CPU path against the fp32 reference,
+"""sparse.ops.block_sparse: dispatch (triton / cpu / torch), both CPU paths against the fp32 reference,
 autograd of DDS, the torch.library ops (opcheck, fake kernels under torch.compile), argument errors."""
 import importlib.util
 
 import pytest
 import torch
 
+from sparse.ops import _bsr_cpu
 from sparse.ops import block_sparse as bs
 from sparse.ops import last_backend, use_backend
 from triton_kernels import BlockLayout
@@ -40,27 +41,98 @@ def _t(x, trans):
 MODES = [(False, False), (False, True), (True, False), (True, True)]
 
 
+def _native(dtype) -> bool:
+    return _bsr_cpu.native_usable(torch.zeros(1, dtype=dtype)) is None
+
+
+needs_native = pytest.mark.skipif(not _native(torch.float32), reason=str(_bsr_cpu.native_usable(torch.zeros(1))))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("trans_a, trans_b", MODES)
-def test_cpu_path_matches_reference(dtype, trans_a, trans_b):
+def test_cpu_backends_match_reference(backend, dtype, trans_a, trans_b):
+    if backend == "cpu" and not _native(dtype):
+        pytest.skip(f"cpu backend cannot run {dtype} here: {_bsr_cpu.native_usable(torch.zeros(1, dtype=dtype))}")
     lay, data = _case(5, 9, 16, seed=int(trans_a) + 2 * int(trans_b))
     d = data.to(dtype)
     s = lay.to_dense(d.float())
-    a = torch.randn(2, 6, s.shape[1] if trans_b else s.shape[0]).to(dtype)   # op(a): [2, 6, K]
-    out = bs.dds(_t(a, trans_a).contiguous(), d, lay, trans_a=trans_a, trans_b=trans_b)
-    assert last_backend("block_sparse.dds") == "cpu"
-    _close(out, a.float() @ _t(s, trans_b), dtype)
+    with use_backend(backend):
+        a = torch.randn(2, 6, s.shape[1] if trans_b else s.shape[0]).to(dtype)   # op(a): [2, 6, K]
+        out = bs.dds(_t(a, trans_a).contiguous(), d, lay, trans_a=trans_a, trans_b=trans_b)
+        assert last_backend("block_sparse.dds") == backend
+        _close(out, a.float() @ _t(s, trans_b), dtype)
 
-    b = torch.randn(2, s.shape[0] if trans_a else s.shape[1], 7).to(dtype)    # op(b): [2, K, 7]
-    out = bs.dsd(d, lay, _t(b, trans_b).contiguous(), trans_a=trans_a, trans_b=trans_b)
-    assert last_backend("block_sparse.dsd") == "cpu"
-    _close(out, _t(s, trans_a) @ b.float(), dtype)
+        b = torch.randn(2, s.shape[0] if trans_a else s.shape[1], 7).to(dtype)    # op(b): [2, K, 7]
+        out = bs.dsd(d, lay, _t(b, trans_b).contiguous(), trans_a=trans_a, trans_b=trans_b)
+        assert last_backend("block_sparse.dsd") == backend
+        _close(out, _t(s, trans_a) @ b.float(), dtype)
 
-    a2 = torch.randn(2, s.shape[0], 11).to(dtype)
-    b2 = torch.randn(2, 11, s.shape[1]).to(dtype)
-    out = bs.sdd(_t(a2, trans_a).contiguous(), _t(b2, trans_b).contiguous(), lay, trans_a=trans_a, trans_b=trans_b)
-    assert last_backend("block_sparse.sdd") == "cpu"
-    _close(out, lay.from_dense(a2.float() @ b2.float()), dtype)
+        a2 = torch.randn(2, s.shape[0], 11).to(dtype)
+        b2 = torch.randn(2, 11, s.shape[1]).to(dtype)
+        out = bs.sdd(_t(a2, trans_a).contiguous(), _t(b2, trans_b).contiguous(), lay, trans_a=trans_a,
+                     trans_b=trans_b)
+        assert last_backend("block_sparse.sdd") == backend
+        _close(out, lay.from_dense(a2.float() @ b2.float()), dtype)
+
+
+def test_default_backend_is_native_where_it_runs_else_torch():
+    lay, data = _case(2, 3, 16)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        bs.dds(torch.randn(3, 48).to(dtype), data.to(dtype), lay, trans_b=True)
+        assert last_backend("block_sparse.dds") == ("cpu" if _native(dtype) else "torch")
+    assert "float64" in _bsr_cpu.native_usable(torch.zeros(1, dtype=torch.float64))
+    assert "not CPU" in (_bsr_cpu.native_usable(torch.zeros(1, device="meta")) or "not CPU")
+
+
+def _module_case(block, rows, cols, tokens, dtype, seed):
+    """A mask with an empty block row and an empty block column, x [tokens, in], dY [tokens, out]."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, cols, generator=g) < 0.5
+    mask[1] = False
+    mask[:, 2] = False
+    mask[0, 0] = mask[-1, 0] = mask[-1, 1] = True      # a run of adjacent blocks
+    lay = BlockLayout.from_mask(mask, block)
+    data = torch.randn(lay.nnz, block, block, generator=g).to(dtype)
+    x = torch.randn(tokens, cols * block, generator=g).to(dtype)
+    dy = torch.randn(tokens, rows * block, generator=g).to(dtype)
+    return lay, data, x, dy
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block, tokens", [(16, 1), (16, 33), (32, 70), (32, 300), (64, 37), (128, 5)])
+def test_native_kernels_every_mode_the_linear_layer_uses(dtype, block, tokens):
+    """y = x W^T, dX = dY W (transpose metadata), dW = dY^T x (kept blocks) and dW^T's mode, forced cpu:
+    token counts that are not multiples of the kernels' tiles (1, odd, > one tile), empty rows/columns."""
+    if not _native(dtype):
+        pytest.skip(f"{dtype} not native here")
+    lay, data, x, dy = _module_case(block, 4, 5, tokens, dtype, seed=block + tokens)
+    w = lay.to_dense(data.float())
+    with use_backend("cpu"):
+        _close(bs.dds(x, data, lay, trans_b=True), x.float() @ w.t(), dtype)
+        _close(bs.dds(dy, data, lay), dy.float() @ w, dtype)
+        _close(bs.sdd(dy, x, lay, trans_a=True), lay.from_dense(dy.float().t() @ x.float()), dtype)
+        _close(bs.sdd(dy.t().contiguous(), x, lay), lay.from_dense(dy.float().t() @ x.float()), dtype)
+        _close(bs.sdd(dy, x.t().contiguous(), lay, trans_a=True, trans_b=True),
+               lay.from_dense(dy.float().t() @ x.float()), dtype)
+        assert last_backend("block_sparse.sdd") == "cpu"
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_kernels_empty_layout_and_no_tokens(dtype):
+    if not _native(dtype):
+        pytest.skip(f"{dtype} not native here")
+    lay = BlockLayout.from_mask(torch.zeros(2, 3, dtype=torch.bool), 32)
+    data = torch.zeros(0, 32, 32, dtype=dtype)
+    with use_backend("cpu"):
+        assert torch.equal(bs.dds(torch.randn(5, 96).to(dtype), data, lay, trans_b=True), torch.zeros(5, 64, dtype=dtype))
+        assert torch.equal(bs.dds(torch.randn(5, 64).to(dtype), data, lay), torch.zeros(5, 96, dtype=dtype))
+        assert bs.sdd(torch.randn(7, 64).to(dtype), torch.randn(7, 96).to(dtype), lay, trans_a=True).shape == (0, 32, 32)
+        lay, data, x, dy = _module_case(32, 2, 3, 0, dtype, seed=1)
+        assert bs.dds(x, data, lay, trans_b=True).shape == (0, 64)
+        assert torch.equal(bs.sdd(dy, x, lay, trans_a=True), torch.zeros_like(data))
 
 
 @pytest.mark.parametrize("block", [16, 32, 64, 128])
@@ -91,7 +163,7 @@ def test_dispatch_default_forced_and_env(monkeypatch):
     monkeypatch.delenv("SPARSE_BACKEND", raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     bs.dds(x, data, lay, trans_b=True)
-    assert last_backend("block_sparse.dds") == "cpu"
+    assert last_backend("block_sparse.dds") == ("cpu" if _native(torch.float32) else "torch")
     with use_backend("torch"):
         _close(bs.dds(x, data, lay, trans_b=True), ref, torch.float32)
     assert last_backend("block_sparse.dds") == "torch"
@@ -112,7 +184,7 @@ def test_triton_backend_in_interpreter_only_when_forced(monkeypatch):
     x = torch.randn(5, 48, requires_grad=True)
     w = data.clone().requires_grad_()
     bs.dds(x, w, lay, trans_b=True)
-    assert last_backend("block_sparse.dds") == "cpu"       # the interpreter is never picked on its own
+    assert last_backend("block_sparse.dds") != "triton"    # the interpreter is never picked on its own
     with use_backend("triton"):
         y = bs.dds(x, w, lay, trans_b=True)
         assert last_backend("block_sparse.dds") == "triton"

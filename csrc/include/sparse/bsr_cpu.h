@@ -1,0 +1,29 @@
+// Block-sparse (BSR) matmuls on the CPU through ATen's brgemm (oneDNN ukernels: AMX / AVX-512).
+// Blocks are fed to brgemm straight from their place in the dense operand: no gathers.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace sparse_ext {
+
+// True when the brgemm path runs natively for `dtype` here (bf16/fp16: could_pack says the
+// platform has the VNNI/AMX ukernel; fp32: always, brgemm takes row-major B).
+bool bsr_brgemm_supported(at::ScalarType dtype);
+
+// out[T, J*B] (a's dtype) with, for every output block j and p in seg[j]..seg[j+1]:
+//   out[:, jB:(j+1)B] += a[:, i B:(i+1)B] @ op(data[d]),  i = idx[p], d = dptr[p] (or p if dptr is empty),
+//   op(w) = w^T if trans_w else w.
+// a: [T, I*B] row-major (fp32/bf16/fp16); data: [nnz, B, B] same dtype; seg int32 [J+1];
+// idx, dptr int32 [nnz] (idx ascending within each j). m_tile: tokens per task (>= 1).
+at::Tensor bsr_dds_cpu(const at::Tensor& a, const at::Tensor& data, const at::Tensor& seg,
+                       const at::Tensor& idx, const at::Tensor& dptr, bool trans_w, int64_t m_tile);
+
+// Kept blocks of L @ R -> [nnz, B, B] (L's dtype), L = a^T if trans_a else a ([M, K]),
+// R = b^T if trans_b else b ([K, N]); block p is (crow-row of p, col[p]). Accumulates in fp32 over
+// K in chunks of k_tile (rounded to the kernel's step).
+// ccol/row_t/perm_t: the layout's transpose metadata (column-wise split of the work).
+at::Tensor bsr_sdd_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& crow,
+                       const at::Tensor& col, const at::Tensor& ccol, const at::Tensor& row_t,
+                       const at::Tensor& perm_t, int64_t block, bool trans_a, bool trans_b, int64_t k_tile);
+
+}  // namespace sparse_ext
