@@ -20,3 +20,10 @@ def atomic_write_text(path: str, text: str, *, overwrite: bool = True) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_json(path: str, obj, *, overwrite: bool = True, indent: int = 2) -> None:
+    """``json.dumps(obj)`` written with :func:`atomic_write_text`."""
+    import json
+
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n", overwrite=overwrite)
