@@ -1,9 +1,11 @@
 """``sparse bench blocksparse``: BlockSparseLinear fwd+bwd vs dense ``nn.Linear`` on the CPU.
 
 Default: BERT-base FFN shapes (768->3072 and 3072->768), 4096 tokens, bf16, blocks 32 and 64,
-sparsity 50-95 %, random block masks. Dense and sparse runs alternate in one process and the table
-reports medians and their ratio (speedup > 1: block-sparse is faster), plus the break-even sparsity
-(the lowest measured sparsity from which on block-sparse is at least as fast).
+sparsity 50-95 %, random block masks, both CPU backends (``cpu``: the C++ kernels, ``torch``: the
+pure-torch gather path). Dense and every backend's runs alternate in one process (round-robin, so
+machine noise hits all sides alike) and the table reports medians and their ratio (speedup > 1:
+block-sparse is faster), plus the break-even sparsity (the lowest measured sparsity from which on
+block-sparse is at least as fast) per shape, block and backend.
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--repeats", type=int, default=5, help="timed fwd+bwd runs of each side, default 5")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, default 2")
-    parser.add_argument("--backend", choices=["cpu", "torch"], default="cpu",
-                        help="block-sparse backend to force (default cpu: the fast path)")
+    parser.add_argument("--backends", default="cpu,torch",
+                        help="comma list of block-sparse backends to force, side by side: cpu (C++ kernels), "
+                             "torch (gather path); default cpu,torch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results to this JSON file")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
@@ -75,8 +78,11 @@ def _fwd_bwd(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> float:
 
 
 def measure(in_f: int, out_f: int, block: int, sparsity: float, tokens: int, dtype, repeats: int,
-            backend: str, seed: int) -> dict:
-    """Median fwd+bwd seconds of dense and block-sparse layers, interleaved in one process."""
+            backends: list[str], seed: int) -> list[dict]:
+    """Median fwd+bwd seconds of a dense layer and the block-sparse one on each backend, round-robin.
+
+    Returns one row per backend; each carries the dense median of the same run.
+    """
     from sparse.nn import BlockSparseLinear
     from sparse.ops import last_backend, use_backend
 
@@ -86,18 +92,25 @@ def measure(in_f: int, out_f: int, block: int, sparsity: float, tokens: int, dty
     sparse_layer = BlockSparseLinear.from_dense(dense, mask)
     x = torch.randn(tokens, in_f, generator=gen).to(dtype).requires_grad_()
     g = torch.randn(tokens, out_f, generator=gen).to(dtype)
-    t_dense, t_sparse = [], []
-    with use_backend(backend):
-        _fwd_bwd(dense, x, g)
-        _fwd_bwd(sparse_layer, x, g)  # warm-up (oneDNN primitive creation)
-        for _ in range(repeats):
-            t_dense.append(_fwd_bwd(dense, x, g))
-            t_sparse.append(_fwd_bwd(sparse_layer, x, g))
-        ran = last_backend("block_sparse.dds")
-    d, s = statistics.median(t_dense), statistics.median(t_sparse)
-    return {"in": in_f, "out": out_f, "block": block, "sparsity": sparsity,
-            "actual_sparsity": 1.0 - float(mask.float().mean()), "tokens": tokens, "dtype": str(dtype),
-            "backend": ran, "dense_ms": d * 1e3, "sparse_ms": s * 1e3, "speedup": d / s}
+    t_dense, t_sparse, ran = [], {b: [] for b in backends}, {}
+    _fwd_bwd(dense, x, g)
+    for b in backends:  # warm-up (oneDNN primitives, page faults of fresh buffers)
+        with use_backend(b):
+            _fwd_bwd(sparse_layer, x, g)
+            ran[b] = last_backend("block_sparse.dds")
+    for _ in range(repeats):
+        t_dense.append(_fwd_bwd(dense, x, g))
+        for b in backends:
+            with use_backend(b):
+                t_sparse[b].append(_fwd_bwd(sparse_layer, x, g))
+    d = statistics.median(t_dense)
+    rows = []
+    for b in backends:
+        s = statistics.median(t_sparse[b])
+        rows.append({"in": in_f, "out": out_f, "block": block, "sparsity": sparsity,
+                     "actual_sparsity": 1.0 - float(mask.float().mean()), "tokens": tokens, "dtype": str(dtype),
+                     "backend": ran[b], "dense_ms": d * 1e3, "sparse_ms": s * 1e3, "speedup": d / s})
+    return rows
 
 
 def break_even(rows: list[dict]) -> float | None:
@@ -144,32 +157,39 @@ def run(args) -> int:
                          f"{args.tokens}/{args.repeats}/{args.threads}")
     if args.json_path and os.path.exists(args.json_path) and not args.force:
         raise FileExistsError(f"--json: {args.json_path} exists; pass --force to overwrite it")
+    backends = _csv(args.backends, str, "backends")
+    for b in backends:
+        if b not in ("cpu", "torch"):
+            raise ValueError(f"--backends: expected a comma list of cpu, torch, got {b!r}")
     torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
     rows = []
     print(f"BlockSparseLinear fwd+bwd vs dense nn.Linear: {args.tokens} tokens, {args.dtype}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}, round-robin "
           f"(CPU: {torch.backends.cpu.get_cpu_capability()})")
-    print(f"{'shape':>10} {'block':>5} {'sparsity':>8} {'dense ms':>9} {'sparse ms':>9} {'speedup':>8}")
+    head = "".join(f" {b + ' ms':>9} {b + ' x':>8}" for b in backends)
+    print(f"{'shape':>14} {'block':>5} {'sparsity':>8} {'dense ms':>9}{head}")
     for name, i, o in shapes:
         for b in blocks:
             for s in sparsities:
-                r = measure(i, o, b, s, args.tokens, dtype, args.repeats, args.backend, args.seed)
-                r["shape"] = name
-                rows.append(r)
-                print(f"{name + f' {i}x{o}':>10} {b:>5} {s:>8.2f} {r['dense_ms']:>9.1f} {r['sparse_ms']:>9.1f} "
-                      f"{r['speedup']:>7.2f}x", flush=True)
+                got = measure(i, o, b, s, args.tokens, dtype, args.repeats, backends, args.seed)
+                for r in got:
+                    r["shape"] = name
+                rows.extend(got)
+                cells = "".join(f" {r['sparse_ms']:>9.1f} {r['speedup']:>7.2f}x" for r in got)
+                print(f"{name + f' {i}x{o}':>14} {b:>5} {s:>8.2f} {got[0]['dense_ms']:>9.1f}{cells}", flush=True)
     summary = []
     for name, i, o in shapes:
         for b in blocks:
-            sel = [r for r in rows if r["shape"] == name and r["block"] == b]
-            be = break_even(sel)
-            at90 = [r["speedup"] for r in sel if abs(r["sparsity"] - 0.9) < 1e-9]
-            summary.append({"shape": name, "block": b, "break_even_sparsity": be,
-                            "speedup_at_90": at90[0] if at90 else None})
-            print(f"{name} block {b}: break-even sparsity "
-                  f"{'not reached' if be is None else f'{be:.2f}'}"
-                  + (f", speedup at 90%: {at90[0]:.2f}x" if at90 else ""))
+            for be_name in backends:
+                sel = [r for r in rows if r["shape"] == name and r["block"] == b and r["backend"] == be_name]
+                be = break_even(sel)
+                at90 = [r["speedup"] for r in sel if abs(r["sparsity"] - 0.9) < 1e-9]
+                summary.append({"shape": name, "block": b, "backend": be_name, "break_even_sparsity": be,
+                                "speedup_at_90": at90[0] if at90 else None})
+                print(f"{name} block {b} backend {be_name}: break-even sparsity "
+                      f"{'not reached' if be is None else f'{be:.2f}'}"
+                      + (f", speedup at 90%: {at90[0]:.2f}x" if at90 else ""))
     if args.json_path:
         _write_json(args.json_path, {"config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
                                      "rows": rows, "summary": summary}, args.force)

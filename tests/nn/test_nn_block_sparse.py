@@ -1,5 +1,6 @@
-"""BlockSparseLinear: outputs and gradients vs the masked dense Linear, conversions, errors, the Triton
-backend (interpreter), SparseOptimizer, and a drop-in replacement inside the real pretrained MiniLM."""
+"""BlockSparseLinear: outputs and gradients vs the masked dense Linear (C++ cpu and pure-torch backends),
+conversions, errors, the Triton backend (interpreter), SparseOptimizer, and a drop-in replacement inside
+the real pretrained MiniLM."""
 import copy
 import importlib.util
 import sys
@@ -58,7 +59,7 @@ def test_forward_and_gradients_match_masked_dense(block, bias):
     _close(mod.layout().to_dense(mod.weight_data.grad), ref.weight.grad * keep, torch.float32)
     if bias:
         _close(mod.bias.grad, ref.bias.grad, torch.float32)
-    assert last_backend("block_sparse.sdd") == "cpu"
+    assert last_backend("block_sparse.sdd") in ("cpu", "torch")   # cpu where sparse._C is built
 
 
 def test_bf16_forward_backward():
@@ -77,6 +78,45 @@ def test_bf16_forward_backward():
     y.float().sum().backward()
     y_ref.sum().backward()
     _close(x1.grad, x2.grad, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block", [32, 64])
+def test_native_cpu_backend_matches_torch_backend_and_masked_dense(dtype, block):
+    """Forward and both gradients with the C++ kernels forced vs the pure-torch path vs fp32 masked dense:
+    67 tokens (not a multiple of any kernel tile), an empty block row and an empty block column."""
+    from sparse.ops import _bsr_cpu
+
+    if _bsr_cpu.native_usable(torch.zeros(1, dtype=dtype)) is not None:
+        pytest.skip(str(_bsr_cpu.native_usable(torch.zeros(1, dtype=dtype))))
+    torch.manual_seed(block)
+    lin = nn.Linear(5 * block, 4 * block)
+    mask = _mask(4, 5, seed=block)
+    mask[:, 1] = False
+    ref, keep = _masked_linear(lin, mask, block)
+    mod = BlockSparseLinear.from_dense(lin, mask).to(dtype)
+    x = torch.randn(67, 5 * block)
+    g = torch.randn(67, 4 * block)
+    x_ref = x.to(dtype).float().requires_grad_()
+    ref.weight.data = ref.weight.data.to(dtype).float()
+    ref.bias.data = ref.bias.data.to(dtype).float()
+    y_ref = ref(x_ref)
+    y_ref.backward(g.to(dtype).float())
+    results = {}
+    for backend in ("cpu", "torch"):
+        mod.zero_grad()
+        xb = x.to(dtype).requires_grad_()
+        with use_backend(backend):
+            y = mod(xb)
+            y.backward(g.to(dtype))
+        assert last_backend("block_sparse.dds") == backend and last_backend("block_sparse.sdd") == backend
+        assert y.dtype == dtype and xb.grad.dtype == dtype and mod.weight_data.grad.dtype == dtype
+        _close(y.detach(), y_ref.detach(), dtype)
+        _close(xb.grad, x_ref.grad, dtype)
+        _close(mod.layout().to_dense(mod.weight_data.grad), ref.weight.grad * keep, dtype)
+        results[backend] = (y.detach().float(), xb.grad.float(), mod.weight_data.grad.float())
+    for a, b in zip(results["cpu"], results["torch"]):
+        _close(a, b, dtype)
 
 
 def test_to_dense_and_state_dict_round_trip():
@@ -214,14 +254,19 @@ def test_cpu_benchmark_cli_writes_json_and_refuses_to_clobber(tmp_path, capsys):
     argv = ["bench", "blocksparse", "--tokens", "64", "--shapes", "64:128", "--blocks", "32",
             "--sparsities", "0.5,0.9", "--repeats", "1", "--threads", "1", "--json", str(out)]
     assert main(argv) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["sparsity"] for r in rows] == [0.5, 0.9]
-    assert all(r["backend"] == "cpu" and r["dense_ms"] > 0 and r["sparse_ms"] > 0 for r in rows)
+    payload = json.loads(out.read_text())
+    rows = payload["rows"]
+    assert [(r["sparsity"], r["backend"]) for r in rows] == [(0.5, "cpu"), (0.5, "torch"), (0.9, "cpu"), (0.9, "torch")]
+    assert all(r["dense_ms"] > 0 and r["sparse_ms"] > 0 for r in rows)
+    assert all(abs(r["speedup"] - r["dense_ms"] / r["sparse_ms"]) < 1e-9 for r in rows)
+    assert {(r["backend"], r["block"]) for r in payload["summary"]} == {("cpu", 32), ("torch", 32)}
     assert "speedup" in capsys.readouterr().out
     assert main(argv) == 2                                     # exists: refused without --force
     assert "exists; pass --force" in capsys.readouterr().err
     assert main(argv[:-2] + ["--sparsities", "1.5"]) == 2
     assert "--sparsities: expected values in [0, 1), got 1.5" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--backends", "cpu,gpu"]) == 2
+    assert "--backends: expected a comma list of cpu, torch, got 'gpu'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")

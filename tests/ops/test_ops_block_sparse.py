@@ -127,9 +127,11 @@ def test_native_kernels_empty_layout_and_no_tokens(dtype):
     lay = BlockLayout.from_mask(torch.zeros(2, 3, dtype=torch.bool), 32)
     data = torch.zeros(0, 32, 32, dtype=dtype)
     with use_backend("cpu"):
-        assert torch.equal(bs.dds(torch.randn(5, 96).to(dtype), data, lay, trans_b=True), torch.zeros(5, 64, dtype=dtype))
+        zeros = torch.zeros(5, 64, dtype=dtype)
+        assert torch.equal(bs.dds(torch.randn(5, 96).to(dtype), data, lay, trans_b=True), zeros)
         assert torch.equal(bs.dds(torch.randn(5, 64).to(dtype), data, lay), torch.zeros(5, 96, dtype=dtype))
-        assert bs.sdd(torch.randn(7, 64).to(dtype), torch.randn(7, 96).to(dtype), lay, trans_a=True).shape == (0, 32, 32)
+        dw = bs.sdd(torch.randn(7, 64).to(dtype), torch.randn(7, 96).to(dtype), lay, trans_a=True)
+        assert dw.shape == (0, 32, 32)
         lay, data, x, dy = _module_case(32, 2, 3, 0, dtype, seed=1)
         assert bs.dds(x, data, lay, trans_b=True).shape == (0, 64)
         assert torch.equal(bs.sdd(dy, x, lay, trans_a=True), torch.zeros_like(data))
