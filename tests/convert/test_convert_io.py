@@ -198,3 +198,22 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="l.weight.*finite"):
         convert_checkpoint(tmp_path / "nan.safetensors", tmp_path / "o.safetensors")
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_streamed_blocks_match_whole_tensor(tmp_path, monkeypatch):
+    # Many small blocks through the double-buffered background writer give the same file.
+    import sparse.convert.prune as prune
+
+    monkeypatch.setattr(prune, "CHUNK_ELEMS", 128)
+    sd = {"a.weight": _sparse_weight((40, 32), 0.6), "a.bias": torch.randn(40),
+          "b.weight": _sparse_weight((16, 64), 0.4, torch.bfloat16, seed=5)}
+    save_file(sd, str(tmp_path / "in.safetensors"))
+    for tr in (False, True):
+        dst = tmp_path / f"o{tr}.safetensors"
+        convert_checkpoint(tmp_path / "in.safetensors", dst, transposable=tr)
+        out = load_file(str(dst))
+        for k in ("a.weight", "b.weight"):
+            w = sd[k]
+            ref = transposable_mask(w, 2, 4) if tr else nm_mask(w, 2, 4)
+            assert torch.equal(out[k], torch.where(ref, w, 0)), (k, tr)
+        assert torch.equal(out["a.bias"], sd["a.bias"])
