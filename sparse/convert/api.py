@@ -78,9 +78,9 @@ class _TensorSource:
     def tensor(self, name: str) -> torch.Tensor:
         return self.reader.tensor(name) if self.kind == "safetensors" else self.sd[name]
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, upto: int | None = None) -> None:
         if self.kind == "safetensors":
-            self.reader.release(name)
+            self.reader.release(name, upto)
 
 
 class _Sink:
@@ -113,7 +113,7 @@ class _Sink:
     def copy(self, name: str, src: _TensorSource) -> None:
         if self.kind == "safetensors":
             if src.kind == "safetensors":
-                copy_raw(self.writer, name, src.reader.raw(name))
+                copy_raw(self.writer, name, src.reader.raw(name), lambda done: src.release(name, done))
             else:
                 self.writer.write(name, src.tensor(name))
         else:
@@ -159,7 +159,8 @@ def _convert_shard(shard: Shard, source: Source, out_path: str, out_kind: str, n
                         report.untouched += 1
                     else:
                         report.tensors.append(_convert_one(name, src.tensor(name), n, m, transposable, method,
-                                                           overrides.get(name), sink))
+                                                           overrides.get(name), sink,
+                                                           lambda done, name=name: src.release(name, done)))
                         sink.end_tensor(name, shape, dtype)
                         _trim_heap()
                 elif name in overrides:  # a bias refitted by calibration
@@ -179,14 +180,20 @@ def _convert_shard(shard: Shard, source: Source, out_path: str, out_kind: str, n
             raise
 
 
-def _convert_one(name, weight, n, m, transposable, method, override, sink) -> TensorReport:
+def _convert_one(name, weight, n, m, transposable, method, override, sink, consumed=None) -> TensorReport:
+    """Prune (or write the calibrated override of) one target; ``consumed(nbytes)`` is told how many
+    leading bytes of the source are no longer needed, so their pages can be dropped early."""
     stats = PruneStats()
     created = 0
     if override is None:
         # A torch sink keeps the blocks, so only the streaming writer may reuse one buffer.
         buffer = sink.buffer if sink.kind == "safetensors" else None
+        done = 0
         for pruned, _ in prune_blocks(weight, n, m, transposable, method, stats, name, buffer=buffer):
             sink.write_chunk(name, pruned)
+            done += pruned.numel() * pruned.element_size()
+            if consumed is not None:
+                consumed(done)
         nnz_after = stats.nnz_after
     else:
         # Calibrated: the mask (hence the kept/zeroed counts) is the same deterministic mask; the

@@ -153,13 +153,22 @@ class SafetensorsReader:
         info = self.by_name[name]
         return memoryview(self._mm)[self._start + info.begin:self._start + info.end]
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, upto: int | None = None) -> None:
+        """Drop the resident pages of ``name`` (its first ``upto`` bytes only, if given).
+
+        Harmless if they are touched again: the mapping is private and never written, so the
+        kernel re-reads them from the file.
+        """
         info = self.by_name[name]
         if self._mm is None or info.nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
             return
         page = mmap.PAGESIZE
         lo = (self._start + info.begin) // page * page
-        hi = self._start + info.end
+        hi = self._start + info.begin + (info.nbytes if upto is None else min(upto, info.nbytes))
+        if upto is not None:
+            hi = hi // page * page  # keep the partly processed page
+        if hi <= lo:
+            return
         try:
             self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
         except (OSError, ValueError):  # advisory only
@@ -233,10 +242,13 @@ class SafetensorsWriter:
             raise RuntimeError(f"safetensors writer: tensor {self._sizes[self._idx][0]!r} was not written completely")
 
 
-def copy_raw(writer: SafetensorsWriter, name: str, view: memoryview) -> None:
-    """Copy a tensor's bytes verbatim (bit-identical), ``COPY_CHUNK`` bytes at a time."""
+def copy_raw(writer: SafetensorsWriter, name: str, view: memoryview, consumed=None) -> None:
+    """Copy a tensor's bytes verbatim (bit-identical), ``COPY_CHUNK`` bytes at a time;
+    ``consumed(nbytes)`` (optional) hears how many leading bytes are done after each chunk."""
     if len(view) == 0:
         writer.write(name, b"")
         return
     for lo in range(0, len(view), COPY_CHUNK):
         writer.write(name, view[lo:lo + COPY_CHUNK])
+        if consumed is not None:
+            consumed(min(lo + COPY_CHUNK, len(view)))
