@@ -19,9 +19,10 @@ def test_bad_n_m(f, n, m, match):
 
 
 @pytest.mark.parametrize("f", FUNCS)
-def test_nan_and_inf(f):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_nan_and_inf(f, dtype):
     for bad in (float("nan"), float("inf"), -float("inf")):
-        w = torch.randn(8, 8)
+        w = torch.randn(8, 8, dtype=dtype)
         w[3, 2] = bad
         with pytest.raises(ValueError, match="weight: expected finite values"):
             f(w)
