@@ -36,35 +36,53 @@ inline int64_t panel_width(int64_t bs) { return std::min<int64_t>(bs, 64); }
 // A scalar bf16/fp16 rounding loop would cost as much as the sparse GEMM itself at 4096 x 3072 outputs;
 // AVX-512 converts 16 at a time (runtime-checked, the file is built for the baseline ISA).
 __attribute__((target("avx512f,avx512bf16,avx512vl"))) void cvt_bf16_avx512(const float* s, at::BFloat16* d,
-                                                                            int64_t n) {
+                                                                            int64_t n, const float* bias) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(s + i));
+    __m512 x = _mm512_loadu_ps(s + i);
+    if (bias) x = _mm512_add_ps(x, _mm512_loadu_ps(bias + i));
+    __m256bh v = _mm512_cvtneps_pbh(x);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), reinterpret_cast<__m256i&>(v));
   }
-  for (; i < n; ++i) d[i] = at::BFloat16(s[i]);
+  for (; i < n; ++i) d[i] = at::BFloat16(s[i] + (bias ? bias[i] : 0.f));
 }
 
-__attribute__((target("avx512f"))) void cvt_f16_avx512(const float* s, at::Half* d, int64_t n) {
+__attribute__((target("avx512f"))) void cvt_f16_avx512(const float* s, at::Half* d, int64_t n, const float* bias) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    __m256i v = _mm512_cvtps_ph(_mm512_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 x = _mm512_loadu_ps(s + i);
+    if (bias) x = _mm512_add_ps(x, _mm512_loadu_ps(bias + i));
+    __m256i v = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), v);
   }
-  for (; i < n; ++i) d[i] = at::Half(s[i]);
+  for (; i < n; ++i) d[i] = at::Half(s[i] + (bias ? bias[i] : 0.f));
 }
 
 const bool kHasBf16Cvt = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vl");
 const bool kHasF16Cvt = __builtin_cpu_supports("avx512f");
 
-inline void store_row(const float* s, float* d, int64_t n) { std::memcpy(d, s, n * sizeof(float)); }
-inline void store_row(const float* s, at::BFloat16* d, int64_t n) {
-  if (kHasBf16Cvt) return cvt_bf16_avx512(s, d, n);
-  for (int64_t i = 0; i < n; ++i) d[i] = at::BFloat16(s[i]);
+// d[i] = s[i] (+ bias[i]) in d's dtype, bias optional (fp32).
+inline void store_row(const float* s, float* d, int64_t n, const float* bias = nullptr) {
+  for (int64_t i = 0; i < n; ++i) d[i] = s[i] + (bias ? bias[i] : 0.f);
 }
-inline void store_row(const float* s, at::Half* d, int64_t n) {
-  if (kHasF16Cvt) return cvt_f16_avx512(s, d, n);
-  for (int64_t i = 0; i < n; ++i) d[i] = at::Half(s[i]);
+inline void store_row(const float* s, at::BFloat16* d, int64_t n, const float* bias = nullptr) {
+  if (kHasBf16Cvt) return cvt_bf16_avx512(s, d, n, bias);
+  for (int64_t i = 0; i < n; ++i) d[i] = at::BFloat16(s[i] + (bias ? bias[i] : 0.f));
+}
+inline void store_row(const float* s, at::Half* d, int64_t n, const float* bias = nullptr) {
+  if (kHasF16Cvt) return cvt_f16_avx512(s, d, n, bias);
+  for (int64_t i = 0; i < n; ++i) d[i] = at::Half(s[i] + (bias ? bias[i] : 0.f));
+}
+
+// Output block j of an empty sparse row/column: zeros, or the bias.
+template <typename T>
+void store_empty(T* dst, int64_t ld, int64_t rows, int64_t n, const float* bias) {
+  if (!bias) {
+    for (int64_t r = 0; r < rows; ++r) std::memset(dst + r * ld, 0, n * sizeof(T));
+    return;
+  }
+  const std::vector<float> zero(n, 0.f);
+  for (int64_t r = 0; r < rows; ++r) store_row(zero.data(), dst + r * ld, n, bias);
 }
 
 // ------------------------------------------------------------------ operand preparation
@@ -96,14 +114,14 @@ void pack_b(const T* src, int64_t ld_src, T* dst, int64_t k, int64_t n) {
 // ------------------------------------------------------------------ DDS
 template <typename T>
 at::Tensor dds_impl(const at::Tensor& a, const at::Tensor& data, const at::Tensor& seg, const at::Tensor& idx,
-                    const at::Tensor& dptr, bool trans_w, int64_t m_tile) {
+                    const at::Tensor& dptr, bool trans_w, int64_t m_tile, const float* bias) {
   const int64_t t_rows = a.size(0), k_in = a.size(1);
   const int64_t nnz = data.size(0), bs = data.size(1);
   const int64_t n_out = seg.numel() - 1;
   const int64_t ld_out = n_out * bs;
   auto out = at::empty({t_rows, ld_out}, a.options());
   if (t_rows == 0 || ld_out == 0) return out;
-  if (nnz == 0) return out.zero_();
+  if (nnz == 0 && !bias) return out.zero_();
 
   const int32_t* sp = seg.data_ptr<int32_t>();
   const int32_t* ip = idx.data_ptr<int32_t>();
@@ -141,7 +159,7 @@ at::Tensor dds_impl(const at::Tensor& a, const at::Tensor& data, const at::Tenso
         int64_t p = sp[j];
         const int64_t end = sp[j + 1];
         if (p == end) {
-          for (int64_t r = 0; r < m; ++r) std::memset(dst + r * ld_out, 0, bs * sizeof(T));
+          store_empty(dst, ld_out, m, bs, bias ? bias + j * bs : nullptr);
           continue;
         }
         for (int64_t h = 0; h < n_panels; ++h) {
@@ -156,7 +174,8 @@ at::Tensor dds_impl(const at::Tensor& a, const at::Tensor& data, const at::Tenso
             pp = q;
           }
         }
-        for (int64_t r = 0; r < m; ++r) store_row(acc.data() + r * bs, dst + r * ld_out, bs);
+        for (int64_t r = 0; r < m; ++r)
+          store_row(acc.data() + r * bs, dst + r * ld_out, bs, bias ? bias + j * bs : nullptr);
       }
     }
     blas::brgemm_release(kVnni<T>);
@@ -429,13 +448,13 @@ __attribute__((target("avx512f,avx512bw"))) void vnni_rows(const bf16* s, int64_
 }
 
 at::Tensor dds_amx(const at::Tensor& a, const at::Tensor& data, const at::Tensor& seg, const at::Tensor& idx,
-                   const at::Tensor& dptr, bool trans_w, int64_t m_tile) {
+                   const at::Tensor& dptr, bool trans_w, int64_t m_tile, const float* bias) {
   const int64_t t_rows = a.size(0), k_in = a.size(1);
   const int64_t nnz = data.size(0), bs = data.size(1), n_panels = bs / 32;
   const int64_t n_out = seg.numel() - 1, ld_out = n_out * bs;
   auto out = at::empty({t_rows, ld_out}, a.options());
   if (t_rows == 0 || ld_out == 0) return out;
-  if (nnz == 0) return out.zero_();
+  if (nnz == 0 && !bias) return out.zero_();
   const int32_t* sp = seg.data_ptr<int32_t>();
   const int32_t* ip = idx.data_ptr<int32_t>();
   const int32_t* dp = dptr.numel() ? dptr.data_ptr<int32_t>() : nullptr;
@@ -472,7 +491,7 @@ at::Tensor dds_amx(const at::Tensor& a, const at::Tensor& data, const at::Tensor
           const int64_t m = std::min<int64_t>(32, t1 - r0);
           bf16* dst = op + r0 * ld_out + j * bs;
           if (p0 == p1) {
-            for (int64_t r = 0; r < m; ++r) std::memset(dst + r * ld_out, 0, bs * sizeof(bf16));
+            store_empty(dst, ld_out, m, bs, bias ? bias + j * bs : nullptr);
             continue;
           }
           const bf16* asrc = ap + r0 * k_in;
@@ -485,7 +504,8 @@ at::Tensor dds_amx(const at::Tensor& a, const at::Tensor& data, const at::Tensor
           }
           for (int64_t h = 0; h < n_panels; ++h) {
             amx_acc_32x32(asrc, k_in, ip, p0, p1, pk + h * nnz * bs * 32, bs * 32, bs, c);
-            for (int64_t r = 0; r < m; ++r) store_row(c + r * 32, dst + r * ld_out + h * 32, 32);
+            const float* bh = bias ? bias + j * bs + h * 32 : nullptr;
+            for (int64_t r = 0; r < m; ++r) store_row(c + r * 32, dst + r * ld_out + h * 32, 32, bh);
           }
         }
       }
@@ -539,8 +559,9 @@ at::Tensor sdd_amx(const at::Tensor& ls, const at::Tensor& rs, const at::Tensor&
         const int64_t kl = std::min(kc, k - k0), klp = (kl + 31) / 32 * 32;
         vnni_rows(op_own + k0 * ld_own + s0 * bs, ld_own, kl, width, bbuf.data(), 0, klp);
         transpose_into(op_sh + k0 * ld_sh, ld_sh, abuf.data(), kc, kl, ld_sh);
-        if (klp > kl)
-          for (int64_t c = 0; c < ld_sh; ++c) std::fill(abuf.data() + c * kc + kl, abuf.data() + c * kc + klp, bf16(0.f));
+        if (klp > kl)  // K tail: zero columns so the last 32-step adds nothing
+          for (int64_t c = 0; c < ld_sh; ++c)
+            std::fill(abuf.data() + c * kc + kl, abuf.data() + c * kc + klp, bf16(0.f));
         for (int64_t sgi = s0; sgi < s1; ++sgi) {
           for (int64_t p = seg[sgi]; p < seg[sgi + 1]; ++p) {
             const int64_t o = other[p], d = dptr ? dptr[p] : p;
@@ -587,7 +608,7 @@ bool bsr_brgemm_supported(at::ScalarType dtype) {
 }
 
 at::Tensor bsr_dds_cpu(const at::Tensor& a, const at::Tensor& data, const at::Tensor& seg, const at::Tensor& idx,
-                       const at::Tensor& dptr, bool trans_w, int64_t m_tile) {
+                       const at::Tensor& dptr, bool trans_w, int64_t m_tile, const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(a.device().is_cpu() && a.dim() == 2, "bsr_dds: a: expected a 2-D CPU tensor, got ", a.sizes());
   TORCH_CHECK(data.dim() == 3 && data.size(1) == data.size(2) && data.scalar_type() == a.scalar_type() &&
                   data.device().is_cpu(),
@@ -604,11 +625,18 @@ at::Tensor bsr_dds_cpu(const at::Tensor& a, const at::Tensor& data, const at::Te
   const int64_t bs = data.size(1);
   TORCH_CHECK(seg.numel() >= 1 && a.size(1) % bs == 0, "bsr_dds: a: expected columns a multiple of B=", bs);
   const at::Tensor ac = a.contiguous(), dc = data.contiguous();
-  if (use_amx(a.scalar_type(), bs)) return dds_amx(ac, dc, seg, idx, dptr, trans_w, m_tile);
+  at::Tensor bias_f;  // fp32 copy: added before the one rounding to the output dtype
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->device().is_cpu() && bias->dim() == 1 && bias->numel() == (seg.numel() - 1) * bs,
+                "bsr_dds: bias: expected a 1-D CPU tensor of ", (seg.numel() - 1) * bs, " entries, got ", bias->sizes());
+    bias_f = bias->to(at::kFloat).contiguous();
+  }
+  const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  if (use_amx(a.scalar_type(), bs)) return dds_amx(ac, dc, seg, idx, dptr, trans_w, m_tile, bp);
   switch (a.scalar_type()) {
-    case at::kFloat: return dds_impl<float>(ac, dc, seg, idx, dptr, trans_w, m_tile);
-    case at::kBFloat16: return dds_impl<at::BFloat16>(ac, dc, seg, idx, dptr, trans_w, m_tile);
-    case at::kHalf: return dds_impl<at::Half>(ac, dc, seg, idx, dptr, trans_w, m_tile);
+    case at::kFloat: return dds_impl<float>(ac, dc, seg, idx, dptr, trans_w, m_tile, bp);
+    case at::kBFloat16: return dds_impl<at::BFloat16>(ac, dc, seg, idx, dptr, trans_w, m_tile, bp);
+    case at::kHalf: return dds_impl<at::Half>(ac, dc, seg, idx, dptr, trans_w, m_tile, bp);
     default: TORCH_CHECK(false, "bsr_dds: unsupported dtype ", a.scalar_type());
   }
 }

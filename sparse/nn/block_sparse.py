@@ -108,9 +108,7 @@ class BlockSparseLinear(nn.Module):
             raise ValueError(f"x: expected dtype {self.weight_data.dtype} (the layer's), got {x.dtype}")
         lead = x.shape[:-1]
         # Leading dims folded into rows: one large GEMM and dW reduced over all tokens by the SDD itself.
-        y = bs_ops.dds(x.reshape(-1, self.in_features), self.weight_data, self.layout(), trans_b=True)
-        if self.bias is not None:
-            y = y + self.bias
+        y = bs_ops.linear(x.reshape(-1, self.in_features), self.weight_data, self.bias, self.layout())
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

@@ -92,6 +92,18 @@ def native_dds(a: torch.Tensor, b_data: torch.Tensor, layout: BlockLayout, trans
     return torch.stack(out).view(*lead, m, n) if out else a.new_zeros(*lead, m, n)
 
 
+def native_linear(x: torch.Tensor, w_data: torch.Tensor, bias: torch.Tensor | None,
+                  layout: BlockLayout) -> torch.Tensor:
+    """``x @ W^T + bias`` -> ``[T, out]`` for ``x [T, in]``, block-sparse ``W [out, in]``, bias fused
+    into the kernel's output rounding (one pass over the output less than a separate add)."""
+    mod, why = _native_ext()
+    if mod is None:
+        raise RuntimeError(why)
+    crow, col = (t.to("cpu", torch.int32).contiguous() for t in (layout.crow, layout.col))
+    return mod.bsr_dds(x.contiguous(), w_data.contiguous(), crow, col, torch.empty(0, dtype=torch.int32), True,
+                       DDS_M_TILE, bias)
+
+
 def native_dsd(a_data: torch.Tensor, layout: BlockLayout, b: torch.Tensor, trans_a: bool = False,
                trans_b: bool = False) -> torch.Tensor:
     """``op(S) @ op(b)`` -> ``[..., M, N]`` as ``(op(b)^T @ op(S)^T)^T`` by :func:`native_dds`."""

@@ -30,9 +30,10 @@ from triton_kernels.layout import BlockLayout
 from . import _bsr_cpu
 from .dispatch import Op, forced_backend
 
-__all__ = ["BlockLayout", "dds", "dsd", "sdd", "dds_op", "dsd_op", "sdd_op"]
+__all__ = ["BlockLayout", "dds", "dsd", "sdd", "linear", "dds_op", "dsd_op", "sdd_op", "linear_op"]
 
 dds_op = Op("block_sparse.dds")
+linear_op = Op("block_sparse.linear")
 dsd_op = Op("block_sparse.dsd")
 sdd_op = Op("block_sparse.sdd")
 
@@ -66,6 +67,17 @@ dsd_op.register("torch")(_bsr_cpu.dsd)
 sdd_op.register("torch")(_bsr_cpu.sdd)
 
 
+def _linear_any(x, w_data, bias, layout):
+    """``x @ W^T (+ bias)`` through the dds dispatch (which honours the same forced backend)."""
+    y = dds_op(x, w_data, layout, False, True)
+    return y if bias is None else y + bias
+
+
+linear_op.register("triton", _triton_usable)(_linear_any)
+linear_op.register("cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_linear)   # bias fused in the kernel
+linear_op.register("torch")(_linear_any)
+
+
 # ---------------------------------------------------------------------------- torch.library ops
 # The layout travels as its index tensors plus (block, rows, cols): custom ops take only tensors and
 # scalars. Checks happen in the public functions; the ops rebuild the layout without re-validating.
@@ -95,6 +107,19 @@ def _bs_sdd(a: torch.Tensor, b: torch.Tensor, crow: torch.Tensor, col: torch.Ten
             trans_a: bool, trans_b: bool) -> torch.Tensor:
     lay = _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t)
     return sdd_op(a, b, lay, trans_a, trans_b)
+
+
+@torch.library.custom_op("sparse::bs_linear", mutates_args=())
+def _bs_linear(x: torch.Tensor, w_data: torch.Tensor, bias: torch.Tensor | None, crow: torch.Tensor,
+               col: torch.Tensor, row: torch.Tensor, ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor,
+               block: int, rows: int, cols: int) -> torch.Tensor:
+    lay = _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t)
+    return linear_op(x, w_data, bias, lay)
+
+
+@_bs_linear.register_fake
+def _(x, w_data, bias, crow, col, row, ccol, row_t, perm_t, block, rows, cols):
+    return x.new_empty(x.shape[0], rows)
 
 
 @_bs_dds.register_fake
@@ -149,6 +174,29 @@ def _dds_backward(ctx, grad):
 _bs_dds.register_autograd(_dds_backward, setup_context=_dds_setup)
 
 
+def _linear_setup(ctx, inputs, output):
+    x, w_data, bias = inputs[:3]
+    ctx.meta = inputs[3:12]
+    ctx.save_for_backward(x, w_data)
+
+
+def _linear_backward(ctx, grad):
+    """y = x W^T + b: dX = dY W (dds on the transpose metadata), dW = dY^T x (sdd), db = sum of dY."""
+    x, w_data = ctx.saved_tensors
+    meta = ctx.meta
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.sparse.bs_dds(grad, w_data, *meta, False, False)
+    if ctx.needs_input_grad[1]:
+        grad_w = torch.ops.sparse.bs_sdd(grad, x, *meta, True, False)
+    if ctx.needs_input_grad[2]:
+        grad_b = grad.sum(0)
+    return (grad_x, grad_w, grad_b) + (None,) * 9
+
+
+_bs_linear.register_autograd(_linear_backward, setup_context=_linear_setup)
+
+
 # ---------------------------------------------------------------------------- public functions
 def _meta(layout: BlockLayout) -> tuple:
     return (*layout.tensors(), layout.block, layout.shape[0], layout.shape[1])
@@ -176,3 +224,23 @@ def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, trans_a: bool = F
     """Kept blocks of ``op(a) @ op(b)`` -> ``[..., nnz, B, B]`` (forward only)."""
     _tk.check_sdd(a, b, layout, trans_a, trans_b)
     return torch.ops.sparse.bs_sdd(a, b, *_meta(layout), bool(trans_a), bool(trans_b))
+
+
+def linear(x: torch.Tensor, w_data: torch.Tensor, bias: torch.Tensor | None, layout: BlockLayout) -> torch.Tensor:
+    """``x @ W^T + bias`` for block-sparse ``W [out, in]`` (data ``[nnz, B, B]``), differentiable.
+
+    x ``[T, in]`` (2-D), bias ``[out]`` or None, all one dtype -> ``[T, out]``. The native CPU backend
+    adds the bias inside the kernel; other backends run :func:`dds` and an add.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x: expected a 2-D tensor [T, in], got {got}")
+    _tk.check_dds(x, w_data, layout, False, True)
+    if bias is not None:
+        if (not isinstance(bias, torch.Tensor) or bias.dim() != 1 or bias.shape[0] != layout.shape[0]
+                or bias.dtype != x.dtype or bias.device != x.device):
+            got = (f"{bias.dtype} tensor of shape {tuple(bias.shape)} on {bias.device}"
+                   if isinstance(bias, torch.Tensor) else type(bias).__name__)
+            raise ValueError(f"bias: expected None or a 1-D {x.dtype} tensor [{layout.shape[0]}] on {x.device}, "
+                             f"got {got}")
+    return torch.ops.sparse.bs_linear(x, w_data, bias, *_meta(layout))

@@ -214,6 +214,43 @@ def test_dds_gradients_match_masked_dense(trans_a, trans_b):
     _close(w.grad, lay.from_dense(s.grad), torch.float32)   # kept blocks only; batch summed
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_with_fused_bias_and_gradients(backend, dtype):
+    if backend == "cpu" and not _native(dtype):
+        pytest.skip(f"{dtype} not native here")
+    lay, data, x, dy = _module_case(32, 3, 4, 45, dtype, seed=5)
+    bias = torch.randn(lay.shape[0]).to(dtype)
+    w = lay.to_dense(data.float()).requires_grad_()
+    xr, br = x.float().clone().requires_grad_(), bias.float().clone().requires_grad_()
+    ref = xr @ w.t() + br
+    ref.backward(dy.float())
+    x_in, d_in, b_in = (t.clone().requires_grad_() for t in (x, data, bias))
+    with use_backend(backend):
+        y = bs.linear(x_in, d_in, b_in, lay)
+        assert last_backend("block_sparse.linear") == backend
+        y.backward(dy)
+    _close(y.detach(), ref.detach(), dtype)       # empty block row 1: outputs are the bias there
+    _close(x_in.grad, xr.grad, dtype)
+    _close(d_in.grad, lay.from_dense(w.grad), dtype)
+    _close(b_in.grad, br.grad, dtype)
+    with use_backend(backend):
+        _close(bs.linear(x, data, None, lay), x.float() @ w.detach().t(), dtype)
+        empty = BlockLayout.from_mask(torch.zeros(2, 3, dtype=torch.bool), 32)
+        out = bs.linear(torch.randn(3, 96).to(dtype), torch.zeros(0, 32, 32, dtype=dtype), bias[:64], empty)
+        assert torch.equal(out, bias[:64].expand(3, 64))
+
+
+def test_linear_rejects_bad_arguments():
+    lay, data, x, _ = _module_case(32, 3, 4, 5, torch.float32, seed=5)
+    with pytest.raises(ValueError, match=r"bias: expected None or a 1-D torch.float32 tensor \[96\]"):
+        bs.linear(x, data, torch.zeros(95), lay)
+    with pytest.raises(ValueError, match="bias: expected None or a 1-D torch.float32 tensor"):
+        bs.linear(x, data, torch.zeros(96, dtype=torch.bfloat16), lay)
+    with pytest.raises(ValueError, match=r"x: expected a 2-D tensor \[T, in\], got shape \(1, 5, 128\)"):
+        bs.linear(x[None], data, None, lay)
+
+
 def test_opcheck_custom_ops():
     lay, data = _case(2, 3, 16, seed=2)
     meta = (*lay.tensors(), lay.block, *lay.shape)
@@ -223,6 +260,8 @@ def test_opcheck_custom_ops():
     torch.library.opcheck(torch.ops.sparse.bs_dsd.default, (data, torch.randn(48, 5), *meta, False, False))
     torch.library.opcheck(torch.ops.sparse.bs_sdd.default, (torch.randn(6, 32), torch.randn(6, 48), *meta,
                                                             True, False))
+    torch.library.opcheck(torch.ops.sparse.bs_linear.default, (x, w, torch.randn(32, requires_grad=True), *meta))
+    torch.library.opcheck(torch.ops.sparse.bs_linear.default, (x, w, None, *meta))
 
 
 def test_torch_compile_traces_through_fake_kernels():

@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 namespace sparse_ext {
 
 // True when the brgemm path runs natively for `dtype` here (bf16/fp16: could_pack says the
@@ -15,8 +17,10 @@ bool bsr_brgemm_supported(at::ScalarType dtype);
 //   op(w) = w^T if trans_w else w.
 // a: [T, I*B] row-major (fp32/bf16/fp16); data: [nnz, B, B] same dtype; seg int32 [J+1];
 // idx, dptr int32 [nnz] (idx ascending within each j). m_tile: tokens per task (>= 1).
+// bias (optional) [J*B], any float dtype: added in fp32 before the rounding to the output dtype.
 at::Tensor bsr_dds_cpu(const at::Tensor& a, const at::Tensor& data, const at::Tensor& seg,
-                       const at::Tensor& idx, const at::Tensor& dptr, bool trans_w, int64_t m_tile);
+                       const at::Tensor& idx, const at::Tensor& dptr, bool trans_w, int64_t m_tile,
+                       const std::optional<at::Tensor>& bias);
 
 // Kept blocks of L @ R -> [nnz, B, B] (L's dtype), L = a^T if trans_a else a ([M, K]),
 // R = b^T if trans_b else b ([K, N]); block p is (crow-row of p, col[p]). Accumulates in fp32 over
