@@ -71,7 +71,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
             if (dtype == "bfloat16") return sparse_ext::bsr_brgemm_supported(at::kBFloat16);
             if (dtype == "float16") return sparse_ext::bsr_brgemm_supported(at::kHalf);
             return false;
-          }, "whether the brgemm block-sparse CPU path runs natively for dtype ('float32'|'bfloat16'|'float16')",
+          },
+          "whether the brgemm block-sparse CPU path runs natively for dtype ('float32'|'bfloat16'|'float16')",
           pybind11::arg("dtype"));
   mod.def("bsr_dds", &bsr_dds_cpu, "block-sparse out[T, J*B] = sum a[:, i-block] @ op(data[d]) via brgemm (CPU)",
           pybind11::arg("a"), pybind11::arg("data"), pybind11::arg("seg"), pybind11::arg("idx"),
@@ -79,5 +80,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           pybind11::arg("bias") = pybind11::none());
   mod.def("bsr_sdd", &bsr_sdd_cpu, "kept blocks [nnz, B, B] of op(a) @ op(b) via brgemm (CPU)",
           pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("crow"), pybind11::arg("col"),
-          pybind11::arg("ccol"), pybind11::arg("row_t"), pybind11::arg("perm_t"), pybind11::arg("block"), pybind11::arg("trans_a"), pybind11::arg("trans_b"), pybind11::arg("k_tile") = 256);
+          pybind11::arg("ccol"), pybind11::arg("row_t"), pybind11::arg("perm_t"), pybind11::arg("block"),
+          pybind11::arg("trans_a"), pybind11::arg("trans_b"), pybind11::arg("k_tile") = 256);
 }

@@ -3,8 +3,8 @@
 // on AMX, so anything that first gathers activations (or runs small GEMMs through torch) loses to it;
 // this path keeps activations in place and only reorders the (small) weight blocks.
 //
-// Threads: at::parallel_for (torch's pool, honours torch.set_num_threads); each chunk ends with
-// brgemm_release() because AMX tile state is per thread.
+// Threads: at::parallel_for (torch's pool, honours torch.set_num_threads), one region per kernel call;
+// each chunk ends with brgemm_release() / tile release because AMX tile state is per thread.
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -15,6 +15,7 @@
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
@@ -462,28 +463,38 @@ at::Tensor dds_amx(const at::Tensor& a, const at::Tensor& data, const at::Tensor
   const bf16* ap = a.data_ptr<bf16>();
   bf16* op = out.data_ptr<bf16>();
 
-  // op(W_d) as VNNI panels [panel h][p][bs/2][32][2], list order p: element (k, n) of block p.
+  // op(W_d) as VNNI panels [panel h][p][bs/2][32][2], list order p: element (k, n) of block p. Packed
+  // on the calling thread (vectorised, ~nnz*B*B/2 moves): under a loaded machine every extra parallel
+  // region costs a scheduler slice at its join, far more than this.
   auto packed_t = at::empty({n_panels, nnz, bs * 32}, data.options());
   bf16* pk = packed_t.data_ptr<bf16>();
-  at::parallel_for(0, nnz, 16, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const bf16* w = wp + (dp ? static_cast<int64_t>(dp[p]) : p) * bs * bs;
-      for (int64_t k = 0; k < bs; ++k)
-        for (int64_t n = 0; n < bs; ++n) {
-          const bf16 v = trans_w ? w[n * bs + k] : w[k * bs + n];
-          pk[((n / 32) * nnz + p) * bs * 32 + ((k / 2) * 32 + n % 32) * 2 + (k & 1)] = v;
-        }
+  for (int64_t p = 0; p < nnz; ++p) {
+    const bf16* w = wp + (dp ? static_cast<int64_t>(dp[p]) : p) * bs * bs;
+    for (int64_t h = 0; h < n_panels; ++h) {
+      bf16* dst = pk + (h * nnz + p) * bs * 32;
+      if (!trans_w) {  // (k, n) = W[k][n]: rows k, k+1 interleaved
+        vnni_rows(w + h * 32, bs, bs, 32, dst, 0, bs);
+        continue;
+      }
+      // (k, n) = W[n][k]: the pair (k, k+1) is contiguous in W's row n, so VNNI is a 32-bit transpose.
+      const auto* w32 = reinterpret_cast<const uint32_t*>(w) + h * 32 * (bs / 2);
+      auto* d32 = reinterpret_cast<uint32_t*>(dst);
+      for (int64_t n = 0; n < 32; ++n)
+        for (int64_t q = 0; q < bs / 2; ++q) d32[q * 32 + n] = w32[n * (bs / 2) + q];
     }
-  });
+  }
 
   // Super-tiles of m_tile tokens (x slice stays in L2, each weight row in L1 across its 32-row tiles).
+  // Tiles are claimed dynamically: a thread preempted by another process delays only its current tile.
   m_tile = std::max<int64_t>(32, m_tile / 32 * 32);
   const int64_t n_tiles = (t_rows + m_tile - 1) / m_tile;
-  at::parallel_for(0, n_tiles, 1, [&](int64_t b0, int64_t b1) {
+  const int64_t n_workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_tiles));
+  std::atomic<int64_t> next_tile{0};
+  at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
     amx_begin();
     alignas(64) float c[32 * 32];
     std::vector<bf16> pad;  // a last, partial 32-row tile, zero-padded
-    for (int64_t tile = b0; tile < b1; ++tile) {
+    for (int64_t tile; (tile = next_tile.fetch_add(1)) < n_tiles;) {
       const int64_t t0 = tile * m_tile, t1 = std::min(t_rows, t0 + m_tile);
       for (int64_t j = 0; j < n_out; ++j) {
         const int64_t p0 = sp[j], p1 = sp[j + 1];
@@ -540,6 +551,7 @@ at::Tensor sdd_amx(const at::Tensor& ls, const at::Tensor& rs, const at::Tensor&
   const bf16* op_sh = sh.data_ptr<bf16>();
   auto acc_t = at::empty({nnz, bs, bs}, ls.options().dtype(at::kFloat));
   float* acc = acc_t.data_ptr<float>();
+  bf16* op = out.data_ptr<bf16>();
 
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_seg));
   std::vector<int64_t> bounds(parts + 1, n_seg);
@@ -572,21 +584,22 @@ at::Tensor sdd_amx(const at::Tensor& ls, const at::Tensor& rs, const at::Tensor&
           }
         }
       }
+      // This thread's blocks are final: to the output dtype (acc holds block^T when the rows were owned,
+      // C' = Rs_c^T Ls_r).
+      std::vector<float> tmp(own_rows ? bs * bs : 0);
+      for (int64_t sgi = s0; sgi < s1; ++sgi) {
+        for (int64_t p = seg[sgi]; p < seg[sgi + 1]; ++p) {
+          const int64_t d = dptr ? dptr[p] : p;
+          const float* src = acc + d * bs * bs;
+          if (own_rows) {
+            transpose_into(src, bs, tmp.data(), bs, bs, bs);
+            src = tmp.data();
+          }
+          store_row(src, op + d * bs * bs, bs * bs);
+        }
+      }
     }
     amx_end();
-  });
-  // acc holds block^T when the rows were owned (C' = Rs_c^T Ls_r).
-  bf16* op = out.data_ptr<bf16>();
-  at::parallel_for(0, nnz, 16, [&](int64_t p0, int64_t p1) {
-    std::vector<float> tmp(own_rows ? bs * bs : 0);
-    for (int64_t p = p0; p < p1; ++p) {
-      const float* s = acc + p * bs * bs;
-      if (own_rows) {
-        transpose_into(s, bs, tmp.data(), bs, bs, bs);
-        s = tmp.data();
-      }
-      store_row(s, op + p * bs * bs, bs * bs);
-    }
   });
   return out;
 }
@@ -628,7 +641,8 @@ at::Tensor bsr_dds_cpu(const at::Tensor& a, const at::Tensor& data, const at::Te
   at::Tensor bias_f;  // fp32 copy: added before the one rounding to the output dtype
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->device().is_cpu() && bias->dim() == 1 && bias->numel() == (seg.numel() - 1) * bs,
-                "bsr_dds: bias: expected a 1-D CPU tensor of ", (seg.numel() - 1) * bs, " entries, got ", bias->sizes());
+                "bsr_dds: bias: expected a 1-D CPU tensor of ", (seg.numel() - 1) * bs, " entries, got ",
+                bias->sizes());
     bias_f = bias->to(at::kFloat).contiguous();
   }
   const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
