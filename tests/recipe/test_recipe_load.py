@@ -10,7 +10,7 @@ from sparse.recipe import Recipe, RecipeError, load_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHIPPED = ["minilm-bbc-dense", "minilm-bbc-2of4", "minilm-bbc-2of4-transposable", "minilm-bbc-4of8-transposable",
-           "minilm-bbc-gradual-80", "minilm-bbc-srste-2of4"]
+           "minilm-bbc-gradual-80", "minilm-bbc-srste-2of4", "minilm-bbc-srste-2of4-transposable"]
 
 NM = {"type": "nm", "n": 2, "m": 4}
 
