@@ -81,5 +81,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("bsr_sdd", &bsr_sdd_cpu, "kept blocks [nnz, B, B] of op(a) @ op(b) via brgemm (CPU)",
           pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("crow"), pybind11::arg("col"),
           pybind11::arg("ccol"), pybind11::arg("row_t"), pybind11::arg("perm_t"), pybind11::arg("block"),
-          pybind11::arg("trans_a"), pybind11::arg("trans_b"), pybind11::arg("k_tile") = 256);
+          pybind11::arg("trans_a"), pybind11::arg("trans_b"), pybind11::arg("k_tile") = 256,
+          pybind11::arg("colsum") = pybind11::none());
 }

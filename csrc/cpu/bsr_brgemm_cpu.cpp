@@ -448,6 +448,20 @@ __attribute__((target("avx512f,avx512bw"))) void vnni_rows(const bf16* s, int64_
   }
 }
 
+// sum[i] += s[r * ld + i] over rows r < rows, i < n (bf16 -> fp32: the high half of the word).
+__attribute__((target("avx512f"))) void add_colsums(const bf16* s, int64_t ld, int64_t rows, int64_t n, float* sum) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const bf16* row = s + r * ld;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i)));
+      const __m512 f = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+      _mm512_storeu_ps(sum + i, _mm512_add_ps(_mm512_loadu_ps(sum + i), f));
+    }
+    for (; i < n; ++i) sum[i] += static_cast<float>(row[i]);
+  }
+}
+
 at::Tensor dds_amx(const at::Tensor& a, const at::Tensor& data, const at::Tensor& seg, const at::Tensor& idx,
                    const at::Tensor& dptr, bool trans_w, int64_t m_tile, const float* bias) {
   const int64_t t_rows = a.size(0), k_in = a.size(1);
@@ -533,12 +547,14 @@ at::Tensor dds_amx(const at::Tensor& a, const at::Tensor& data, const at::Tensor
 // no full-size temporaries.
 at::Tensor sdd_amx(const at::Tensor& ls, const at::Tensor& rs, const at::Tensor& crow, const at::Tensor& col,
                    const at::Tensor& ccol, const at::Tensor& row_t, const at::Tensor& perm_t, int64_t bs,
-                   int64_t k_tile) {
+                   int64_t k_tile, float* colsum) {
   const int64_t k = ls.size(0);
   const int64_t nnz = col.numel();
   auto out = at::empty({nnz, bs, bs}, ls.options());
-  if (nnz == 0) return out;
-  if (k == 0) return out.zero_();
+  if (nnz == 0 || k == 0) {
+    if (colsum && k > 0) add_colsums(ls.data_ptr<bf16>(), ls.size(1), k, ls.size(1), colsum);
+    return nnz == 0 ? out : out.zero_();
+  }
   const bool own_rows = ls.size(1) >= rs.size(1);
   const at::Tensor& own = own_rows ? ls : rs;   // B role, split between threads
   const at::Tensor& sh = own_rows ? rs : ls;    // A role, every thread transposes all of it per chunk
@@ -560,16 +576,23 @@ at::Tensor sdd_amx(const at::Tensor& ls, const at::Tensor& rs, const at::Tensor&
     while (rr < n_seg && seg[rr] * parts < i * nnz) ++rr;
     bounds[i] = rr;
   }
+  // Column sums of Ls (the bias gradient when Ls is dY): the owner of each column adds them while its
+  // chunk is in cache; when Ls is the shared operand, one serial pass before the parallel region.
+  if (colsum && !own_rows) add_colsums(op_sh, ld_sh, k, ld_sh, colsum);
   const int64_t kc = std::max<int64_t>(32, k_tile / 32 * 32);
   at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
     amx_begin();
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t s0 = bounds[q], s1 = bounds[q + 1], width = (s1 - s0) * bs;
-      if (s0 == s1 || seg[s0] == seg[s1]) continue;
+      if (s0 == s1 || seg[s0] == seg[s1]) {
+        if (colsum && own_rows) add_colsums(op_own + s0 * bs, ld_own, k, width, colsum + s0 * bs);
+        continue;
+      }
       std::vector<bf16> bbuf(kc * width), abuf(ld_sh * kc);
       for (int64_t k0 = 0; k0 < k; k0 += kc) {
         const int64_t kl = std::min(kc, k - k0), klp = (kl + 31) / 32 * 32;
         vnni_rows(op_own + k0 * ld_own + s0 * bs, ld_own, kl, width, bbuf.data(), 0, klp);
+        if (colsum && own_rows) add_colsums(op_own + k0 * ld_own + s0 * bs, ld_own, kl, width, colsum + s0 * bs);
         transpose_into(op_sh + k0 * ld_sh, ld_sh, abuf.data(), kc, kl, ld_sh);
         if (klp > kl)  // K tail: zero columns so the last 32-step adds nothing
           for (int64_t c = 0; c < ld_sh; ++c)
@@ -657,7 +680,7 @@ at::Tensor bsr_dds_cpu(const at::Tensor& a, const at::Tensor& data, const at::Te
 
 at::Tensor bsr_sdd_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& crow, const at::Tensor& col,
                        const at::Tensor& ccol, const at::Tensor& row_t, const at::Tensor& perm_t, int64_t block,
-                       bool trans_a, bool trans_b, int64_t k_tile) {
+                       bool trans_a, bool trans_b, int64_t k_tile, const std::optional<at::Tensor>& colsum) {
   TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && a.dim() == 2 && b.dim() == 2 &&
                   a.scalar_type() == b.scalar_type(),
               "bsr_sdd: expected 2-D CPU tensors of one dtype, got ", a.sizes(), " ", a.scalar_type(), " and ",
@@ -669,6 +692,14 @@ at::Tensor bsr_sdd_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tenso
   const at::Tensor l = trans_a ? a.t() : a, r = trans_b ? b.t() : b;
   TORCH_CHECK(l.size(1) == r.size(0) && l.size(0) == (crow.numel() - 1) * block && r.size(1) % block == 0,
               "bsr_sdd: shapes ", l.sizes(), " @ ", r.sizes(), " do not match the layout (block ", block, ")");
+  float* cs = nullptr;
+  if (colsum.has_value() && colsum->defined()) {
+    TORCH_CHECK(colsum->device().is_cpu() && colsum->scalar_type() == at::kFloat && colsum->is_contiguous() &&
+                    colsum->dim() == 1 && colsum->numel() == l.size(0),
+                "bsr_sdd: colsum: expected a zeroed contiguous float32 CPU tensor [", l.size(0), "], got ",
+                colsum->scalar_type(), " ", colsum->sizes());
+    cs = colsum->data_ptr<float>();
+  }
   if (use_amx(a.scalar_type(), block)) {
     check_index(ccol, "bsr_sdd: ccol");
     check_index(row_t, "bsr_sdd: row_t");
@@ -676,8 +707,9 @@ at::Tensor bsr_sdd_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tenso
     TORCH_CHECK(ccol.numel() == r.size(1) / block + 1 && row_t.numel() == col.numel() &&
                     perm_t.numel() == col.numel(), "bsr_sdd: transpose metadata does not match the layout");
     // Token-major operands (a linear layer's x and dY already are): views are copied only if not.
-    return sdd_amx(l.t().contiguous(), r.contiguous(), crow, col, ccol, row_t, perm_t, block, k_tile);
+    return sdd_amx(l.t().contiguous(), r.contiguous(), crow, col, ccol, row_t, perm_t, block, k_tile, cs);
   }
+  if (cs) colsum->copy_(l.sum(1, false, at::kFloat));
   switch (a.scalar_type()) {
     case at::kFloat: return sdd_impl<float>(l, r, crow, col, block, k_tile);
     case at::kBFloat16: return sdd_impl<at::BFloat16>(l, r, crow, col, block, k_tile);

@@ -104,6 +104,21 @@ def native_linear(x: torch.Tensor, w_data: torch.Tensor, bias: torch.Tensor | No
                        DDS_M_TILE, bias)
 
 
+def native_sdd_rowsum(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, trans_a: bool = False,
+                      trans_b: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sdd(a, b), op(a).sum(-1))`` for 2-D operands: the row sums come from the pass that packs op(a)
+    (``dW`` and the bias gradient of a linear layer in one go)."""
+    mod, why = _native_ext()
+    if mod is None:
+        raise RuntimeError(why)
+    crow, col, _, ccol, row_t, perm_t = _meta_i32(layout)
+    m = a.shape[-1] if trans_a else a.shape[-2]
+    sums = torch.zeros(m, dtype=torch.float32)
+    blocks = mod.bsr_sdd(a, b, crow, col, ccol, row_t, perm_t, layout.block, bool(trans_a), bool(trans_b),
+                         SDD_K_TILE, sums)
+    return blocks, sums.to(a.dtype)
+
+
 def native_dsd(a_data: torch.Tensor, layout: BlockLayout, b: torch.Tensor, trans_a: bool = False,
                trans_b: bool = False) -> torch.Tensor:
     """``op(S) @ op(b)`` -> ``[..., M, N]`` as ``(op(b)^T @ op(S)^T)^T`` by :func:`native_dds`."""

@@ -34,6 +34,7 @@ __all__ = ["BlockLayout", "dds", "dsd", "sdd", "linear", "dds_op", "dsd_op", "sd
 
 dds_op = Op("block_sparse.dds")
 linear_op = Op("block_sparse.linear")
+sdd_rowsum_op = Op("block_sparse.sdd_rowsum")
 dsd_op = Op("block_sparse.dsd")
 sdd_op = Op("block_sparse.sdd")
 
@@ -73,9 +74,17 @@ def _linear_any(x, w_data, bias, layout):
     return y if bias is None else y + bias
 
 
+def _sdd_rowsum_any(a, b, layout, trans_a=False, trans_b=False):
+    """``(sdd(a, b), op(a).sum(-1))`` through the sdd dispatch plus a separate sum."""
+    return sdd_op(a, b, layout, trans_a, trans_b), (a.transpose(-1, -2) if trans_a else a).sum(-1)
+
+
 linear_op.register("triton", _triton_usable)(_linear_any)
 linear_op.register("cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_linear)   # bias fused in the kernel
 linear_op.register("torch")(_linear_any)
+sdd_rowsum_op.register("triton", _triton_usable)(_sdd_rowsum_any)
+sdd_rowsum_op.register("cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_sdd_rowsum)   # sums fused in the packing
+sdd_rowsum_op.register("torch")(_sdd_rowsum_any)
 
 
 # ---------------------------------------------------------------------------- torch.library ops
@@ -115,6 +124,19 @@ def _bs_linear(x: torch.Tensor, w_data: torch.Tensor, bias: torch.Tensor | None,
                block: int, rows: int, cols: int) -> torch.Tensor:
     lay = _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t)
     return linear_op(x, w_data, bias, lay)
+
+
+@torch.library.custom_op("sparse::bs_sdd_rowsum", mutates_args=())
+def _bs_sdd_rowsum(a: torch.Tensor, b: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, row: torch.Tensor,
+                   ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, block: int, rows: int, cols: int,
+                   trans_a: bool, trans_b: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    lay = _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t)
+    return sdd_rowsum_op(a, b, lay, trans_a, trans_b)
+
+
+@_bs_sdd_rowsum.register_fake
+def _(a, b, crow, col, row, ccol, row_t, perm_t, block, rows, cols, trans_a, trans_b):
+    return a.new_empty(col.shape[0], block, block), a.new_empty(rows)
 
 
 @_bs_linear.register_fake
@@ -187,9 +209,11 @@ def _linear_backward(ctx, grad):
     grad_x = grad_w = grad_b = None
     if ctx.needs_input_grad[0]:
         grad_x = torch.ops.sparse.bs_dds(grad, w_data, *meta, False, False)
-    if ctx.needs_input_grad[1]:
+    if ctx.needs_input_grad[1] and ctx.needs_input_grad[2]:   # one pass over dY for both
+        grad_w, grad_b = torch.ops.sparse.bs_sdd_rowsum(grad, x, *meta, True, False)
+    elif ctx.needs_input_grad[1]:
         grad_w = torch.ops.sparse.bs_sdd(grad, x, *meta, True, False)
-    if ctx.needs_input_grad[2]:
+    elif ctx.needs_input_grad[2]:
         grad_b = grad.sum(0)
     return (grad_x, grad_w, grad_b) + (None,) * 9
 

@@ -119,6 +119,26 @@ def test_native_kernels_every_mode_the_linear_layer_uses(dtype, block, tokens):
         assert last_backend("block_sparse.sdd") == "cpu"
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, cols", [(6, 3), (3, 6)])     # dY wider than x, and narrower
+def test_sdd_rowsum_gives_blocks_and_bias_gradient(backend, dtype, rows, cols):
+    if backend == "cpu" and not _native(dtype):
+        pytest.skip(f"{dtype} not native here")
+    lay, data, x, dy = _module_case(32, rows, cols, 77, dtype, seed=rows)
+    meta = (*lay.tensors(), lay.block, *lay.shape)
+    with use_backend(backend):
+        blocks, sums = torch.ops.sparse.bs_sdd_rowsum(dy, x, *meta, True, False)
+        assert last_backend("block_sparse.sdd_rowsum") == backend
+        _close(blocks, lay.from_dense(dy.float().t() @ x.float()), dtype)
+        _close(sums, dy.float().sum(0), dtype)
+        empty = BlockLayout.from_mask(torch.zeros(rows, cols, dtype=torch.bool), 32)
+        meta = (*empty.tensors(), 32, *empty.shape)
+        blocks, sums = torch.ops.sparse.bs_sdd_rowsum(dy, x, *meta, True, False)
+        assert blocks.shape == (0, 32, 32)
+        _close(sums, dy.float().sum(0), dtype)
+
+
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_native_kernels_empty_layout_and_no_tokens(dtype):
@@ -262,6 +282,8 @@ def test_opcheck_custom_ops():
                                                             True, False))
     torch.library.opcheck(torch.ops.sparse.bs_linear.default, (x, w, torch.randn(32, requires_grad=True), *meta))
     torch.library.opcheck(torch.ops.sparse.bs_linear.default, (x, w, None, *meta))
+    torch.library.opcheck(torch.ops.sparse.bs_sdd_rowsum.default, (torch.randn(6, 32), torch.randn(6, 48), *meta,
+                                                                   True, False))
 
 
 def test_torch_compile_traces_through_fake_kernels():

@@ -26,8 +26,11 @@ at::Tensor bsr_dds_cpu(const at::Tensor& a, const at::Tensor& data, const at::Te
 // R = b^T if trans_b else b ([K, N]); block p is (crow-row of p, col[p]). Accumulates in fp32 over
 // K in chunks of k_tile (rounded to the kernel's step).
 // ccol/row_t/perm_t: the layout's transpose metadata (column-wise split of the work).
+// colsum (optional, zeroed float32 [M]): receives L's row sums over K (the bias gradient of a linear
+// layer when L = dY^T), fused into the pass that packs L.
 at::Tensor bsr_sdd_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& crow,
                        const at::Tensor& col, const at::Tensor& ccol, const at::Tensor& row_t,
-                       const at::Tensor& perm_t, int64_t block, bool trans_a, bool trans_b, int64_t k_tile);
+                       const at::Tensor& perm_t, int64_t block, bool trans_a, bool trans_b, int64_t k_tile,
+                       const std::optional<at::Tensor>& colsum);
 
 }  // namespace sparse_ext
