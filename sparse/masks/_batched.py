@@ -16,18 +16,17 @@ def greedy(scores: torch.Tensor, n: int) -> torch.Tensor:
     t, m, _ = scores.shape
     dev = scores.device
     order = torch.sort(scores.reshape(t, m * m), dim=1, descending=True, stable=True).indices
+    rows_all, cols_all = order // m, order % m
     rowc = torch.zeros(t, m, dtype=torch.int32, device=dev)
     colc = torch.zeros(t, m, dtype=torch.int32, device=dev)
     keep = torch.zeros(t, m * m, dtype=torch.bool, device=dev)
-    ar = torch.arange(t, device=dev)
     for k in range(m * m):
-        idx = order[:, k]
-        r, c = idx // m, idx % m
-        ok = (rowc[ar, r] < n) & (colc[ar, c] < n)
-        keep[ar, idx] = ok
+        idx, r, c = order[:, k:k + 1], rows_all[:, k:k + 1], cols_all[:, k:k + 1]
+        ok = (rowc.gather(1, r) < n) & (colc.gather(1, c) < n)
+        keep.scatter_(1, idx, ok)
         inc = ok.to(torch.int32)
-        rowc[ar, r] += inc
-        colc[ar, c] += inc
+        rowc.scatter_add_(1, r, inc)
+        colc.scatter_add_(1, c, inc)
     return keep.reshape(t, m, m)
 
 

@@ -11,7 +11,8 @@ Methods (all return a complete, valid mask):
                is complete.
 * ``"approx"`` greedy + repair + row-pair exchange local search (>= 99.5% of the optimal kept
                magnitude at m = 8 on random and real weights); for n <= 2, where exchanges are
-               weakest and the exact solver costs about the same, the exact solver.
+               weakest and the exact solver costs about the same, the exact solver; where
+               enumeration applies (m <= 6), the enumeration (exact and faster).
 * ``"auto"``   ``"exact"`` when enumeration applies or the compiled solver is available, and
                ``"approx"`` otherwise (the pure-torch exact solver is much slower than approx).
 """
@@ -121,7 +122,8 @@ def solve(w: torch.Tensor, n: int, m: int, method: str) -> torch.Tensor:
     if method == "greedy":
         return greedy_torch(w, n, m)
     if method == "approx":
-        return approx_op(w, n, m)
+        # Enumeration is exact and faster than the heuristic wherever it applies (e.g. 2:4).
+        return enum_op(w, n, m) if _enum.enumerable(n, m) else approx_op(w, n, m)
     raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
 
 
