@@ -1,10 +1,19 @@
-// Block-sparse matmuls on the CPU: every kept B x B block becomes one brgemm call (oneDNN ukernel,
-// AMX for bf16 here) whose A operand points straight into the dense activations. Dense bf16 GEMM runs
-// on AMX, so anything that first gathers activations (or runs small GEMMs through torch) loses to it;
-// this path keeps activations in place and only reorders the (small) weight blocks.
+// Block-sparse matmuls on the CPU without gathering activations: every kept B x B block is multiplied
+// where it lies in the dense operand. Dense bf16 GEMM runs on AMX, so anything that first gathers
+// activations (or runs many small GEMMs through torch) loses to it.
 //
-// Threads: at::parallel_for (torch's pool, honours torch.set_num_threads), one region per kernel call;
-// each chunk ends with brgemm_release() / tile release because AMX tile state is per thread.
+// Two paths:
+// * bf16, B a multiple of 32, AMX present: hand-written AMX tile kernels (amx_acc_32x32 / amx_gemm_32x32)
+//   that keep a 32 x 32 fp32 output tile in the tile registers across all kept blocks of an output block.
+//   ATen's cpublas::brgemm was the first choice, but its wrapper runs one ukernel per call (batch 1):
+//   with one kept block as the K of a call, C goes through memory every 32..64 K-steps and the per-call
+//   overhead (~1 us, measured) dominated, and its packed-B leading dimension must be 16..64.
+// * everything else it supports (fp32, B = 16, bf16/fp16 without AMX where oneDNN can pack them):
+//   cpublas::brgemm per run of adjacent kept blocks, B operands packed once per call.
+//
+// Threads: at::parallel_for (torch's pool, honours torch.set_num_threads), one region per kernel call
+// (on a shared machine every region's join can cost a scheduler slice); each chunk ends with
+// brgemm_release() / tile release because AMX tile state is per thread.
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
