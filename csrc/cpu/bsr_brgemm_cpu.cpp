@@ -356,7 +356,9 @@ TileConfig make_tile_config() {
 const TileConfig kTileConfig = make_tile_config();
 
 __attribute__((target("amx-tile,amx-bf16"))) void amx_begin() { _tile_loadconfig(&kTileConfig); }
-__attribute__((target("amx-tile"))) void amx_end() { _tile_release(); }
+// Through ATen's release: it also forgets the brgemm config ATen believes is loaded in this thread
+// (ours replaced it), so a later cpublas::brgemm call in this thread loads its own again.
+void amx_end() { blas::brgemm_release(true); }
 
 using bf16 = at::BFloat16;
 
