@@ -333,3 +333,19 @@ def test_env_vars_force_triton_interpreter_in_a_fresh_process():
     env = dict(os.environ, SPARSE_BACKEND="triton", TRITON_INTERPRET="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     assert out.stdout.split() == ["triton", "triton"]
+
+
+@needs_native
+def test_native_amx_and_brgemm_paths_interleave_with_atens_own_brgemm_users():
+    """AMX tile state is per thread and ATen caches which brgemm config it loaded: our kernels (AMX tiles
+    for B=32/64, cpublas::brgemm for B=16) and torch's CPU attention alternate in one thread."""
+    if not _native(torch.bfloat16):
+        pytest.skip("bf16 not native here")
+    q = torch.randn(1, 2, 40, 64).to(torch.bfloat16)
+    with use_backend("cpu"):
+        for block in (16, 32, 16, 64):
+            lay, data, x, _ = _module_case(block, 3, 4, 50, torch.bfloat16, seed=block)
+            _close(bs.dds(x, data, lay, trans_b=True), x.float() @ lay.to_dense(data.float()).t(), torch.bfloat16)
+            att = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+            ref = torch.nn.functional.scaled_dot_product_attention(q.float(), q.float(), q.float())
+            _close(att, ref, torch.bfloat16)
