@@ -56,11 +56,11 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'recipe':<32} {'runs':>4} {'mean acc':>9} {'std':>6} {'min':>7} {'max':>7} {'vs dense':>9}"
+    head = f"{'recipe':<36} {'runs':>4} {'mean acc':>9} {'std':>6} {'min':>7} {'max':>7} {'vs dense':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         gap = r.get("gap_points")
-        lines.append(f"{r['recipe']:<32} {r['n']:>4} {100 * r['mean']:>8.2f}% {100 * r['std']:>6.2f} "
+        lines.append(f"{r['recipe']:<36} {r['n']:>4} {100 * r['mean']:>8.2f}% {100 * r['std']:>6.2f} "
                      f"{100 * r['min']:>6.2f}% {100 * r['max']:>6.2f}% "
                      f"{'-' if gap is None else f'{gap:+.2f} pt':>9}")
     return "\n".join(lines)
