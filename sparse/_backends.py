@@ -49,7 +49,10 @@ def _probe_cpu() -> BackendInfo:
         return BackendInfo("csrc-cpu", False, f"sparse._C not importable ({_ext_error[0]}); "
                                               "build with `pip install --no-build-isolation -e .`")
     threads = mod.num_threads() if hasattr(mod, "num_threads") else "?"
-    return BackendInfo("csrc-cpu", True, f"sparse._C, OpenMP threads={threads}")
+    native = [dt for dt in ("bfloat16", "float32", "float16")
+              if hasattr(mod, "bsr_brgemm_supported") and mod.bsr_brgemm_supported(dt)]
+    return BackendInfo("csrc-cpu", True, f"sparse._C, OpenMP threads={threads}, native block-sparse dtypes: "
+                                         f"{', '.join(native) or 'none'}")
 
 
 def _probe_cuda() -> BackendInfo:
