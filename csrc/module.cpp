@@ -35,6 +35,10 @@ at::Tensor transposable_exact(const at::Tensor& w, int64_t n, int64_t m) {
   require_cpu_build(w, "transposable_exact");
   return SPARSE_DISPATCH(transposable_exact, w, n, m);
 }
+at::Tensor transposable_greedy(const at::Tensor& w, int64_t n, int64_t m) {
+  require_cpu_build(w, "transposable_greedy");
+  return SPARSE_DISPATCH(transposable_greedy, w, n, m);
+}
 at::Tensor transposable_approx(const at::Tensor& w, int64_t n, int64_t m, int64_t max_passes) {
   require_cpu_build(w, "transposable_approx");
   return SPARSE_DISPATCH(transposable_approx, w, n, m, max_passes);
@@ -58,6 +62,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("with_cuda", &with_cuda, "True if the CUDA launchers were compiled in");
   mod.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads");
   mod.def("transposable_exact", &transposable_exact, "exact transposable n:m mask (uint8) of float32 W [R,C]",
+          pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("m"));
+  mod.def("transposable_greedy", &transposable_greedy, "greedy 2-approximation + augmenting-path repair",
           pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("m"));
   mod.def("transposable_approx", &transposable_approx, "greedy+repair+exchange transposable n:m mask",
           pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("m"), pybind11::arg("max_passes") = 3);

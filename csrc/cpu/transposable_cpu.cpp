@@ -42,6 +42,11 @@ at::Tensor transposable_exact_cpu(const at::Tensor& w, int64_t n, int64_t m) {
   return for_each_tile(w, m, [&](const TileView& v) { tile_exact(v, (int)n, (int)m); });
 }
 
+at::Tensor transposable_greedy_cpu(const at::Tensor& w, int64_t n, int64_t m) {
+  check_input(w, n, m, true, "transposable_greedy");
+  return for_each_tile(w, m, [&](const TileView& v) { tile_greedy_repair(v, (int)n, (int)m); });
+}
+
 at::Tensor transposable_approx_cpu(const at::Tensor& w, int64_t n, int64_t m, int64_t max_passes) {
   check_input(w, n, m, true, "transposable_approx");
   return for_each_tile(w, m, [&](const TileView& v) { tile_approx(v, (int)n, (int)m, (int)max_passes); });

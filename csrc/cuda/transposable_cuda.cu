@@ -32,6 +32,12 @@ __global__ void _transposable_exact_kernel(const float* __restrict__ w, uint8_t*
   if (t < tiles) tile_exact(tile_at(w, keep, t, tc, ld, m), n, m);
 }
 
+__global__ void _transposable_greedy_kernel(const float* __restrict__ w, uint8_t* __restrict__ keep, int64_t tiles,
+                                            int64_t tc, int64_t ld, int n, int m) {
+  const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t < tiles) tile_greedy_repair(tile_at(w, keep, t, tc, ld, m), n, m);
+}
+
 __global__ void _transposable_approx_kernel(const float* __restrict__ w, uint8_t* __restrict__ keep, int64_t tiles,
                                             int64_t tc, int64_t ld, int n, int m, int max_passes) {
   const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -62,6 +68,18 @@ at::Tensor transposable_exact_cuda(const at::Tensor& w, int64_t n, int64_t m) {
   const int64_t tc = w.size(1) / m, tiles = (w.size(0) / m) * tc;
   if (tiles == 0) return keep;
   _transposable_exact_kernel<<<blocks_for(tiles), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      w.data_ptr<float>(), reinterpret_cast<uint8_t*>(keep.data_ptr<bool>()), tiles, tc, w.size(1), (int)n, (int)m);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return keep;
+}
+
+at::Tensor transposable_greedy_cuda(const at::Tensor& w, int64_t n, int64_t m) {
+  check_input(w, n, m, true, "transposable_greedy");
+  const c10::cuda::CUDAGuard guard(w.device());
+  auto keep = at::empty(w.sizes(), w.options().dtype(at::kBool));
+  const int64_t tc = w.size(1) / m, tiles = (w.size(0) / m) * tc;
+  if (tiles == 0) return keep;
+  _transposable_greedy_kernel<<<blocks_for(tiles), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       w.data_ptr<float>(), reinterpret_cast<uint8_t*>(keep.data_ptr<bool>()), tiles, tc, w.size(1), (int)n, (int)m);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return keep;

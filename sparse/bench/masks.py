@@ -106,8 +106,10 @@ def bench_weights(label: str, mats: list[torch.Tensor], n: int, m: int, methods)
             note = "plain 2-approximation, no repair: incomplete tiles are invalid"
         else:
             masks = [transposable.solve(w, n, m, method) for w in mats]
-            op = {"exact": "transposable_enum" if transposable._enum.enumerable(n, m) else "transposable_exact",
-                  "approx": "transposable_approx"}.get(method)
+            enum = transposable._enum.enumerable(n, m)
+            op = {"exact": "transposable_enum" if enum else "transposable_exact",
+                  "approx": "transposable_enum" if enum else "transposable_approx",
+                  "greedy": "transposable_greedy"}.get(method)
             backend = (last_backend(op) or "torch") if op else "torch"
         secs = time.perf_counter() - start
         kept = sum(float((w.abs().double() * mk).sum()) for w, mk in zip(mats, masks))

@@ -7,8 +7,8 @@ Methods (all return a complete, valid mask):
 * ``"exact"``  exact and fast: pattern enumeration (m <= 6 with <= 4096 patterns, e.g. the 90 2:4
                patterns, one matmul), else a batched successive-shortest-path solver (csrc C++/OpenMP
                or CUDA when built, else a batched pure-torch version).
-* ``"greedy"`` the 2-approximation vectorised over tiles, repaired by augmenting paths so every tile
-               is complete.
+* ``"greedy"`` the 2-approximation repaired by augmenting paths so every tile is complete: per tile
+               in csrc (CPU/CUDA), or vectorised over tiles in pure torch on any device.
 * ``"approx"`` greedy + repair + row-pair exchange local search (>= 99.5% of the optimal kept
                magnitude at m = 8 on random and real weights); for n <= 2, where exchanges are
                weakest and the exact solver costs about the same, the exact solver; where
@@ -56,6 +56,7 @@ def _on(device_type: str):
 # Each op maps a float32 weight matrix ``w [R, C]`` (R, C multiples of m; signs ignored) to a bool
 # mask ``[R, C]``. The csrc kernels read tiles in place; the torch versions gather tiles first.
 exact_op = Op("transposable_exact")
+greedy_op = Op("transposable_greedy")
 approx_op = Op("transposable_approx")
 enum_op = Op("transposable_enum")
 
@@ -70,6 +71,7 @@ def _ext_call(fn_name: str):
 for _backend in ("cuda", "cpu"):
     exact_op.register(_backend, _on(_backend))(_ext_call("transposable_exact"))
     approx_op.register(_backend, _on(_backend))(_ext_call("transposable_approx"))
+    greedy_op.register(_backend, _on(_backend))(_ext_call("transposable_greedy"))
 
 
 @enum_op.register("cuda", _on("cuda"))
@@ -97,7 +99,7 @@ def _approx_torch(s: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 
 approx_op.register("torch")(_tiled(_approx_torch))
-greedy_torch = _tiled(lambda s, n, m: _batched.repair(_batched.greedy(s, n), s, n))
+greedy_op.register("torch")(_tiled(lambda s, n, m: _batched.repair(_batched.greedy(s, n), s, n)))
 flow_ref = _tiled(_flow.flow_tiles)
 
 
@@ -120,7 +122,7 @@ def solve(w: torch.Tensor, n: int, m: int, method: str) -> torch.Tensor:
     if method == "exact":
         return enum_op(w, n, m) if _enum.enumerable(n, m) else exact_op(w, n, m)
     if method == "greedy":
-        return greedy_torch(w, n, m)
+        return greedy_op(w, n, m)
     if method == "approx":
         # Enumeration is exact and faster than the heuristic wherever it applies (e.g. 2:4).
         return enum_op(w, n, m) if _enum.enumerable(n, m) else approx_op(w, n, m)

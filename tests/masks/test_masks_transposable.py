@@ -163,3 +163,14 @@ def test_exact_extreme_m(n, m):
     assert is_transposable(got, n, m)
     assert kept(w, got) == pytest.approx(flow_objective(w, n, m), rel=1e-6)
     assert is_transposable(transposable_mask(w, n, m, "approx"), n, m)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpu", marks=requires_ext)])
+@pytest.mark.parametrize("method,op", [("greedy", "transposable_greedy"), ("approx", "transposable_approx")])
+def test_heuristics_on_each_backend(backend, method, op):
+    w = torch.randn(64, 64, generator=torch.Generator().manual_seed(9))
+    with use_backend(backend):
+        mask = transposable_mask(w, 4, 8, method)
+    assert last_backend(op) == backend
+    assert is_transposable(mask, 4, 8)
+    assert kept(w, mask) >= {"greedy": 0.95, "approx": 0.995}[method] * kept(w, transposable_mask(w, 4, 8, "exact"))
