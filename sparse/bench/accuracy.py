@@ -15,7 +15,6 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +66,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    from sparse.io_utils import atomic_write_json
+
+    atomic_write_json(path, obj)
 
 
 def run(args) -> int:

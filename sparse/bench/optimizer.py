@@ -16,7 +16,6 @@ only the optimizer step differs.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import statistics
 import time
@@ -208,6 +207,7 @@ def run(args) -> int:
     r = measure(args)
     print(format_table(r))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(r, f, indent=2)
+        from sparse.io_utils import atomic_write_json
+
+        atomic_write_json(args.json, r)
     return 0

@@ -7,7 +7,6 @@ from any directory.
 """
 from __future__ import annotations
 
-import json
 import os
 
 DEFAULT_RECIPE_NAME = "minilm-bbc-2of4-transposable.yaml"

@@ -1,6 +1,5 @@
 """SparseOptimizer on a tiny random BERT: masking, schedules, SR-STE, state dicts, AMP, accumulation."""
 import copy
-import io
 
 import pytest
 import torch
