@@ -56,6 +56,15 @@ def _extensions():
     if _flag("SPARSE_BUILD_EXT") is False:
         warnings.warn("SPARSE_BUILD_EXT=0: building without sparse._C (pure-torch fallbacks only)")
         return [], {}
+    # torch.utils.cpp_extension fixes CUDA_HOME at import from `which nvcc`, which is wrong when nvcc
+    # on PATH is a wrapper script (e.g. /usr/local/bin/nvcc -> /usr/local/cuda-13.0): point it at a
+    # real toolkit first.
+    if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
+        for cand in ("/usr/local/cuda", "/opt/cuda"):
+            if os.path.exists(os.path.join(cand, "bin", "nvcc")) and \
+                    os.path.exists(os.path.join(cand, "include", "cuda_runtime.h")):
+                os.environ["CUDA_HOME"] = cand
+                break
     try:
         import torch
         from torch.utils import cpp_extension
