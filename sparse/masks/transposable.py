@@ -61,24 +61,21 @@ approx_op = Op("transposable_approx")
 enum_op = Op("transposable_enum")
 
 
-def _ext_call(fn_name: str):
-    # The extension's functions are looked up once per call from a fixed set of names.
-    def run(w: torch.Tensor, n: int, m: int, *extra) -> torch.Tensor:
-        return getattr(ext(), fn_name)(w.float().contiguous(), n, m, *extra).bool()
-    return run
+def _f32(w: torch.Tensor) -> torch.Tensor:
+    return w.float().contiguous()  # no copy for contiguous fp32; the kernels take |w| themselves
 
 
 for _backend in ("cuda", "cpu"):
-    exact_op.register(_backend, _on(_backend))(_ext_call("transposable_exact"))
-    approx_op.register(_backend, _on(_backend))(_ext_call("transposable_approx"))
-    greedy_op.register(_backend, _on(_backend))(_ext_call("transposable_greedy"))
+    exact_op.register(_backend, _on(_backend))(lambda w, n, m: ext().transposable_exact(_f32(w), n, m))
+    approx_op.register(_backend, _on(_backend))(lambda w, n, m: ext().transposable_approx(_f32(w), n, m))
+    greedy_op.register(_backend, _on(_backend))(lambda w, n, m: ext().transposable_greedy(_f32(w), n, m))
 
 
 @enum_op.register("cuda", _on("cuda"))
 @enum_op.register("cpu", _on("cpu"))
 def _enum_ext(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     combos, rows = _enum.pattern_table(n, m)
-    return ext().transposable_enum(w.float().contiguous(), n, m, combos, rows).bool()
+    return ext().transposable_enum(_f32(w), n, m, combos, rows)
 
 
 def _tiled(fn):
