@@ -9,6 +9,9 @@ Each optimizer step:
 3. the schedule advances; masks are (re)computed when the schedule or ``refresh_every`` says so;
 4. target weights are multiplied by their masks, so momentum / Adam moments can never revive a pruned
    weight (the weight the next forward sees is always inside its mask).
+5. for Adam, AdamW and SGD, the pruned entries of the inner optimizer's moments are set so that they
+   stay exact and never decay into slow float denormals (``sparse.pruning.optim_state``); the update
+   of a pruned weight is zero either way.
 
 A step skipped by ``torch.amp.GradScaler`` (inf/NaN gradients) never reaches :meth:`step`, so the
 schedule does not advance. Masks are computed deterministically from the weights (stable sorts), so
@@ -25,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from .pruning.magnitude import fits, mask_valid, pattern_mask
+from .pruning.optim_state import RETIDY_EVERY, state_fill_for, tidy_state
 from .pruning.schedules import is_update_step, sparsity_at
 from .pruning.srste import srste_grad_
 from .pruning.targets import select_modules
@@ -45,6 +49,8 @@ class _Target:
     fmask: torch.Tensor | None = None     # the mask in the param's dtype: mul_ by it is ~2x faster than by bool
     dense: torch.Tensor | None = None     # SR-STE dense shadow weight (param's dtype), else None
     sparsity: float | None = None         # sparsity the current mask was built for
+    tidy: bool = False                    # the inner optimizer's state for this mask is still to be tidied
+    revived: torch.Tensor | None = None   # entries the latest mask kept that the one before pruned
 
 
 class SparseOptimizer:
@@ -68,6 +74,7 @@ class SparseOptimizer:
             raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         self.optimizer = optimizer
         self.recipe: Recipe = load_recipe(recipe)
+        self._state_fill = state_fill_for(optimizer)  # see sparse.pruning.optim_state
         self._step = 0
         self._targets: list[_Target] = []
         self.skipped: dict[str, str] = {}  # fqn -> why a targeted layer was left dense
@@ -152,10 +159,22 @@ class SparseOptimizer:
     def post_step(self) -> None:
         """After the wrapped optimizer's step: advance the schedule, refresh masks, re-mask weights."""
         self._step += 1
+        retidy = self._step % RETIDY_EVERY == 0
         for t in self._targets:
             if t.dense is not None:
                 t.dense.copy_(t.param)
+            elif retidy and t.mask is not None:
+                t.tidy = True
         self._update_masks()
+        self._tidy_states()
+
+    def _tidy_states(self) -> None:
+        # magnitude targets only: SR-STE gradients are dense, so their optimizer state is too
+        if self._state_fill is None:
+            return
+        for t in self._targets:
+            if t.tidy and tidy_state(self.optimizer.state.get(t.param, {}), self._state_fill, t.mask, t.revived):
+                t.tidy, t.revived = False, None
 
     # ------------------------------------------------------------------------------------ masks
     @torch.no_grad()
@@ -177,6 +196,12 @@ class SparseOptimizer:
         source = t.dense if t.dense is not None else t.param.detach()
         mask = pattern_mask(source, entry.pattern, sparsity)
         mask = _broadcast_mask(mask)
+        if t.dense is None:
+            revived = None if t.mask is None else mask & ~t.mask
+            if revived is not None and t.revived is not None:  # two mask changes before the state existed
+                revived |= t.revived & mask
+            t.revived = revived if revived is not None and bool(revived.any()) else None
+            t.tidy = True
         t.mask, t.sparsity = mask, sparsity
         t.fmask = mask.to(t.param.dtype)
 
@@ -229,8 +254,10 @@ class SparseOptimizer:
             t.sparsity = sp["sparsity"].get(t.fqn)
             dense = sp["dense"].get(t.fqn)
             t.dense = None if dense is None else dense.to(device=t.param.device, dtype=t.param.dtype).clone()
+            t.revived, t.tidy = None, t.mask is not None and t.dense is None
             if t.mask is not None:
                 t.param.mul_(t.mask)
+        self._tidy_states()
 
     # ---------------------------------------------------------------------------------- report
     @torch.no_grad()
