@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,7 @@ class FinetuneResult:
     layers: list[dict] = field(default_factory=list)
     out_dir: str | None = None
     notes: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)   # what ``finetune(after=...)`` returned
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -129,7 +130,9 @@ def evaluate(model, input_ids, attention_mask, labels, batch_size: int, bf16: bo
 
 def finetune(recipe: Any, *, max_steps: int | None = None, epochs: int | None = None, seed: int | None = None,
              out_dir: str | None = None, overwrite: bool = False, limit_train: int | None = None,
-             limit_test: int | None = None, progress: bool = True, use_cache: bool = True) -> FinetuneResult:
+             limit_test: int | None = None, progress: bool = True, use_cache: bool = True,
+             after: Callable[[torch.nn.Module, Callable[[torch.nn.Module], float]], dict] | None = None
+             ) -> FinetuneResult:
     """Fine-tune ``recipe``'s model on its dataset, pruning as the recipe says.
 
     Args:
@@ -139,6 +142,9 @@ def finetune(recipe: Any, *, max_steps: int | None = None, epochs: int | None = 
         out_dir: where to save ``model.safetensors``, ``masks.safetensors``, ``result.json``
             (nothing saved if ``None``); an existing run there is refused unless ``overwrite``.
         limit_train, limit_test: use only the first N examples (smoke tests).
+        after: called as ``after(model, test_accuracy)`` once training ends, where
+            ``test_accuracy(m)`` evaluates any model ``m`` on the run's test split; its dict is kept in
+            ``result.extra`` (e.g. accuracy of the fine-tuned model pruned one-shot afterwards).
     """
     recipe = load_recipe(recipe)
     for name, v, lo in (("max_steps", max_steps, 1), ("epochs", epochs, 1), ("seed", seed, 0),
@@ -241,6 +247,9 @@ def finetune(recipe: Any, *, max_steps: int | None = None, epochs: int | None = 
                             accuracy=epoch_acc[-1], epoch_accuracy=epoch_acc, dense_accuracy=dense_acc,
                             seconds=seconds, seconds_per_step=train_time / max(total, 1), n_train=len(y_tr),
                             n_test=len(y_te), layers=opt.report(), out_dir=out_dir, notes=notes)
+    if after is not None:
+        result.extra = dict(after(model, lambda m: evaluate(m, enc_te["input_ids"], enc_te["attention_mask"], y_te,
+                                                            tc.eval_batch_size, tc.bf16)))
     if out_dir is not None:
         save_run(out_dir, model, opt, result, recipe)
     return result

@@ -6,10 +6,15 @@
 Runs one fine-tune at a time (the CPU is the bottleneck), writes the JSON after every run so partial
 results survive, and prints per recipe the mean and spread (sample std) of the test accuracy over seeds
 and the gap to the dense recipe (the first recipe without pruning entries).
+
+``--oneshot-from RECIPE ...`` also prunes each finished dense model one-shot with those recipes'
+pruning entries (no retraining) and evaluates it: the gap that pruning during fine-tuning must close.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +35,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs already in --json and skip those (recipe, seed) pairs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--oneshot-from", nargs="+", default=[], metavar="RECIPE",
+                        help="after each dense run, prune its model one-shot with these recipes' pruning "
+                             "entries (no retraining) and report that accuracy too")
+
+
+def oneshot_after(recipes) -> "callable":
+    """An ``after`` hook for :func:`sparse.finetune.finetune`: for each recipe, a copy of the trained
+    model pruned at once with the recipe's entries (their final sparsity, no retraining), evaluated."""
+    import torch
+
+    from ..optim import SparseOptimizer
+    from ..recipe import Schedule
+
+    def after(model, test_accuracy) -> dict:
+        out = {}
+        for recipe in recipes:
+            m = copy.deepcopy(model)
+            now = recipe.replace(pruning=tuple(dataclasses.replace(e, schedule=Schedule("oneshot", at_step=0),
+                                                                   refresh_every=0) for e in recipe.pruning))
+            # constructing the optimizer computes the masks and multiplies them into the weights
+            opt = SparseOptimizer(torch.optim.SGD(m.parameters(), lr=0.0), m, now)
+            if not all(r["valid"] in (True, None) for r in opt.report()):
+                raise RuntimeError(f"one-shot {recipe.name}: a mask is invalid")
+            out[f"oneshot:{recipe.name}"] = test_accuracy(m)
+        return out
+    return after
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -37,6 +68,11 @@ def summarize(runs: list[dict]) -> list[dict]:
     by: dict[str, list[dict]] = {}
     for r in runs:
         by.setdefault(r["recipe"], []).append(r)
+    for r in runs:  # one-shot prunings of dense models (--oneshot-from) as rows of their own
+        for key, acc in (r.get("extra") or {}).items():
+            if key.startswith("oneshot:"):
+                by.setdefault(f"{key[len('oneshot:'):]} (one-shot, no retrain)", []).append(
+                    {"seed": r["seed"], "accuracy": acc, "dense": False})
     dense = next((name for name, rs in by.items() if rs and rs[0]["dense"]), None)
     rows = []
     for name, rs in by.items():
@@ -82,6 +118,10 @@ def run(args) -> int:
             raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     recipes = [load_recipe(p) for p in args.recipes]  # validate all before hours of training
+    oneshot = [load_recipe(p) for p in args.oneshot_from]
+    for r in oneshot:
+        if not r.pruning:
+            raise ValueError(f"--oneshot-from: recipe {r.name!r} has no pruning entries")
     runs: list[dict] = []
     if args.resume:
         if not args.json:
@@ -95,11 +135,14 @@ def run(args) -> int:
             if (recipe.name, seed) in done:
                 continue
             res = finetune(recipe, seed=seed, max_steps=args.max_steps, epochs=args.epochs,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress,
+                           after=oneshot_after(oneshot) if oneshot and not recipe.pruning else None)
             log.info("%s seed %d: %.4f", recipe.name, seed, res.accuracy)
             print(f"{recipe.name} seed {seed}: accuracy {100 * res.accuracy:.2f}% "
                   f"(epochs {[round(100 * a, 2) for a in res.epoch_accuracy]}, {res.seconds_per_step:.2f} s/step)",
                   flush=True)
+            for name, acc in res.extra.items():
+                print(f"  {recipe.name} seed {seed} pruned {name} without retraining: {100 * acc:.2f}%", flush=True)
             d = res.to_dict()
             d["dense"] = not recipe.pruning
             d["layers_valid"] = all(r["valid"] in (True, None) for r in d["layers"])

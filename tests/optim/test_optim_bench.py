@@ -51,3 +51,44 @@ def test_accuracy_runner_bad_recipe_fails_before_training(tmp_path, capsys):
     bad.write_text("name: x\npruning: [{pattern: {type: nm, n: 2, m: 2}}]\n")
     assert acc_main(["--recipes", str(bad)]) == 2
     assert "pattern.n: expected n < m" in capsys.readouterr().err
+
+
+def test_accuracy_summary_lists_oneshot_baselines():
+    runs = [{"recipe": "dense", "seed": s, "accuracy": 0.97, "dense": True,
+             "extra": {"oneshot:2of4T": a}} for s, a in [(0, 0.88), (1, 0.90)]]
+    rows = {r["recipe"]: r for r in summarize(runs)}
+    row = rows["2of4T (one-shot, no retrain)"]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(0.89) and row["gap_points"] == pytest.approx(-8.0)
+
+
+def test_oneshot_after_hook_prunes_a_copy_of_the_real_dense_model(tmp_path, monkeypatch):
+    """Real MiniLM + BBC News, 1 dense step: the hook evaluates a one-shot 2:4-transposable copy."""
+    pytest.importorskip("transformers")
+    from sparse.bench.accuracy import oneshot_after
+    from sparse.finetune import finetune
+    from sparse.recipe import load_recipe
+
+    monkeypatch.setenv("SPARSE_CACHE_DIR", str(tmp_path / "cache"))
+    seen = {}
+    hook = oneshot_after([load_recipe(os.path.join(ROOT, "recipes", "minilm-bbc-2of4-transposable.yaml"))])
+
+    def after(model, test_accuracy):
+        out = hook(model, test_accuracy)
+        seen["dense_zeros"] = sum(int((p == 0).sum()) for n, p in model.named_parameters() if "encoder" in n)
+        seen["dense_acc"] = test_accuracy(model)
+        return out
+
+    res = finetune(os.path.join(ROOT, "recipes", "minilm-bbc-dense.yaml"), max_steps=1, limit_train=16,
+                   limit_test=24, progress=False, after=after)
+    acc = res.extra["oneshot:minilm-bbc-2of4-transposable"]
+    assert 0.0 <= acc <= 1.0
+    assert seen["dense_zeros"] < 1000            # the trained model itself was not pruned
+    assert seen["dense_acc"] == res.accuracy     # and evaluates as the run did
+    assert json.dumps(res.to_dict())             # extra stays JSON-serialisable
+
+
+def test_accuracy_runner_oneshot_needs_pruning_entries(capsys):
+    from sparse.bench.accuracy import main as acc_main
+    dense = os.path.join(ROOT, "recipes", "minilm-bbc-dense.yaml")
+    assert acc_main(["--recipes", dense, "--oneshot-from", dense]) == 2
+    assert "--oneshot-from: recipe 'minilm-bbc-dense' has no pruning entries" in capsys.readouterr().err
