@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .pruning.magnitude import fits, mask_valid, pattern_mask
-from .pruning.optim_state import RETIDY_EVERY, state_fill_for, tidy_state
+from .pruning.optim_state import RETIDY_EVERY, base_optimizer, state_fill_for, tidy_state
 from .pruning.schedules import is_update_step, sparsity_at
 from .pruning.srste import srste_grad_
 from .pruning.targets import select_modules
@@ -74,7 +74,8 @@ class SparseOptimizer:
             raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         self.optimizer = optimizer
         self.recipe: Recipe = load_recipe(recipe)
-        self._state_fill = state_fill_for(optimizer)  # see sparse.pruning.optim_state
+        self._state_opt = base_optimizer(optimizer)  # owns the per-weight state (see pruning.optim_state)
+        self._state_fill = state_fill_for(self._state_opt)
         self._step = 0
         self._targets: list[_Target] = []
         self.skipped: dict[str, str] = {}  # fqn -> why a targeted layer was left dense
@@ -173,7 +174,7 @@ class SparseOptimizer:
         if self._state_fill is None:
             return
         for t in self._targets:
-            if t.tidy and tidy_state(self.optimizer.state.get(t.param, {}), self._state_fill, t.mask, t.revived):
+            if t.tidy and tidy_state(self._state_opt.state.get(t.param, {}), self._state_fill, t.mask, t.revived):
                 t.tidy, t.revived = False, None
 
     # ------------------------------------------------------------------------------------ masks

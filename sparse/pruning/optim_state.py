@@ -30,9 +30,19 @@ STATE_FILL: dict[str, dict[str, float]] = {
 RETIDY_EVERY = 10_000
 
 
+def base_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer that owns the state: wrappers that keep the real one in ``.optimizer``
+    (accelerate's ``AcceleratedOptimizer``, which the Hugging Face Trainer uses) are looked through."""
+    seen = 0
+    while (type(optimizer).__module__.split(".")[0] != "torch" and seen < 8
+           and isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer)):
+        optimizer, seen = optimizer.optimizer, seen + 1
+    return optimizer
+
+
 def state_fill_for(optimizer: torch.optim.Optimizer) -> dict[str, float] | None:
     """The fill rules for ``optimizer``'s class (exact class match, not subclasses: a subclass may
-    give the same state key another meaning), or None."""
+    give the same state key another meaning), or None. Pass :func:`base_optimizer`'s result."""
     return STATE_FILL.get(type(optimizer).__name__) if type(optimizer).__module__.startswith("torch.optim") else None
 
 

@@ -72,6 +72,11 @@ def test_trainer_callback_prunes_and_keeps_masks(tmp_path):
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Rand(), callbacks=[cb])
     trainer.train()
     _check(cb.sparse, model, 5)
+    # the Trainer's optimizer is accelerate's wrapper; the AdamW inside it had its pruned state tidied
+    inner = cb.sparse.optimizer.optimizer
+    assert type(inner) is torch.optim.AdamW
+    for fqn, mask in cb.sparse.masks.items():
+        assert torch.all(inner.state[model.get_parameter(fqn)]["exp_avg"][~mask] == 0)
 
 
 def test_callback_validates_recipe_early():
