@@ -72,14 +72,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           pybind11::arg("patterns"));
   mod.def("nm_mask", &nm_mask, "1-D n:m mask along dim 1", pybind11::arg("w"), pybind11::arg("n"),
           pybind11::arg("m"));
-  mod.def("bsr_brgemm_supported", [](const std::string& dtype) {
-            if (dtype == "float32") return sparse_ext::bsr_brgemm_supported(at::kFloat);
-            if (dtype == "bfloat16") return sparse_ext::bsr_brgemm_supported(at::kBFloat16);
-            if (dtype == "float16") return sparse_ext::bsr_brgemm_supported(at::kHalf);
+  mod.def("bsr_brgemm_supported", [](const std::string& dtype, int64_t block) {
+            if (dtype == "float32") return sparse_ext::bsr_brgemm_supported(at::kFloat, block);
+            if (dtype == "bfloat16") return sparse_ext::bsr_brgemm_supported(at::kBFloat16, block);
+            if (dtype == "float16") return sparse_ext::bsr_brgemm_supported(at::kHalf, block);
             return false;
           },
-          "whether the brgemm block-sparse CPU path runs natively for dtype ('float32'|'bfloat16'|'float16')",
-          pybind11::arg("dtype"));
+          "whether the native block-sparse CPU path runs dtype ('float32'|'bfloat16'|'float16') with blocks of "
+          "`block` (0: some block size)",
+          pybind11::arg("dtype"), pybind11::arg("block") = 0);
+  mod.def("bsr_cpu_kernels", &bsr_cpu_kernels,
+          "kernel families of the native block-sparse CPU path on this CPU ('amx', 'avx512bf16', 'brgemm'); "
+          "SPARSE_BSR_ISA=<one of them> restricts the bf16 choice");
   mod.def("bsr_dds", &bsr_dds_cpu, "block-sparse out[T, J*B] = sum a[:, i-block] @ op(data[d]) via brgemm (CPU)",
           pybind11::arg("a"), pybind11::arg("data"), pybind11::arg("seg"), pybind11::arg("idx"),
           pybind11::arg("dptr"), pybind11::arg("trans_w"), pybind11::arg("m_tile") = 256,

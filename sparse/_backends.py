@@ -49,10 +49,16 @@ def _probe_cpu() -> BackendInfo:
         return BackendInfo("csrc-cpu", False, f"sparse._C not importable ({_ext_error[0]}); "
                                               "build with `pip install --no-build-isolation -e .`")
     threads = mod.num_threads() if hasattr(mod, "num_threads") else "?"
-    native = [dt for dt in ("bfloat16", "float32", "float16")
-              if hasattr(mod, "bsr_brgemm_supported") and mod.bsr_brgemm_supported(dt)]
+    native = []
+    if hasattr(mod, "bsr_brgemm_supported"):
+        for dt in ("bfloat16", "float32", "float16"):
+            if mod.bsr_brgemm_supported(dt, 16):
+                native.append(dt)
+            elif mod.bsr_brgemm_supported(dt, 32):
+                native.append(f"{dt} (blocks of 32k)")
+    kernels = ", ".join(mod.bsr_cpu_kernels()) if hasattr(mod, "bsr_cpu_kernels") else "brgemm"
     return BackendInfo("csrc-cpu", True, f"sparse._C, OpenMP threads={threads}, native block-sparse dtypes: "
-                                         f"{', '.join(native) or 'none'}")
+                                         f"{', '.join(native) or 'none'} (kernels: {kernels})")
 
 
 def _probe_cuda() -> BackendInfo:

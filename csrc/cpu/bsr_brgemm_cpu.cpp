@@ -8,6 +8,8 @@
 //   ATen's cpublas::brgemm was the first choice, but its wrapper runs one ukernel per call (batch 1):
 //   with one kept block as the K of a call, C goes through memory every 32..64 K-steps and the per-call
 //   overhead (~1 us, measured) dominated, and its packed-B leading dimension must be 16..64.
+// * bf16, B a multiple of 32, AVX512-BF16 but no AMX (AMD Zen 4/5): the same tile drivers with vdpbf16ps
+//   microkernels on the same VNNI panels (oneDNN's brgemm cannot pack bf16 there, see could_pack).
 // * everything else it supports (fp32, B = 16, bf16/fp16 without AMX where oneDNN can pack them):
 //   cpublas::brgemm per run of adjacent kept blocks, B operands packed once per call.
 //
@@ -25,7 +27,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "sparse/bsr_cpu.h"
@@ -426,6 +430,106 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_gemm_32x32(const bf16* a, 
   _tile_stored(3, c + 16 * ldc + 16, sc);
 }
 
+// ------------------------------------------------------------------ AVX512-BF16 kernels
+// The same two microkernels for CPUs with AVX512-BF16 but no AMX (AMD Zen 4/5, Intel Cooper Lake), on
+// the same VNNI B panels: vdpbf16ps takes a (k, k+1) pair of A broadcast as one 32-bit lane against a
+// VNNI row of B (16 columns x 2 K), so a 32-column panel row is two zmm loads. The 32 x 32 output tile
+// is done as four 8-row strips: 16 fp32 accumulators + 2 B + 1 broadcast register per strip (of 32);
+// a B panel (bs * 32 bf16, 2..8 KB) stays in L1 across the four strips.
+__attribute__((target("avx512f,avx512bf16"), always_inline)) inline void avx_zero(__m512 (&acc)[8][2]) {
+  for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+}
+
+// acc[i] += A[i, k..k+kl) @ B[k..k+kl, 0..32) for i < 8: A row-major (row stride lda elements), B VNNI
+// rows of 64 bf16 at stride ldb2 elements (one row per K pair); kl even.
+__attribute__((target("avx512f,avx512bf16"), always_inline)) inline void avx_strip(__m512 (&acc)[8][2],
+                                                                                    const bf16* a, int64_t lda,
+                                                                                    const bf16* b, int64_t ldb2,
+                                                                                    int64_t kl) {
+  for (int64_t k = 0; k < kl; k += 2) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + (k / 2) * ldb2);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + (k / 2) * ldb2 + 32);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, a + i * lda + k, sizeof(pair));
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
+    }
+  }
+}
+
+// Same contract as amx_acc_32x32.
+__attribute__((target("avx512f,avx512bf16"))) void avx_acc_32x32(const bf16* a, int64_t lda, const int32_t* ip,
+                                                                int64_t p0, int64_t p1, const bf16* w,
+                                                                int64_t w_stride, int64_t bs, float* c) {
+  for (int64_t r0 = 0; r0 < 32; r0 += 8) {
+    __m512 acc[8][2];
+    avx_zero(acc);
+    for (int64_t p = p0; p < p1; ++p)
+      avx_strip(acc, a + r0 * lda + static_cast<int64_t>(ip[p]) * bs, lda, w + p * w_stride, 64, bs);
+    for (int i = 0; i < 8; ++i) {
+      _mm512_storeu_ps(c + (r0 + i) * 32, acc[i][0]);
+      _mm512_storeu_ps(c + (r0 + i) * 32 + 16, acc[i][1]);
+    }
+  }
+}
+
+// Same contract as amx_gemm_32x32.
+__attribute__((target("avx512f,avx512bf16"))) void avx_gemm_32x32(const bf16* a, int64_t lda, const bf16* b,
+                                                                 int64_t ldb, int64_t k, float* c, int64_t ldc,
+                                                                 bool add) {
+  for (int64_t r0 = 0; r0 < 32; r0 += 8) {
+    __m512 acc[8][2];
+    if (add) {
+      for (int i = 0; i < 8; ++i) {
+        acc[i][0] = _mm512_loadu_ps(c + (r0 + i) * ldc);
+        acc[i][1] = _mm512_loadu_ps(c + (r0 + i) * ldc + 16);
+      }
+    } else {
+      avx_zero(acc);
+    }
+    avx_strip(acc, a + r0 * lda, lda, b, 2 * ldb, k);
+    for (int i = 0; i < 8; ++i) {
+      _mm512_storeu_ps(c + (r0 + i) * ldc, acc[i][0]);
+      _mm512_storeu_ps(c + (r0 + i) * ldc + 16, acc[i][1]);
+    }
+  }
+}
+
+bool avx512bf16_usable() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512bf16");
+  return ok;
+}
+
+// The two tile-kernel families behind dds_tiles / sdd_tiles.
+struct AmxKernels {
+  static void begin() { amx_begin(); }
+  static void end() { amx_end(); }
+  static void acc(const bf16* a, int64_t lda, const int32_t* ip, int64_t p0, int64_t p1, const bf16* w,
+                  int64_t w_stride, int64_t bs, float* c) {
+    amx_acc_32x32(a, lda, ip, p0, p1, w, w_stride, bs, c);
+  }
+  static void gemm(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int64_t k, float* c, int64_t ldc,
+                   bool add) {
+    amx_gemm_32x32(a, lda, b, ldb, k, c, ldc, add);
+  }
+};
+struct Avx512Bf16Kernels {
+  static void begin() {}
+  static void end() {}
+  static void acc(const bf16* a, int64_t lda, const int32_t* ip, int64_t p0, int64_t p1, const bf16* w,
+                  int64_t w_stride, int64_t bs, float* c) {
+    avx_acc_32x32(a, lda, ip, p0, p1, w, w_stride, bs, c);
+  }
+  static void gemm(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int64_t k, float* c, int64_t ldc,
+                   bool add) {
+    avx_gemm_32x32(a, lda, b, ldb, k, c, ldc, add);
+  }
+};
+
 // VNNI copy of rows [r0, r1) (r0 even) of a row-major [k, n] bf16 matrix into dst [kp/2][n][2];
 // rows >= k read as zero.
 __attribute__((target("avx512f,avx512bw"))) void vnni_rows(const bf16* s, int64_t ld_s, int64_t k, int64_t n,
@@ -473,7 +577,8 @@ __attribute__((target("avx512f"))) void add_colsums(const bf16* s, int64_t ld, i
   }
 }
 
-at::Tensor dds_amx(const at::Tensor& a, const at::Tensor& data, const at::Tensor& seg, const at::Tensor& idx,
+template <typename K>
+at::Tensor dds_tiles(const at::Tensor& a, const at::Tensor& data, const at::Tensor& seg, const at::Tensor& idx,
                    const at::Tensor& dptr, bool trans_w, int64_t m_tile, const float* bias) {
   const int64_t t_rows = a.size(0), k_in = a.size(1);
   const int64_t nnz = data.size(0), bs = data.size(1), n_panels = bs / 32;
@@ -516,7 +621,7 @@ at::Tensor dds_amx(const at::Tensor& a, const at::Tensor& data, const at::Tensor
   const int64_t n_workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_tiles));
   std::atomic<int64_t> next_tile{0};
   at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
-    amx_begin();
+    K::begin();
     alignas(64) float c[32 * 32];
     std::vector<bf16> pad;  // a last, partial 32-row tile, zero-padded
     for (int64_t tile; (tile = next_tile.fetch_add(1)) < n_tiles;) {
@@ -539,14 +644,14 @@ at::Tensor dds_amx(const at::Tensor& a, const at::Tensor& data, const at::Tensor
             asrc = pad.data();
           }
           for (int64_t h = 0; h < n_panels; ++h) {
-            amx_acc_32x32(asrc, k_in, ip, p0, p1, pk + h * nnz * bs * 32, bs * 32, bs, c);
+            K::acc(asrc, k_in, ip, p0, p1, pk + h * nnz * bs * 32, bs * 32, bs, c);
             const float* bh = bias ? bias + j * bs + h * 32 : nullptr;
             for (int64_t r = 0; r < m; ++r) store_row(c + r * 32, dst + r * ld_out + h * 32, 32, bh);
           }
         }
       }
     }
-    amx_end();
+    K::end();
   });
   return out;
 }
@@ -556,7 +661,8 @@ at::Tensor dds_amx(const at::Tensor& a, const at::Tensor& data, const at::Tensor
 // (or columns) of the larger operand and, per K-chunk, packs into private cache-resident buffers: its
 // own columns of the larger operand as VNNI B, and the smaller operand transposed as A. No barriers,
 // no full-size temporaries.
-at::Tensor sdd_amx(const at::Tensor& ls, const at::Tensor& rs, const at::Tensor& crow, const at::Tensor& col,
+template <typename K>
+at::Tensor sdd_tiles(const at::Tensor& ls, const at::Tensor& rs, const at::Tensor& crow, const at::Tensor& col,
                    const at::Tensor& ccol, const at::Tensor& row_t, const at::Tensor& perm_t, int64_t bs,
                    int64_t k_tile, float* colsum) {
   const int64_t k = ls.size(0);
@@ -592,7 +698,7 @@ at::Tensor sdd_amx(const at::Tensor& ls, const at::Tensor& rs, const at::Tensor&
   if (colsum && !own_rows) add_colsums(op_sh, ld_sh, k, ld_sh, colsum);
   const int64_t kc = std::max<int64_t>(32, k_tile / 32 * 32);
   at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
-    amx_begin();
+    K::begin();
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t s0 = bounds[q], s1 = bounds[q + 1], width = (s1 - s0) * bs;
       if (s0 == s1 || seg[s0] == seg[s1]) {
@@ -613,7 +719,7 @@ at::Tensor sdd_amx(const at::Tensor& ls, const at::Tensor& rs, const at::Tensor&
             const int64_t o = other[p], d = dptr ? dptr[p] : p;
             for (int64_t u = 0; u < bs; u += 32)
               for (int64_t v = 0; v < bs; v += 32)
-                amx_gemm_32x32(abuf.data() + (o * bs + u) * kc, kc, bbuf.data() + ((sgi - s0) * bs + v) * 2, width,
+                K::gemm(abuf.data() + (o * bs + u) * kc, kc, bbuf.data() + ((sgi - s0) * bs + v) * 2, width,
                                klp, acc + d * bs * bs + u * bs + v, bs, k0 > 0);
           }
         }
@@ -633,12 +739,23 @@ at::Tensor sdd_amx(const at::Tensor& ls, const at::Tensor& rs, const at::Tensor&
         }
       }
     }
-    amx_end();
+    K::end();
   });
   return out;
 }
 
-bool use_amx(at::ScalarType dtype, int64_t bs) { return dtype == at::kBFloat16 && bs % 32 == 0 && amx_usable(); }
+enum class TileIsa { kNone, kAmx, kAvx512Bf16 };
+
+// SPARSE_BSR_ISA=amx|avx512bf16|brgemm narrows the choice (tests run every kernel family the CPU has);
+// unset: AMX, else AVX512-BF16, else brgemm.
+TileIsa tile_isa(at::ScalarType dtype, int64_t bs) {
+  if (dtype != at::kBFloat16 || bs % 32 != 0) return TileIsa::kNone;
+  const char* env = std::getenv("SPARSE_BSR_ISA");
+  const std::string want = env ? env : "";
+  if ((want.empty() || want == "amx") && amx_usable()) return TileIsa::kAmx;
+  if ((want.empty() || want == "avx512bf16") && avx512bf16_usable()) return TileIsa::kAvx512Bf16;
+  return TileIsa::kNone;
+}
 
 void check_index(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kInt && t.dim() == 1 && t.is_contiguous(), name,
@@ -648,10 +765,19 @@ void check_index(const at::Tensor& t, const char* name) {
 
 }  // namespace
 
-bool bsr_brgemm_supported(at::ScalarType dtype) {
+bool bsr_brgemm_supported(at::ScalarType dtype, int64_t block) {
   if (dtype == at::kFloat) return true;
-  if (dtype == at::kBFloat16 || dtype == at::kHalf) return blas::could_pack(dtype);
-  return false;
+  if (dtype != at::kBFloat16 && dtype != at::kHalf) return false;
+  if (block > 0 && tile_isa(dtype, block) != TileIsa::kNone) return true;
+  return blas::could_pack(dtype);
+}
+
+std::vector<std::string> bsr_cpu_kernels() {
+  std::vector<std::string> out;
+  if (amx_usable()) out.push_back("amx");
+  if (avx512bf16_usable()) out.push_back("avx512bf16");
+  out.push_back("brgemm");
+  return out;
 }
 
 at::Tensor bsr_dds_cpu(const at::Tensor& a, const at::Tensor& data, const at::Tensor& seg, const at::Tensor& idx,
@@ -661,8 +787,8 @@ at::Tensor bsr_dds_cpu(const at::Tensor& a, const at::Tensor& data, const at::Te
                   data.device().is_cpu(),
               "bsr_dds: data: expected [nnz, B, B] of a's dtype ", a.scalar_type(), ", got ", data.scalar_type(),
               " ", data.sizes());
-  TORCH_CHECK(bsr_brgemm_supported(a.scalar_type()), "bsr_dds: dtype ", a.scalar_type(),
-              " has no native brgemm on this CPU");
+  TORCH_CHECK(bsr_brgemm_supported(a.scalar_type(), data.size(1)), "bsr_dds: dtype ", a.scalar_type(),
+              " with block ", data.size(1), " has no native kernel on this CPU");
   check_index(seg, "bsr_dds: seg");
   check_index(idx, "bsr_dds: idx");
   TORCH_CHECK(idx.numel() == data.size(0), "bsr_dds: idx: expected nnz=", data.size(0), " entries, got ",
@@ -680,7 +806,11 @@ at::Tensor bsr_dds_cpu(const at::Tensor& a, const at::Tensor& data, const at::Te
     bias_f = bias->to(at::kFloat).contiguous();
   }
   const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-  if (use_amx(a.scalar_type(), bs)) return dds_amx(ac, dc, seg, idx, dptr, trans_w, m_tile, bp);
+  switch (tile_isa(a.scalar_type(), bs)) {
+    case TileIsa::kAmx: return dds_tiles<AmxKernels>(ac, dc, seg, idx, dptr, trans_w, m_tile, bp);
+    case TileIsa::kAvx512Bf16: return dds_tiles<Avx512Bf16Kernels>(ac, dc, seg, idx, dptr, trans_w, m_tile, bp);
+    case TileIsa::kNone: break;
+  }
   switch (a.scalar_type()) {
     case at::kFloat: return dds_impl<float>(ac, dc, seg, idx, dptr, trans_w, m_tile, bp);
     case at::kBFloat16: return dds_impl<at::BFloat16>(ac, dc, seg, idx, dptr, trans_w, m_tile, bp);
@@ -696,8 +826,8 @@ at::Tensor bsr_sdd_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tenso
                   a.scalar_type() == b.scalar_type(),
               "bsr_sdd: expected 2-D CPU tensors of one dtype, got ", a.sizes(), " ", a.scalar_type(), " and ",
               b.sizes(), " ", b.scalar_type());
-  TORCH_CHECK(bsr_brgemm_supported(a.scalar_type()), "bsr_sdd: dtype ", a.scalar_type(),
-              " has no native brgemm on this CPU");
+  TORCH_CHECK(bsr_brgemm_supported(a.scalar_type(), block), "bsr_sdd: dtype ", a.scalar_type(), " with block ",
+              block, " has no native kernel on this CPU");
   check_index(crow, "bsr_sdd: crow");
   check_index(col, "bsr_sdd: col");
   const at::Tensor l = trans_a ? a.t() : a, r = trans_b ? b.t() : b;
@@ -711,14 +841,19 @@ at::Tensor bsr_sdd_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tenso
                 colsum->scalar_type(), " ", colsum->sizes());
     cs = colsum->data_ptr<float>();
   }
-  if (use_amx(a.scalar_type(), block)) {
+  const TileIsa isa = tile_isa(a.scalar_type(), block);
+  if (isa != TileIsa::kNone) {
     check_index(ccol, "bsr_sdd: ccol");
     check_index(row_t, "bsr_sdd: row_t");
     check_index(perm_t, "bsr_sdd: perm_t");
     TORCH_CHECK(ccol.numel() == r.size(1) / block + 1 && row_t.numel() == col.numel() &&
                     perm_t.numel() == col.numel(), "bsr_sdd: transpose metadata does not match the layout");
     // Token-major operands (a linear layer's x and dY already are): views are copied only if not.
-    return sdd_amx(l.t().contiguous(), r.contiguous(), crow, col, ccol, row_t, perm_t, block, k_tile, cs);
+    if (isa == TileIsa::kAmx)
+      return sdd_tiles<AmxKernels>(l.t().contiguous(), r.contiguous(), crow, col, ccol, row_t, perm_t, block, k_tile,
+                                   cs);
+    return sdd_tiles<Avx512Bf16Kernels>(l.t().contiguous(), r.contiguous(), crow, col, ccol, row_t, perm_t, block,
+                                        k_tile, cs);
   }
   if (cs) colsum->copy_(l.sum(1, false, at::kFloat));
   switch (a.scalar_type()) {

@@ -81,10 +81,12 @@ def measure(in_f: int, out_f: int, block: int, sparsity: float, tokens: int, dty
             backends: list[str], seed: int) -> list[dict]:
     """Median fwd+bwd seconds of a dense layer and the block-sparse one on each backend, round-robin.
 
-    Returns one row per backend; each carries the dense median of the same run.
+    Returns one row per backend; each carries the dense median of the same run. A backend that cannot
+    run this case here (e.g. bf16 on a CPU with neither AMX nor AVX512-BF16) gets ``sparse_ms`` and
+    ``speedup`` None and the reason in ``unavailable``.
     """
     from sparse.nn import BlockSparseLinear
-    from sparse.ops import last_backend, use_backend
+    from sparse.ops import BackendUnavailable, last_backend, use_backend
 
     gen = torch.Generator().manual_seed(seed)
     dense = nn.Linear(in_f, out_f).to(dtype)
@@ -92,24 +94,35 @@ def measure(in_f: int, out_f: int, block: int, sparsity: float, tokens: int, dty
     sparse_layer = BlockSparseLinear.from_dense(dense, mask)
     x = torch.randn(tokens, in_f, generator=gen).to(dtype).requires_grad_()
     g = torch.randn(tokens, out_f, generator=gen).to(dtype)
-    t_dense, t_sparse, ran = [], {b: [] for b in backends}, {}
+    t_dense, t_sparse, ran, unavailable = [], {b: [] for b in backends}, {}, {}
     _fwd_bwd(dense, x, g)
     for b in backends:  # warm-up (oneDNN primitives, page faults of fresh buffers)
         with use_backend(b):
-            _fwd_bwd(sparse_layer, x, g)
+            try:
+                _fwd_bwd(sparse_layer, x, g)
+            except BackendUnavailable as exc:
+                unavailable[b] = str(exc)
+                log.warning("backend %s skipped: %s", b, exc)
+                continue
             ran[b] = last_backend("block_sparse.dds")
+    live = [b for b in backends if b not in unavailable]
     for _ in range(repeats):
         t_dense.append(_fwd_bwd(dense, x, g))
-        for b in backends:
+        for b in live:
             with use_backend(b):
                 t_sparse[b].append(_fwd_bwd(sparse_layer, x, g))
     d = statistics.median(t_dense)
     rows = []
     for b in backends:
-        s = statistics.median(t_sparse[b])
-        rows.append({"in": in_f, "out": out_f, "block": block, "sparsity": sparsity,
-                     "actual_sparsity": 1.0 - float(mask.float().mean()), "tokens": tokens, "dtype": str(dtype),
-                     "backend": ran[b], "dense_ms": d * 1e3, "sparse_ms": s * 1e3, "speedup": d / s})
+        row = {"in": in_f, "out": out_f, "block": block, "sparsity": sparsity,
+               "actual_sparsity": 1.0 - float(mask.float().mean()), "tokens": tokens, "dtype": str(dtype),
+               "backend": ran.get(b, b), "dense_ms": d * 1e3, "sparse_ms": None, "speedup": None}
+        if b in unavailable:
+            row["unavailable"] = unavailable[b]
+        else:
+            s = statistics.median(t_sparse[b])
+            row.update(sparse_ms=s * 1e3, speedup=d / s)
+        rows.append(row)
     return rows
 
 
@@ -117,7 +130,7 @@ def break_even(rows: list[dict]) -> float | None:
     """Lowest measured sparsity from which on every larger one is at least as fast as dense."""
     best = None
     for r in sorted(rows, key=lambda r: -r["sparsity"]):
-        if r["speedup"] < 1.0:
+        if r["speedup"] is None or r["speedup"] < 1.0:
             break
         best = r["sparsity"]
     return best
@@ -136,6 +149,15 @@ def _write_json(path: str, payload: dict, force: bool) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _native_kernels() -> list[str]:
+    from sparse._backends import ext
+
+    mod = ext()
+    if mod is None:
+        return ["none (sparse._C not built)"]
+    return list(mod.bsr_cpu_kernels()) if hasattr(mod, "bsr_cpu_kernels") else ["brgemm"]
 
 
 def run(args) -> int:
@@ -166,7 +188,7 @@ def run(args) -> int:
     rows = []
     print(f"BlockSparseLinear fwd+bwd vs dense nn.Linear: {args.tokens} tokens, {args.dtype}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}, round-robin "
-          f"(CPU: {torch.backends.cpu.get_cpu_capability()})")
+          f"(CPU: {torch.backends.cpu.get_cpu_capability()}; native kernels: {', '.join(_native_kernels())})")
     head = "".join(f" {b + ' ms':>9} {b + ' x':>8}" for b in backends)
     print(f"{'shape':>14} {'block':>5} {'sparsity':>8} {'dense ms':>9}{head}")
     for name, i, o in shapes:
@@ -176,7 +198,8 @@ def run(args) -> int:
                 for r in got:
                     r["shape"] = name
                 rows.extend(got)
-                cells = "".join(f" {r['sparse_ms']:>9.1f} {r['speedup']:>7.2f}x" for r in got)
+                cells = "".join(f" {'n/a':>9} {'n/a':>8}" if r["speedup"] is None else
+                                f" {r['sparse_ms']:>9.1f} {r['speedup']:>7.2f}x" for r in got)
                 print(f"{name + f' {i}x{o}':>14} {b:>5} {s:>8.2f} {got[0]['dense_ms']:>9.1f}{cells}", flush=True)
     summary = []
     for name, i, o in shapes:
@@ -184,7 +207,12 @@ def run(args) -> int:
             for be_name in backends:
                 sel = [r for r in rows if r["shape"] == name and r["block"] == b and r["backend"] == be_name]
                 be = break_even(sel)
-                at90 = [r["speedup"] for r in sel if abs(r["sparsity"] - 0.9) < 1e-9]
+                if sel and all(r["speedup"] is None for r in sel):
+                    summary.append({"shape": name, "block": b, "backend": be_name, "break_even_sparsity": None,
+                                    "speedup_at_90": None, "unavailable": sel[0]["unavailable"]})
+                    print(f"{name} block {b} backend {be_name}: unavailable ({sel[0]['unavailable']})")
+                    continue
+                at90 = [r["speedup"] for r in sel if abs(r["sparsity"] - 0.9) < 1e-9 and r["speedup"] is not None]
                 summary.append({"shape": name, "block": b, "backend": be_name, "break_even_sparsity": be,
                                 "speedup_at_90": at90[0] if at90 else None})
                 print(f"{name} block {b} backend {be_name}: break-even sparsity "
@@ -192,5 +220,7 @@ def run(args) -> int:
                       + (f", speedup at 90%: {at90[0]:.2f}x" if at90 else ""))
     if args.json_path:
         _write_json(args.json_path, {"config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                                     "cpu": {"capability": torch.backends.cpu.get_cpu_capability(),
+                                             "native_kernels": _native_kernels()},
                                      "rows": rows, "summary": summary}, args.force)
     return 0

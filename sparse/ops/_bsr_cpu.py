@@ -3,8 +3,9 @@
 Native path (backend ``cpu``, :func:`native_dds` / :func:`native_dsd` / :func:`native_sdd`): C++ in
 ``csrc/cpu/bsr_brgemm_cpu.cpp``. Every kept ``B x B`` block is multiplied where it lies in the dense
 operand (no gathers of activations): bf16 with B a multiple of 32 runs hand-written AMX tile kernels that
-keep a 32 x 32 fp32 output tile in the AMX registers across all kept blocks of an output block; other
-cases (fp32, B=16, bf16 without AMX) call ATen's ``cpublas::brgemm`` (oneDNN ukernels) per block run.
+keep a 32 x 32 fp32 output tile in the AMX registers across all kept blocks of an output block (the same
+drivers with AVX512-BF16 ``vdpbf16ps`` microkernels on CPUs without AMX, e.g. AMD Zen 4/5); other cases
+(fp32, B=16) call ATen's ``cpublas::brgemm`` (oneDNN ukernels) per block run.
 :func:`native_usable` says when it applies (extension built, CPU tensors, a dtype the CPU runs natively:
 fp32 always, bf16/fp16 only where oneDNN can pack them, i.e. not fp16 on CPUs without AMX-FP16).
 
@@ -59,8 +60,12 @@ def native_usable(*args, **kwargs) -> str | None:
     dtype = tensors[0].dtype
     if dtype not in _NATIVE_DTYPES:
         return f"dtype {dtype}: expected one of {', '.join(map(str, _NATIVE_DTYPES))}"
-    if not mod.bsr_brgemm_supported(_NATIVE_DTYPES[dtype]):
-        return f"dtype {dtype} has no native brgemm on this CPU (oneDNN cannot pack it)"
+    layout = next((a for a in args if isinstance(a, BlockLayout)), None)
+    block = layout.block if layout is not None else 0
+    if not mod.bsr_brgemm_supported(_NATIVE_DTYPES[dtype], block):
+        kernels = ", ".join(mod.bsr_cpu_kernels()) if hasattr(mod, "bsr_cpu_kernels") else "brgemm"
+        return (f"dtype {dtype} with block {block} has no native kernel on this CPU (kernels here: {kernels}; "
+                f"bf16 needs AMX or AVX512-BF16 and a block multiple of 32, or oneDNN packing)")
     return None
 
 

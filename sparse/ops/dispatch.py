@@ -53,6 +53,10 @@ def last_backend(op: str) -> str | None:
     return _last.get(op)
 
 
+class BackendUnavailable(RuntimeError):
+    """The forced backend cannot run this call (the message says why); nothing was computed."""
+
+
 @dataclass
 class _Impl:
     backend: str
@@ -89,7 +93,7 @@ class Op:
             reasons.append(f"{impl.backend}: {why}")
         if forced is not None:
             have = ", ".join(i.backend for i in self.impls)
-            raise RuntimeError(f"{self.name}: forced backend {forced!r} cannot run this call "
+            raise BackendUnavailable(f"{self.name}: forced backend {forced!r} cannot run this call "
                                f"({'; '.join(reasons) or 'no implementation'}); implementations: {have}")
         raise RuntimeError(f"{self.name}: no usable backend ({'; '.join(reasons)})")
 

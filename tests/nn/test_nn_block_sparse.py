@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 
 from sparse.nn import BlockSparseLinear
-from sparse.ops import last_backend, use_backend
+from sparse.ops import _bsr_cpu, last_backend, use_backend
+from triton_kernels import BlockLayout
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -86,10 +87,9 @@ def test_bf16_forward_backward():
 def test_native_cpu_backend_matches_torch_backend_and_masked_dense(dtype, block):
     """Forward and both gradients with the C++ kernels forced vs the pure-torch path vs fp32 masked dense:
     67 tokens (not a multiple of any kernel tile), an empty block row and an empty block column."""
-    from sparse.ops import _bsr_cpu
-
-    if _bsr_cpu.native_usable(torch.zeros(1, dtype=dtype)) is not None:
-        pytest.skip(str(_bsr_cpu.native_usable(torch.zeros(1, dtype=dtype))))
+    why = _bsr_cpu.native_usable(torch.zeros(1, dtype=dtype), BlockLayout.from_mask(torch.ones(1, 1, dtype=torch.bool), block))
+    if why is not None:
+        pytest.skip(why)
     torch.manual_seed(block)
     lin = nn.Linear(5 * block, 4 * block)
     mask = _mask(4, 5, seed=block)
@@ -259,8 +259,15 @@ def test_cpu_benchmark_cli_writes_json_and_refuses_to_clobber(tmp_path, capsys):
     payload = json.loads(out.read_text())
     rows = payload["rows"]
     assert [(r["sparsity"], r["backend"]) for r in rows] == [(0.5, "cpu"), (0.5, "torch"), (0.9, "cpu"), (0.9, "torch")]
-    assert all(r["dense_ms"] > 0 and r["sparse_ms"] > 0 for r in rows)
-    assert all(abs(r["speedup"] - r["dense_ms"] / r["sparse_ms"]) < 1e-9 for r in rows)
+    assert payload["cpu"]["native_kernels"]
+    native = _bsr_cpu.native_usable(torch.zeros(1, dtype=torch.bfloat16),
+                                    BlockLayout.from_mask(torch.ones(1, 1, dtype=torch.bool), 32)) is None
+    ran = [r for r in rows if r["backend"] == "torch" or native]
+    for r in rows:
+        if r not in ran:  # bf16 without AMX/AVX512-BF16: reported, not crashed
+            assert r["sparse_ms"] is None and r["speedup"] is None and "cannot run" in r["unavailable"]
+    assert all(r["dense_ms"] > 0 and r["sparse_ms"] > 0 for r in ran)
+    assert all(abs(r["speedup"] - r["dense_ms"] / r["sparse_ms"]) < 1e-9 for r in ran)
     assert {(r["backend"], r["block"]) for r in payload["summary"]} == {("cpu", 32), ("torch", 32)}
     assert "speedup" in capsys.readouterr().out
     assert main(argv) == 2                                     # exists: refused without --force

@@ -41,19 +41,30 @@ def _t(x, trans):
 MODES = [(False, False), (False, True), (True, False), (True, True)]
 
 
-def _native(dtype) -> bool:
-    return _bsr_cpu.native_usable(torch.zeros(1, dtype=dtype)) is None
+def _why_not_native(dtype, block: int):
+    return _bsr_cpu.native_usable(torch.zeros(1, dtype=dtype), BlockLayout.from_mask(torch.ones(1, 1, dtype=torch.bool), block))
 
 
-needs_native = pytest.mark.skipif(not _native(torch.float32), reason=str(_bsr_cpu.native_usable(torch.zeros(1))))
+def _native(dtype, block: int) -> bool:
+    return _why_not_native(dtype, block) is None
+
+
+def _kernel_families() -> list[str]:
+    from sparse._backends import ext
+
+    mod = ext()
+    return list(mod.bsr_cpu_kernels()) if mod is not None and hasattr(mod, "bsr_cpu_kernels") else []
+
+
+needs_native = pytest.mark.skipif(not _native(torch.float32, 16), reason=str(_why_not_native(torch.float32, 16)))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("trans_a, trans_b", MODES)
 def test_cpu_backends_match_reference(backend, dtype, trans_a, trans_b):
-    if backend == "cpu" and not _native(dtype):
-        pytest.skip(f"cpu backend cannot run {dtype} here: {_bsr_cpu.native_usable(torch.zeros(1, dtype=dtype))}")
+    if backend == "cpu" and not _native(dtype, 16):
+        pytest.skip(f"cpu backend cannot run {dtype} here: {_why_not_native(dtype, 16)}")
     lay, data = _case(5, 9, 16, seed=int(trans_a) + 2 * int(trans_b))
     d = data.to(dtype)
     s = lay.to_dense(d.float())
@@ -80,7 +91,7 @@ def test_default_backend_is_native_where_it_runs_else_torch():
     lay, data = _case(2, 3, 16)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         bs.dds(torch.randn(3, 48).to(dtype), data.to(dtype), lay, trans_b=True)
-        assert last_backend("block_sparse.dds") == ("cpu" if _native(dtype) else "torch")
+        assert last_backend("block_sparse.dds") == ("cpu" if _native(dtype, 16) else "torch")
     assert "float64" in _bsr_cpu.native_usable(torch.zeros(1, dtype=torch.float64))
     assert "not CPU" in (_bsr_cpu.native_usable(torch.zeros(1, device="meta")) or "not CPU")
 
@@ -102,11 +113,19 @@ def _module_case(block, rows, cols, tokens, dtype, seed):
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("block, tokens", [(16, 1), (16, 33), (32, 70), (32, 300), (64, 37), (128, 5)])
-def test_native_kernels_every_mode_the_linear_layer_uses(dtype, block, tokens):
+@pytest.mark.parametrize("isa", ["", "amx", "avx512bf16", "brgemm"])
+def test_native_kernels_every_mode_the_linear_layer_uses(dtype, block, tokens, isa, monkeypatch):
     """y = x W^T, dX = dY W (transpose metadata), dW = dY^T x (kept blocks) and dW^T's mode, forced cpu:
-    token counts that are not multiples of the kernels' tiles (1, odd, > one tile), empty rows/columns."""
-    if not _native(dtype):
-        pytest.skip(f"{dtype} not native here")
+    token counts that are not multiples of the kernels' tiles (1, odd, > one tile), empty rows/columns.
+    Every bf16 kernel family this CPU has (SPARSE_BSR_ISA) is run: AMX, AVX512-BF16, oneDNN brgemm."""
+    if isa and isa not in _kernel_families():
+        pytest.skip(f"no {isa} kernels on this CPU (has: {', '.join(_kernel_families())})")
+    if isa:
+        monkeypatch.setenv("SPARSE_BSR_ISA", isa)
+    if not _native(dtype, block):
+        pytest.skip(f"{dtype} with block {block} not native here: {_why_not_native(dtype, block)}")
+    if isa and dtype == torch.float32 and isa != "brgemm":
+        pytest.skip("fp32 always runs on brgemm")
     lay, data, x, dy = _module_case(block, 4, 5, tokens, dtype, seed=block + tokens)
     w = lay.to_dense(data.float())
     with use_backend("cpu"):
@@ -123,7 +142,7 @@ def test_native_kernels_every_mode_the_linear_layer_uses(dtype, block, tokens):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows, cols", [(6, 3), (3, 6)])     # dY wider than x, and narrower
 def test_sdd_rowsum_gives_blocks_and_bias_gradient(backend, dtype, rows, cols):
-    if backend == "cpu" and not _native(dtype):
+    if backend == "cpu" and not _native(dtype, 32):
         pytest.skip(f"{dtype} not native here")
     lay, data, x, dy = _module_case(32, rows, cols, 77, dtype, seed=rows)
     meta = (*lay.tensors(), lay.block, *lay.shape)
@@ -142,7 +161,7 @@ def test_sdd_rowsum_gives_blocks_and_bias_gradient(backend, dtype, rows, cols):
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_native_kernels_empty_layout_and_no_tokens(dtype):
-    if not _native(dtype):
+    if not _native(dtype, 32):
         pytest.skip(f"{dtype} not native here")
     lay = BlockLayout.from_mask(torch.zeros(2, 3, dtype=torch.bool), 32)
     data = torch.zeros(0, 32, 32, dtype=dtype)
@@ -185,7 +204,7 @@ def test_dispatch_default_forced_and_env(monkeypatch):
     monkeypatch.delenv("SPARSE_BACKEND", raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     bs.dds(x, data, lay, trans_b=True)
-    assert last_backend("block_sparse.dds") == ("cpu" if _native(torch.float32) else "torch")
+    assert last_backend("block_sparse.dds") == ("cpu" if _native(torch.float32, 16) else "torch")
     with use_backend("torch"):
         _close(bs.dds(x, data, lay, trans_b=True), ref, torch.float32)
     assert last_backend("block_sparse.dds") == "torch"
@@ -237,7 +256,7 @@ def test_dds_gradients_match_masked_dense(trans_a, trans_b):
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_linear_with_fused_bias_and_gradients(backend, dtype):
-    if backend == "cpu" and not _native(dtype):
+    if backend == "cpu" and not _native(dtype, 32):
         pytest.skip(f"{dtype} not native here")
     lay, data, x, dy = _module_case(32, 3, 4, 45, dtype, seed=5)
     bias = torch.randn(lay.shape[0]).to(dtype)
@@ -339,11 +358,12 @@ def test_env_vars_force_triton_interpreter_in_a_fresh_process():
 def test_native_amx_and_brgemm_paths_interleave_with_atens_own_brgemm_users():
     """AMX tile state is per thread and ATen caches which brgemm config it loaded: our kernels (AMX tiles
     for B=32/64, cpublas::brgemm for B=16) and torch's CPU attention alternate in one thread."""
-    if not _native(torch.bfloat16):
+    blocks = [b for b in (16, 32, 16, 64) if _native(torch.bfloat16, b)]
+    if not blocks:
         pytest.skip("bf16 not native here")
     q = torch.randn(1, 2, 40, 64).to(torch.bfloat16)
     with use_backend("cpu"):
-        for block in (16, 32, 16, 64):
+        for block in blocks:
             lay, data, x, _ = _module_case(block, 3, 4, 50, torch.bfloat16, seed=block)
             _close(bs.dds(x, data, lay, trans_b=True), x.float() @ lay.to_dense(data.float()).t(), torch.bfloat16)
             att = torch.nn.functional.scaled_dot_product_attention(q, q, q)

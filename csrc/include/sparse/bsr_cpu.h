@@ -5,12 +5,18 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
+#include <vector>
 
 namespace sparse_ext {
 
-// True when the brgemm path runs natively for `dtype` here (bf16/fp16: could_pack says the
-// platform has the VNNI/AMX ukernel; fp32: always, brgemm takes row-major B).
-bool bsr_brgemm_supported(at::ScalarType dtype);
+// True when the native path runs `dtype` with blocks of `block` here (block 0: some block size).
+// fp32: always (brgemm takes row-major B); bf16 with B a multiple of 32: the AMX or AVX512-BF16 tile
+// kernels; otherwise bf16/fp16 where could_pack says oneDNN has the VNNI/AMX ukernel.
+bool bsr_brgemm_supported(at::ScalarType dtype, int64_t block = 0);
+
+// Kernel families this CPU runs: "amx", "avx512bf16" (bf16 tile kernels), "brgemm" (always).
+std::vector<std::string> bsr_cpu_kernels();
 
 // out[T, J*B] (a's dtype) with, for every output block j and p in seg[j]..seg[j+1]:
 //   out[:, jB:(j+1)B] += a[:, i B:(i+1)B] @ op(data[d]),  i = idx[p], d = dptr[p] (or p if dptr is empty),
