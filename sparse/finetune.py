@@ -251,16 +251,28 @@ def finetune(recipe: Any, *, max_steps: int | None = None, epochs: int | None = 
         result.extra = dict(after(model, lambda m: evaluate(m, enc_te["input_ids"], enc_te["attention_mask"], y_te,
                                                             tc.eval_batch_size, tc.bf16)))
     if out_dir is not None:
-        save_run(out_dir, model, opt, result, recipe)
+        model.config.id2label = dict(enumerate(data.label_names))
+        model.config.label2id = {name: i for i, name in enumerate(data.label_names)}
+        save_run(out_dir, model, opt, result, recipe, tokenizer=tok)
     return result
 
 
 def save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result: FinetuneResult,
-             recipe: Recipe) -> None:
-    """Write ``model.safetensors``, ``masks.safetensors`` (bool, keyed by weight fqn) and ``result.json``."""
+             recipe: Recipe, tokenizer=None) -> None:
+    """Write ``model.safetensors``, ``masks.safetensors`` (bool, keyed by weight fqn) and ``result.json``;
+    for a Hugging Face model also ``config.json`` and the tokenizer, so that ``out_dir`` is a model folder
+    that ``from_pretrained`` and ``sparse convert`` load."""
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        def write_config(tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(config.to_json_string())
+        _atomic_write(os.path.join(out_dir, "config.json"), write_config)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
     # clone: tied/shared storages cannot be saved by safetensors as views
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     _atomic_write(os.path.join(out_dir, "model.safetensors"),

@@ -6,8 +6,12 @@
    with ``calibrate`` (AdaPrune, on BBC News *training* texts).
 3. Embed held-out BBC News *test* texts with every model (mean pooling over real tokens) and report
    the mean cosine similarity of each model's sentence embeddings to the unstructured model's.
+4. With ``--classifier DIR`` (a fine-tuned BBC classifier folder, as ``sparse finetune
+   recipes/minilm-bbc-dense.yaml --out DIR`` writes it): the same 50 % unstructured pruning and the
+   four conversions of the classifier, each evaluated on the BBC News test split it was not trained
+   on (the split and max_length of its ``result.json``).
 
-Run: ``python -m sparse.bench.convert_minilm --json out.json``.
+Run: ``python -m sparse.bench.convert_minilm [--classifier DIR] --json out.json``.
 """
 from __future__ import annotations
 
@@ -46,6 +50,58 @@ def magnitude_prune_folder(src: str, dst: str, sparsity: float) -> dict:
     return {"pruned_tensors": pruned}
 
 
+VARIANTS = ((False, False), (False, True), (True, False), (True, True))  # (transposable, calibrate)
+
+
+def variant_name(transposable: bool, calibrate: bool) -> str:
+    return ("2:4-T" if transposable else "2:4") + (" +AdaPrune" if calibrate else "")
+
+
+def classifier_accuracy(folder: str, sparsity: float, calib: list[str], calib_cfg, work: str,
+                        batch_size: int = 32) -> list[dict]:
+    """BBC test accuracy of the fine-tuned classifier in ``folder``: as trained, pruned to ``sparsity``
+    unstructured by magnitude, and that model converted to 2:4 / 2:4-T without and with AdaPrune."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..convert import convert_checkpoint
+    from ..data import load_bbc_news
+    from ..finetune import evaluate
+
+    for need in ("config.json", "model.safetensors"):
+        if not os.path.isfile(os.path.join(folder, need)):
+            raise FileNotFoundError(f"--classifier: {folder} has no {need}; expected a fine-tuned model folder "
+                                    f"(sparse finetune recipes/minilm-bbc-dense.yaml --out DIR writes one)")
+    cfg = {}
+    if os.path.isfile(os.path.join(folder, "result.json")):
+        with open(os.path.join(folder, "result.json"), encoding="utf-8") as f:
+            cfg = json.load(f).get("recipe_config", {})
+    data_cfg, model_cfg = cfg.get("data", {}), cfg.get("model", {})
+    data = load_bbc_news(test_size=data_cfg.get("test_size", 0.2), seed=data_cfg.get("split_seed", 0))
+    max_length = model_cfg.get("max_length", 128)
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = tok(data.test_texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
+    labels = torch.tensor(data.test_labels, dtype=torch.long)
+
+    def accuracy(path: str) -> float:
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+        return evaluate(model, enc["input_ids"], enc["attention_mask"], labels, batch_size, bf16=False)
+
+    rows = [{"model": "fine-tuned dense", "accuracy": accuracy(folder)}]
+    unstructured = os.path.join(work, "classifier-unstructured")
+    magnitude_prune_folder(folder, unstructured, sparsity)
+    rows.append({"model": f"{sparsity:.0%} unstructured", "accuracy": accuracy(unstructured)})
+    for transposable, calibrate in VARIANTS:
+        name = variant_name(transposable, calibrate)
+        out = os.path.join(work, "classifier-" + name.replace(":", "").replace(" +", "_"))
+        convert_checkpoint(unstructured, out, "2:4", transposable=transposable, calibrate=calibrate,
+                           calibration=calib_cfg, calibration_texts=calib)
+        rows.append({"model": name, "accuracy": accuracy(out)})
+        shutil.rmtree(out)
+    for r in rows:
+        r["test_docs"] = len(labels)
+    return rows
+
+
 @torch.no_grad()
 def embed(folder: str, texts: list[str], max_length: int, batch_size: int) -> torch.Tensor:
     """Mean-pooled sentence embeddings ``[len(texts), hidden]`` fp32 of the HF model in ``folder``."""
@@ -73,6 +129,9 @@ def main(argv=None) -> int:
     p.add_argument("--sparsity", type=float, default=0.5, help="unstructured sparsity of the start model")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", default=None)
+    p.add_argument("--classifier", default=None, metavar="DIR",
+                   help="a fine-tuned BBC classifier folder (sparse finetune recipes/minilm-bbc-dense.yaml "
+                        "--out DIR): also report the BBC test accuracy of it pruned and converted the same way")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -96,32 +155,30 @@ def main(argv=None) -> int:
         rows.append({"model": "dense (pretrained)", "cosine_to_unstructured":
                      float(torch.nn.functional.cosine_similarity(dense, ref).mean()), "convert_s": None,
                      "kept_magnitude_ratio": None, "calib_err_before": None, "calib_err_after": None})
-        for transposable in (False, True):
-            for calibrate in (False, True):
-                name = ("2:4-T" if transposable else "2:4") + (" +AdaPrune" if calibrate else "")
-                out = os.path.join(work, name.replace(":", "").replace(" +", "_"))
-                t0 = time.perf_counter()
-                report = convert_checkpoint(unstructured, out, "2:4", transposable=transposable,
-                                            calibrate=calibrate,
-                                            calibration=AdaPruneConfig(num_texts=args.calibration_texts,
-                                                                       max_length=args.max_length),
-                                            calibration_texts=calib)
-                conv_s = time.perf_counter() - t0
-                emb = embed(out, texts, args.max_length, 16)
-                tot = report.totals()
-                rows.append({"model": name,
-                             "cosine_to_unstructured": float(torch.nn.functional.cosine_similarity(emb, ref).mean()),
-                             "convert_s": conv_s, "kept_magnitude_ratio": tot["kept_magnitude_ratio"],
-                             "kept_nonzero_fraction": tot["kept_nonzero_fraction"],
-                             "density_after": tot["density_after"],
-                             "calib_err_before": tot.get("calibration_mean_error_before"),
-                             "calib_err_after": tot.get("calibration_mean_error_after")})
-                shutil.rmtree(out)
+        calib_cfg = AdaPruneConfig(num_texts=args.calibration_texts, max_length=args.max_length)
+        for transposable, calibrate in VARIANTS:
+            name = variant_name(transposable, calibrate)
+            out = os.path.join(work, name.replace(":", "").replace(" +", "_"))
+            t0 = time.perf_counter()
+            report = convert_checkpoint(unstructured, out, "2:4", transposable=transposable, calibrate=calibrate,
+                                        calibration=calib_cfg, calibration_texts=calib)
+            conv_s = time.perf_counter() - t0
+            emb = embed(out, texts, args.max_length, 16)
+            tot = report.totals()
+            rows.append({"model": name,
+                         "cosine_to_unstructured": float(torch.nn.functional.cosine_similarity(emb, ref).mean()),
+                         "convert_s": conv_s, "kept_magnitude_ratio": tot["kept_magnitude_ratio"],
+                         "kept_nonzero_fraction": tot["kept_nonzero_fraction"],
+                         "density_after": tot["density_after"],
+                         "calib_err_before": tot.get("calibration_mean_error_before"),
+                         "calib_err_after": tot.get("calibration_mean_error_after")})
+            shutil.rmtree(out)
+        acc_rows = None
+        if args.classifier:
+            acc_rows = classifier_accuracy(args.classifier, args.sparsity, calib, calib_cfg, work)
     result = {"texts": len(texts), "max_length": args.max_length, "calibration_texts": len(calib),
               "sparsity": args.sparsity, "pruned_tensors": facts["pruned_tensors"], "embed_seconds": embed_s,
-              "bbc_accuracy": None,
-              "bbc_accuracy_note": "no fine-tuned MiniLM BBC classifier checkpoint exists in this project yet",
-              "rows": rows}
+              "bbc_accuracy": acc_rows, "classifier": args.classifier, "rows": rows}
     print(f"MiniLM-L6, {facts['pruned_tensors']} Linear weights at {args.sparsity:.0%} unstructured (magnitude); "
           f"{len(texts)} BBC test texts x {args.max_length} tokens; AdaPrune on {len(calib)} BBC train texts")
     head = f"{'model':<20} {'cos to unstr.':>13} {'|w| kept':>8} {'nz kept':>8} {'calib err':>17} {'convert s':>9}"
@@ -133,7 +190,13 @@ def main(argv=None) -> int:
         nzk = "" if r.get("kept_nonzero_fraction") is None else f"{r['kept_nonzero_fraction']:.4f}"
         cs = "" if r["convert_s"] is None else f"{r['convert_s']:.1f}"
         print(f"{r['model']:<20} {r['cosine_to_unstructured']:>13.4f} {kept:>8} {nzk:>8} {err:>17} {cs:>9}")
-    print("BBC accuracy: n/a (" + result["bbc_accuracy_note"] + ")")
+    if acc_rows is None:
+        print("BBC accuracy: not measured (pass --classifier DIR, a fine-tuned classifier folder from "
+              "`sparse finetune recipes/minilm-bbc-dense.yaml --out DIR`)")
+    else:
+        print(f"BBC News test accuracy ({acc_rows[0]['test_docs']} docs) of {args.classifier}:")
+        for r in acc_rows:
+            print(f"  {r['model']:<20} {100 * r['accuracy']:6.2f}%")
     if args.json:
         from ..convert.atomic import write_text_atomic
 

@@ -75,6 +75,15 @@ def test_finetune_real_minilm_smoke(tmp_path, monkeypatch, capsys):
         assert mask.dtype == torch.bool and is_transposable(mask, 2, 4)
         assert torch.all(weights[fqn][~mask] == 0)
     assert json.loads((out / "result.json").read_text())["recipe_config"]["name"] == "minilm-bbc-2of4-transposable"
+    # the run folder is a Hugging Face model folder: it loads with from_pretrained, names its labels,
+    # and `sparse convert` takes it as an HF folder
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(out))
+    assert set(loaded.config.id2label.values()) == {"business", "entertainment", "politics", "sports", "tech"}
+    assert torch.equal(loaded.state_dict()["bert.encoder.layer.0.attention.self.query.weight"],
+                       weights["bert.encoder.layer.0.attention.self.query.weight"])
+    assert AutoTokenizer.from_pretrained(str(out))("hello")["input_ids"]
     # never clobber a previous run unless asked
     assert main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err

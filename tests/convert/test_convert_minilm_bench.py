@@ -1,0 +1,57 @@
+"""sparse.bench.convert_minilm: the BBC-accuracy part on a tiny fine-tuned-classifier folder."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+
+def _minilm():
+    try:
+        from sparse.data import minilm_path
+        return minilm_path()
+    except Exception as exc:  # the data extra is not installed
+        pytest.skip(f"real MiniLM not installed: {exc}")
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory):
+    """A 1-layer random BERT classifier (5 labels) saved as a run folder, with a result.json."""
+    src = _minilm()
+    folder = tmp_path_factory.mktemp("cls") / "run"
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64, num_labels=5)
+    transformers.BertForSequenceClassification(cfg).eval().save_pretrained(folder)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(os.path.join(src, name), folder / name)
+    (folder / "result.json").write_text(json.dumps({"recipe_config": {"model": {"max_length": 32},
+                                                                      "data": {"test_size": 0.2, "split_seed": 0}}}))
+    return folder
+
+
+def test_classifier_accuracy_rows_and_untouched_source(tiny_classifier, tmp_path):
+    from safetensors.torch import load_file
+
+    from sparse.bench.convert_minilm import classifier_accuracy
+    from sparse.convert.adaprune import AdaPruneConfig
+
+    before = load_file(str(tiny_classifier / "model.safetensors"))
+    rows = classifier_accuracy(str(tiny_classifier), 0.5, ["a short calibration text", "another one"],
+                               AdaPruneConfig(num_texts=2, max_length=32), str(tmp_path))
+    assert [r["model"] for r in rows] == ["fine-tuned dense", "50% unstructured", "2:4", "2:4 +AdaPrune",
+                                          "2:4-T", "2:4-T +AdaPrune"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["test_docs"] == 445 for r in rows)
+    after = load_file(str(tiny_classifier / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)    # the classifier folder is only read
+    assert sorted(os.listdir(tmp_path)) == ["classifier-unstructured"]   # converted copies cleaned up
+
+
+def test_classifier_folder_must_be_a_model_folder(tmp_path):
+    from sparse.bench.convert_minilm import classifier_accuracy
+
+    with pytest.raises(FileNotFoundError, match="--classifier: .* has no config.json"):
+        classifier_accuracy(str(tmp_path), 0.5, ["x"], None, str(tmp_path))
