@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipes", nargs="+", required=True, help="recipe YAML files (include a dense one)")
+    parser.add_argument("--recipes", nargs="+", default=None, help="recipe YAML files (include a dense one)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="instead of training: merge the runs of these --json files (e.g. seeds run in "
+                             "parallel processes) and print the summary (and write it to --json)")
+    parser.add_argument("--save-dir", default=None, metavar="DIR",
+                        help="save every fine-tuned model (an HF folder) to DIR/<recipe>-seed<S>")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default: 0)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop each run after N optimizer steps")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipes' train.epochs")
@@ -113,6 +118,21 @@ def run(args) -> int:
     from ..finetune import finetune
     from ..recipe import load_recipe
 
+    if args.merge:
+        runs = []
+        for path in args.merge:
+            with open(path, encoding="utf-8") as f:
+                runs.extend(json.load(f)["runs"])
+        keys = [(r["recipe"], r["seed"]) for r in runs]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"--merge: the same (recipe, seed) runs appear more than once: {dup}")
+        if args.json:
+            _write_json(args.json, {"runs": runs, "summary": summarize(runs)})
+        print(format_table(summarize(runs)))
+        return 0
+    if not args.recipes:
+        raise ValueError("--recipes: expected recipe YAML files (or --merge JSON files)")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
@@ -134,8 +154,9 @@ def run(args) -> int:
         for recipe in recipes:
             if (recipe.name, seed) in done:
                 continue
+            out_dir = os.path.join(args.save_dir, f"{recipe.name}-seed{seed}") if args.save_dir else None
             res = finetune(recipe, seed=seed, max_steps=args.max_steps, epochs=args.epochs,
-                           progress=not args.no_progress,
+                           progress=not args.no_progress, out_dir=out_dir,
                            after=oneshot_after(oneshot) if oneshot and not recipe.pruning else None)
             log.info("%s seed %d: %.4f", recipe.name, seed, res.accuracy)
             print(f"{recipe.name} seed {seed}: accuracy {100 * res.accuracy:.2f}% "

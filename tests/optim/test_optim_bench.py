@@ -92,3 +92,21 @@ def test_accuracy_runner_oneshot_needs_pruning_entries(capsys):
     dense = os.path.join(ROOT, "recipes", "minilm-bbc-dense.yaml")
     assert acc_main(["--recipes", dense, "--oneshot-from", dense]) == 2
     assert "--oneshot-from: recipe 'minilm-bbc-dense' has no pruning entries" in capsys.readouterr().err
+
+
+def test_accuracy_merge_combines_files_and_rejects_duplicates(tmp_path, capsys):
+    from sparse.bench.accuracy import main as acc_main
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "all.json"
+    a.write_text(json.dumps({"runs": [{"recipe": "dense", "seed": 0, "accuracy": 0.98, "dense": True},
+                                      {"recipe": "2of4", "seed": 0, "accuracy": 0.97, "dense": False}]}))
+    b.write_text(json.dumps({"runs": [{"recipe": "dense", "seed": 1, "accuracy": 0.96, "dense": True},
+                                      {"recipe": "2of4", "seed": 1, "accuracy": 0.97, "dense": False}]}))
+    assert acc_main(["--merge", str(a), str(b), "--json", str(out)]) == 0
+    rows = {r["recipe"]: r for r in json.loads(out.read_text())["summary"]}
+    assert rows["dense"]["n"] == 2 and rows["dense"]["mean"] == pytest.approx(0.97)
+    assert rows["2of4"]["gap_points"] == pytest.approx(0.0) and rows["2of4"]["paired_gap_points"] == pytest.approx(0.0)
+    assert "2of4" in capsys.readouterr().out
+    assert acc_main(["--merge", str(a), str(a)]) == 2
+    assert "appear more than once: [('2of4', 0), ('dense', 0)]" in capsys.readouterr().err
+    assert acc_main([]) == 2
+    assert "--recipes: expected recipe YAML files" in capsys.readouterr().err
