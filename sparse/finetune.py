@@ -7,7 +7,9 @@ masks (safetensors, bool) and a ``result.json`` are written atomically to the ou
 
 Dense runs are cached (accuracy keyed by everything that defines the run except the pruning entries)
 so a sparse run with the same model, data, training settings, seed and steps can report
-dense-vs-sparse accuracy. Cache folder: ``$SPARSE_CACHE_DIR`` or ``~/.cache/sparse/finetune``.
+dense-vs-sparse accuracy; the dense model itself is cached too (``teachers/<key>``) as the teacher of
+such runs whose recipe says ``distill: {teacher: dense}``. Cache folder: ``$SPARSE_CACHE_DIR`` or
+``~/.cache/sparse/finetune``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -114,6 +117,74 @@ def _write_json(path: str, obj: Any) -> None:
     _atomic_write(path, w)
 
 
+def teacher_dir(key: str) -> str:
+    """Cache folder of the dense model of run ``key`` (an HF folder), the ``distill: {teacher: dense}``
+    teacher of every sparse run with the same model, data, training settings, seed and steps."""
+    return os.path.join(cache_dir(), "teachers", key)
+
+
+def _save_teacher(key: str, model, opt: SparseOptimizer, result: "FinetuneResult", recipe: Recipe, tok) -> None:
+    final = teacher_dir(key)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=".tmp-")
+    try:
+        save_run(tmp, model, opt, result, recipe, tokenizer=tok)
+        if os.path.isdir(final):  # a concurrent run got there first: same run, keep theirs
+            return
+        os.replace(tmp, final)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_teacher(recipe: Recipe, key: str, num_labels: int, train_kwargs: dict):
+    """The frozen teacher of ``recipe.distill``: a model folder, or the (cached, else trained now) dense run."""
+    from transformers import AutoModelForSequenceClassification
+
+    dc = recipe.distill
+    tmp = None
+    if dc.teacher == "dense":
+        folder = teacher_dir(key)
+        if not (train_kwargs["use_cache"] and os.path.isfile(os.path.join(folder, "model.safetensors"))):
+            log.warning("distill: no cached dense teacher for this run (%s); fine-tuning it first", key)
+            dense = recipe.replace(name=f"{recipe.name}-teacher", pruning=(), distill=None)
+            if train_kwargs["use_cache"]:
+                finetune(dense, **train_kwargs)  # a cached dense run saves itself as the teacher
+            else:
+                tmp = tempfile.mkdtemp(prefix="sparse-teacher-")
+                folder = os.path.join(tmp, "run")
+                finetune(dense, out_dir=folder, **train_kwargs)
+    else:
+        folder = dc.teacher
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise FileNotFoundError(f"distill.teacher: {folder} is not a model folder (no config.json); expected "
+                                    f"'dense' or a fine-tuned classifier folder such as a `sparse finetune` run")
+    try:
+        teacher = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if teacher.config.num_labels != num_labels:
+        raise ValueError(f"distill.teacher: {folder} classifies {teacher.config.num_labels} labels, the dataset has "
+                         f"{num_labels}")
+    teacher.eval().requires_grad_(False)
+    return teacher, folder
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float,
+                 temperature: float) -> torch.Tensor:
+    """``(1 - alpha) * CE + alpha * T^2 * KL(teacher || student)`` at temperature ``T`` (fp32 scalar).
+
+    Args:
+        student_logits, teacher_logits: ``[B, C]`` float; labels: ``[B]`` int64.
+    """
+    s, t = student_logits.float(), teacher_logits.float()
+    ce = F.cross_entropy(s, labels)
+    kd = F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1), log_target=True,
+                  reduction="batchmean") * temperature ** 2
+    return (1.0 - alpha) * ce + alpha * kd
+
+
 @torch.no_grad()
 def evaluate(model, input_ids, attention_mask, labels, batch_size: int, bf16: bool) -> float:
     """Accuracy (fraction) of ``model`` on pre-tokenised ``[N, L]`` int64 tensors and ``[N]`` labels."""
@@ -174,20 +245,27 @@ def finetune(recipe: Any, *, max_steps: int | None = None, epochs: int | None = 
     y_tr = torch.tensor(tr_y, dtype=torch.long)
     y_te = torch.tensor(te_y, dtype=torch.long)
 
-    torch.manual_seed(tc.seed)  # the fresh head's initialisation and dropout depend on it
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(data.label_names))
-    model.train()
-
     steps_per_epoch = math.ceil(len(y_tr) / tc.batch_size)
     total = tc.epochs * steps_per_epoch
     if max_steps is not None:
         total = min(total, max_steps)
+    key = run_key(recipe, tc.seed, total, len(y_tr), len(y_te))
+    notes = []
+    teacher = None
+    if recipe.distill is not None:  # first: training a missing teacher must not disturb this run's RNG
+        teacher, where = _load_teacher(recipe, key, len(data.label_names), dict(
+            max_steps=max_steps, limit_train=limit_train, limit_test=limit_test, progress=progress,
+            use_cache=use_cache))
+        log.info("distilling from %s", where)
+
+    torch.manual_seed(tc.seed)  # the fresh head's initialisation and dropout depend on it
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(data.label_names))
+    model.train()
     inner = torch.optim.AdamW(_param_groups(model, tc.lr, tc.head_lr, tc.weight_decay))
     warm = int(tc.warmup_ratio * total)
     sched = torch.optim.lr_scheduler.LambdaLR(
         inner, lambda s: (s + 1) / max(warm, 1) if s < warm else max(0.0, (total - s) / max(total - warm, 1)))
     opt = SparseOptimizer(inner, model, recipe)
-    notes = []
     for e in recipe.pruning:
         first = e.schedule.at_step if e.schedule.kind == "oneshot" else e.schedule.start_step
         if first > total:
@@ -195,6 +273,9 @@ def finetune(recipe: Any, *, max_steps: int | None = None, epochs: int | None = 
                          f"its layers stay dense")
     for n in notes:
         log.warning(n)
+    if teacher is not None:
+        notes.append(f"distilled from {where} (alpha {recipe.distill.alpha}, temperature "
+                     f"{recipe.distill.temperature})")
 
     from tqdm.auto import tqdm
 
@@ -210,9 +291,16 @@ def finetune(recipe: Any, *, max_steps: int | None = None, epochs: int | None = 
         ts = time.perf_counter()
         for i in range(0, len(perm), tc.batch_size):
             idx = perm[i:i + tc.batch_size]
+            batch = {"input_ids": enc_tr["input_ids"][idx], "attention_mask": enc_tr["attention_mask"][idx]}
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
-                logits = model(input_ids=enc_tr["input_ids"][idx], attention_mask=enc_tr["attention_mask"][idx]).logits
-            loss = F.cross_entropy(logits.float(), y_tr[idx])
+                logits = model(**batch).logits
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(**batch).logits
+            if teacher is None:
+                loss = F.cross_entropy(logits.float(), y_tr[idx])
+            else:
+                loss = distill_loss(logits, t_logits, y_tr[idx], recipe.distill.alpha, recipe.distill.temperature)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
             loss.backward()
@@ -233,11 +321,11 @@ def finetune(recipe: Any, *, max_steps: int | None = None, epochs: int | None = 
     bar.close()
     seconds = time.perf_counter() - t0
 
-    key = run_key(recipe, tc.seed, total, len(y_tr), len(y_te))
     dense_acc = None
     cache_file = os.path.join(cache_dir(), f"{key}.json")
+    is_dense = not recipe.pruning and recipe.distill is None
     if use_cache:
-        if not recipe.pruning:
+        if is_dense:
             os.makedirs(cache_dir(), exist_ok=True)
             _write_json(cache_file, {"accuracy": epoch_acc[-1], "recipe": recipe.name, "seed": tc.seed, "steps": total})
         elif os.path.isfile(cache_file):
@@ -250,10 +338,12 @@ def finetune(recipe: Any, *, max_steps: int | None = None, epochs: int | None = 
     if after is not None:
         result.extra = dict(after(model, lambda m: evaluate(m, enc_te["input_ids"], enc_te["attention_mask"], y_te,
                                                             tc.eval_batch_size, tc.bf16)))
+    model.config.id2label = dict(enumerate(data.label_names))
+    model.config.label2id = {name: i for i, name in enumerate(data.label_names)}
     if out_dir is not None:
-        model.config.id2label = dict(enumerate(data.label_names))
-        model.config.label2id = {name: i for i, name in enumerate(data.label_names)}
         save_run(out_dir, model, opt, result, recipe, tokenizer=tok)
+    if use_cache and is_dense and not os.path.isdir(teacher_dir(key)):
+        _save_teacher(key, model, opt, result, recipe, tok)
     return result
 
 

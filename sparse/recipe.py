@@ -13,6 +13,9 @@ hyper-parameters, and one or more pruning entries, each with:
   pattern's sparsity over ``[start_step, end_step]`` every ``frequency`` steps.
 * ``refresh_every``: recompute masks from the current weights every k optimizer steps (0: never).
 
+and optionally a top-level ``distill`` block (``teacher``: ``dense`` or a model folder, ``alpha``,
+``temperature``): knowledge distillation from a fine-tuned dense teacher (see :class:`DistillConfig`).
+
 Every unknown key or bad value raises :class:`RecipeError` naming the key, what is allowed and what
 was given.
 """
@@ -28,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 __all__ = ["RecipeError", "Recipe", "PruningEntry", "Targets", "Pattern", "Method", "Schedule",
-           "ModelConfig", "DataConfig", "TrainConfig", "load_recipe", "DEFAULT_EXCLUDE", "MODULE_TYPES",
-           "PATTERN_KINDS", "METHOD_KINDS", "SCHEDULE_KINDS", "SOLVERS", "MODELS", "DATASETS"]
+           "ModelConfig", "DataConfig", "TrainConfig", "DistillConfig", "load_recipe", "DEFAULT_EXCLUDE", "MODULE_TYPES",
+           "PATTERN_KINDS", "METHOD_KINDS", "SCHEDULE_KINDS", "SOLVERS", "MODELS", "DATASETS", "TEACHERS"]
 
 
 class RecipeError(ValueError):
@@ -48,6 +51,7 @@ SOLVERS: tuple[str, ...] = ("auto", "exact", "approx", "greedy", "flow")
 ON_INDIVISIBLE: tuple[str, ...] = ("error", "skip")
 MODELS: tuple[str, ...] = ("minilm",)  # or a path to a Hugging Face model folder
 DATASETS: tuple[str, ...] = ("bbc_news",)
+TEACHERS: tuple[str, ...] = ("dense",)  # or a path to a fine-tuned model folder
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -341,6 +345,32 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation from a fine-tuned dense teacher while the student is pruned.
+
+    ``teacher``: ``dense`` (the dense fine-tune with this recipe's model, data, training settings, seed
+    and steps: taken from the ``sparse finetune`` cache, trained first and cached when missing) or a
+    path to a fine-tuned Hugging Face classifier folder. Loss: ``(1 - alpha) * CE(student, labels) +
+    alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
+    """
+    teacher: str = "dense"
+    alpha: float = 0.5
+    temperature: float = 2.0
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "DistillConfig":
+        d = _check_keys(d, ("teacher", "alpha", "temperature"), where)
+        teacher = _str(d.get("teacher", cls.teacher), f"{where}.teacher")
+        if teacher not in TEACHERS and not (os.sep in teacher or "/" in teacher or teacher.startswith(".")):
+            raise RecipeError(f"{where}.teacher: expected one of {', '.join(TEACHERS)} or a path to a fine-tuned "
+                              f"model folder, got {teacher!r}")
+        return cls(teacher=teacher,
+                   alpha=_float(d.get("alpha", cls.alpha), f"{where}.alpha", 0.0, 1.0),
+                   temperature=_float(d.get("temperature", cls.temperature), f"{where}.temperature", 0.0,
+                                      lo_open=True))
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     pruning: tuple[PruningEntry, ...] = ()
@@ -348,11 +378,12 @@ class Recipe:
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    distill: DistillConfig | None = None
     source: str | None = field(default=None, compare=False)  # file the recipe came from, if any
 
     @classmethod
     def from_dict(cls, d: Any, source: str | None = None) -> "Recipe":
-        d = _check_keys(d, ("name", "description", "model", "data", "train", "pruning"), "recipe")
+        d = _check_keys(d, ("name", "description", "model", "data", "train", "distill", "pruning"), "recipe")
         name = _str(d.get("name", os.path.splitext(os.path.basename(source))[0] if source else "recipe"),
                     "recipe.name")
         desc = d.get("description", "")
@@ -373,7 +404,9 @@ class Recipe:
         return cls(name=name, pruning=entries, description=desc,
                    model=ModelConfig.from_dict(d.get("model", {}), "model"),
                    data=DataConfig.from_dict(d.get("data", {}), "data"),
-                   train=TrainConfig.from_dict(d.get("train", {}), "train"), source=source)
+                   train=TrainConfig.from_dict(d.get("train", {}), "train"),
+                   distill=None if d.get("distill") is None else DistillConfig.from_dict(d["distill"], "distill"),
+                   source=source)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -1,0 +1,88 @@
+"""Knowledge distillation in ``sparse.finetune``: the recipe block, the loss, and the dense teacher
+(trained once, cached, reused) on the real MiniLM with a few documents."""
+import logging
+import os
+
+import pytest
+import torch
+import yaml
+
+from sparse.finetune import distill_loss, finetune, run_key, teacher_dir
+from sparse.recipe import DistillConfig, RecipeError, load_recipe
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT = os.path.join(ROOT, "recipes", "minilm-bbc-2of4-transposable.yaml")
+
+
+def _recipe(**distill):
+    with open(DEFAULT, encoding="utf-8") as f:
+        d = yaml.safe_load(f)
+    d["distill"] = distill
+    d["pruning"][0]["schedule"]["at_step"] = 1
+    return d
+
+
+def test_distill_block_loads_strictly():
+    r = load_recipe(_recipe(teacher="dense", alpha=0.7, temperature=3))
+    assert r.distill == DistillConfig("dense", 0.7, 3.0)
+    assert load_recipe(_recipe()).distill == DistillConfig()
+    with open(DEFAULT, encoding="utf-8") as f:
+        assert load_recipe(yaml.safe_load(f)).distill is None
+    for bad, match in [({"alpha": 1.5}, r"distill.alpha: expected .*\[0.0, 1.0\]"),
+                       ({"temperature": 0}, "distill.temperature"),
+                       ({"teacher": "bert"}, "distill.teacher: expected one of dense or a path"),
+                       ({"beta": 1}, "distill.beta: unknown key; allowed keys: teacher, alpha, temperature")]:
+        with pytest.raises(RecipeError, match=match):
+            load_recipe(_recipe(**bad))
+
+
+def test_distill_loss_limits_and_gradient():
+    torch.manual_seed(0)
+    s = torch.randn(8, 5, requires_grad=True)
+    t = torch.randn(8, 5)
+    y = torch.randint(0, 5, (8,))
+    ce = torch.nn.functional.cross_entropy(s, y)
+    assert torch.allclose(distill_loss(s, t, y, 0.0, 2.0), ce)
+    assert float(distill_loss(t, t, y, 1.0, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    # pure distillation pulls the student's distribution towards the teacher's
+    distill_loss(s, t, y, 1.0, 1.0).backward()
+    p_s, p_t = s.softmax(-1), t.softmax(-1)
+    assert torch.allclose(s.grad, (p_s - p_t) / 8, atol=1e-6)
+
+
+def test_dense_teacher_is_trained_once_cached_and_reused(tmp_path, monkeypatch, caplog):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("SPARSE_CACHE_DIR", str(tmp_path / "cache"))
+    r = load_recipe(_recipe(teacher="dense", alpha=0.5, temperature=2.0))
+    kw = dict(max_steps=2, limit_train=32, limit_test=16, progress=False)
+    with caplog.at_level(logging.WARNING, logger="sparse.finetune"):
+        first = finetune(r, **kw)
+    assert "fine-tuning it first" in caplog.text
+    folder = teacher_dir(run_key(r, 0, 2, 32, 16))
+    assert os.path.isfile(os.path.join(folder, "model.safetensors"))
+    assert first.dense_accuracy is not None            # the teacher run is the cached dense run
+    assert any("distilled from" in n for n in first.notes)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sparse.finetune"):
+        second = finetune(r, **kw)
+    assert "fine-tuning it first" not in caplog.text   # reused
+    assert second.accuracy == first.accuracy and second.layers == first.layers
+    # without the cache the teacher is trained into a temporary folder and nothing is kept
+    monkeypatch.setenv("SPARSE_CACHE_DIR", str(tmp_path / "cache2"))
+    finetune(r, use_cache=False, **kw)
+    assert not os.path.exists(tmp_path / "cache2")
+
+
+def test_teacher_folder_errors(tmp_path):
+    pytest.importorskip("transformers")
+    with pytest.raises(FileNotFoundError, match="distill.teacher: .* is not a model folder"):
+        finetune(load_recipe(_recipe(teacher=str(tmp_path))), max_steps=1, limit_train=16, limit_test=8,
+                 progress=False, use_cache=False)
+    import transformers
+
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, num_labels=3)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / "three")
+    with pytest.raises(ValueError, match="classifies 3 labels, the dataset has 5"):
+        finetune(load_recipe(_recipe(teacher=str(tmp_path / "three"))), max_steps=1, limit_train=16, limit_test=8,
+                 progress=False, use_cache=False)
