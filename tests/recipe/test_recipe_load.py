@@ -10,7 +10,7 @@ from sparse.recipe import Recipe, RecipeError, load_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHIPPED = ["minilm-bbc-dense", "minilm-bbc-2of4", "minilm-bbc-2of4-transposable", "minilm-bbc-4of8-transposable",
-           "minilm-bbc-gradual-80", "minilm-bbc-srste-2of4", "minilm-bbc-srste-2of4-transposable"]
+           "minilm-bbc-gradual-80", "minilm-bbc-srste-2of4", "minilm-bbc-magnitude-2of4-transposable"]
 
 NM = {"type": "nm", "n": 2, "m": 4}
 
@@ -38,7 +38,10 @@ def test_shipped_details():
     r = load_recipe(os.path.join(ROOT, "recipes", "minilm-bbc-2of4-transposable.yaml"))
     e = r.pruning[0]
     assert (e.pattern.n, e.pattern.m, e.pattern.transposable, e.pattern.solver) == (2, 4, True, "exact")
-    assert e.refresh_every == 40 and e.schedule.kind == "oneshot"
+    assert e.refresh_every == 8 and e.schedule.kind == "oneshot" and e.schedule.at_step == 0
+    assert e.method.kind == "srste" and e.method.lam == pytest.approx(2e-4)
+    b = load_recipe(os.path.join(ROOT, "recipes", "minilm-bbc-magnitude-2of4-transposable.yaml")).pruning[0]
+    assert b.method.kind == "magnitude" and b.schedule.at_step == 56 and b.pattern == e.pattern
     g = load_recipe(os.path.join(ROOT, "recipes", "minilm-bbc-gradual-80.yaml")).pruning[0]
     assert g.pattern.kind == "unstructured" and g.pattern.sparsity == 0.8 and g.schedule.kind == "cubic"
     s = load_recipe(os.path.join(ROOT, "recipes", "minilm-bbc-srste-2of4.yaml")).pruning[0]
