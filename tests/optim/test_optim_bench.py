@@ -20,6 +20,10 @@ def test_bench_optimizer_tiny(tmp_path, capsys):
         assert r[k] > 0
     text = capsys.readouterr().out
     assert "static masks" in text and "refresh every 2" in text and "<= 3%" in text
+    assert r["method"] == "magnitude"
+    assert main(["bench", "optimizer", "--tiny", "--steps", "2", "--refresh-every", "2", "--full-steps", "1",
+                 "--batch", "2", "--seq", "8", "--method", "srste", "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["method"] == "srste"
 
 
 def test_bench_optimizer_bad_pattern(capsys):
