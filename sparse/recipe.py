@@ -113,6 +113,14 @@ def _choice(v: Any, key: str, allowed: tuple[str, ...]) -> str:
     return v
 
 
+def _name_or_path(v: Any, key: str, names: tuple[str, ...], what: str) -> str:
+    """One of ``names``, or something that looks like a path (has a separator or starts with '.')."""
+    v = _str(v, key)
+    if v not in names and not (os.sep in v or "/" in v or v.startswith(".")):
+        raise RecipeError(f"{key}: expected one of {', '.join(names)} or a path to {what}, got {v!r}")
+    return v
+
+
 def _str(v: Any, key: str) -> str:
     if not isinstance(v, str) or not v:
         raise RecipeError(f"{key}: expected a non-empty string, got {type(v).__name__} {v!r}")
@@ -296,10 +304,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "ModelConfig":
         d = _check_keys(d, ("source", "max_length"), where)
-        src = _str(d.get("source", "minilm"), f"{where}.source")
-        if src not in MODELS and not (os.sep in src or "/" in src or src.startswith(".")):
-            raise RecipeError(f"{where}.source: expected one of {', '.join(MODELS)} or a path to a model "
-                              f"folder, got {src!r}")
+        src = _name_or_path(d.get("source", "minilm"), f"{where}.source", MODELS, "a model folder")
         return cls(src, _int(d.get("max_length", 128), f"{where}.max_length", 8, 4096))
 
 
@@ -360,10 +365,8 @@ class DistillConfig:
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "DistillConfig":
         d = _check_keys(d, ("teacher", "alpha", "temperature"), where)
-        teacher = _str(d.get("teacher", cls.teacher), f"{where}.teacher")
-        if teacher not in TEACHERS and not (os.sep in teacher or "/" in teacher or teacher.startswith(".")):
-            raise RecipeError(f"{where}.teacher: expected one of {', '.join(TEACHERS)} or a path to a fine-tuned "
-                              f"model folder, got {teacher!r}")
+        teacher = _name_or_path(d.get("teacher", cls.teacher), f"{where}.teacher", TEACHERS,
+                                "a fine-tuned model folder")
         return cls(teacher=teacher,
                    alpha=_float(d.get("alpha", cls.alpha), f"{where}.alpha", 0.0, 1.0),
                    temperature=_float(d.get("temperature", cls.temperature), f"{where}.temperature", 0.0,
