@@ -133,7 +133,8 @@ def run(args) -> int:
         print("dense         (no cached dense run with the same settings: run minilm-bbc-dense.yaml to compare)")
     for n in res.notes:
         print(f"note          {n}")
-    print(f"saved         {out}/model.safetensors, masks.safetensors, result.json")
+    print(f"saved         {out}/ (a Hugging Face model folder: model.safetensors, config.json, tokenizer; "
+          f"plus masks.safetensors, result.json)")
     if args.json:
         from ..finetune import _write_json
         _write_json(args.json, res.to_dict())
