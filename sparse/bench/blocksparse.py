@@ -152,12 +152,9 @@ def _write_json(path: str, payload: dict, force: bool) -> None:
 
 
 def _native_kernels() -> list[str]:
-    from sparse._backends import ext
+    from sparse.ops._bsr_cpu import native_kernels
 
-    mod = ext()
-    if mod is None:
-        return ["none (sparse._C not built)"]
-    return list(mod.bsr_cpu_kernels()) if hasattr(mod, "bsr_cpu_kernels") else ["brgemm"]
+    return native_kernels() or ["none (sparse._C not built)"]
 
 
 def run(args) -> int:

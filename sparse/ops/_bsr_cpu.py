@@ -48,6 +48,15 @@ def _native_ext():
     return mod, None
 
 
+def native_kernels() -> list[str]:
+    """Kernel families of the native path on this CPU: ``amx``, ``avx512bf16`` (bf16 tile kernels),
+    ``brgemm``; empty when ``sparse._C`` is not built."""
+    mod = ext()
+    if mod is None:
+        return []
+    return list(mod.bsr_cpu_kernels()) if hasattr(mod, "bsr_cpu_kernels") else ["brgemm"]
+
+
 def native_usable(*args, **kwargs) -> str | None:
     """None if the C++ path can run a call with these tensors, else the reason (for the dispatcher)."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -63,8 +72,8 @@ def native_usable(*args, **kwargs) -> str | None:
     layout = next((a for a in args if isinstance(a, BlockLayout)), None)
     block = layout.block if layout is not None else 0
     if not mod.bsr_brgemm_supported(_NATIVE_DTYPES[dtype], block):
-        kernels = ", ".join(mod.bsr_cpu_kernels()) if hasattr(mod, "bsr_cpu_kernels") else "brgemm"
-        return (f"dtype {dtype} with block {block} has no native kernel on this CPU (kernels here: {kernels}; "
+        return (f"dtype {dtype} with block {block} has no native kernel on this CPU (kernels here: "
+                f"{', '.join(native_kernels())}; "
                 f"bf16 needs AMX or AVX512-BF16 and a block multiple of 32, or oneDNN packing)")
     return None
 

@@ -50,10 +50,7 @@ def _native(dtype, block: int) -> bool:
 
 
 def _kernel_families() -> list[str]:
-    from sparse._backends import ext
-
-    mod = ext()
-    return list(mod.bsr_cpu_kernels()) if mod is not None and hasattr(mod, "bsr_cpu_kernels") else []
+    return _bsr_cpu.native_kernels()
 
 
 needs_native = pytest.mark.skipif(not _native(torch.float32, 16), reason=str(_why_not_native(torch.float32, 16)))
