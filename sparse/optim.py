@@ -21,14 +21,13 @@ broadcast from rank 0. LR schedulers take the wrapped optimizer: ``LambdaLR(spar
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from .pruning.magnitude import fits, mask_valid, pattern_mask
 from .pruning.optim_state import RETIDY_EVERY, base_optimizer, state_fill_for, tidy_state
+from .pruning.patterns import SparsityPattern, pattern_from_recipe
 from .pruning.schedules import is_update_step, sparsity_at
 from .pruning.targets import select_modules
 from .recipe import PruningEntry, Recipe, RecipeError, load_recipe
@@ -38,20 +37,148 @@ log = logging.getLogger(__name__)
 _STATE_VERSION = 1
 
 
-@dataclass
-class _Target:
-    """One pruned weight: its parameter fqn, the entry that owns it and its current mask."""
-    fqn: str
-    entry: PruningEntry
-    param: nn.Parameter
-    mask: torch.Tensor | None = None      # torch.bool, param's shape and device; None before pruning
-    fmask: torch.Tensor | None = None     # the mask in the param's dtype: mul_ by it is ~2x faster than by bool
-    dense: torch.Tensor | None = None     # SR-STE dense shadow weight (param's dtype), else None
-    nfmask: torch.Tensor | None = None    # SR-STE: ~mask in the param's dtype (one fused decay op)
-    masked: torch.Tensor | None = None    # SR-STE: the storage of the masked weight the forward sees
-    sparsity: float | None = None         # sparsity the current mask was built for
-    tidy: bool = False                    # the inner optimizer's state for this mask is still to be tidied
-    revived: torch.Tensor | None = None   # entries the latest mask kept that the one before pruned
+class MagnitudeTarget:
+    """One weight pruned with hard masks: gradients and weights are multiplied by the mask.
+
+    Attributes:
+        fqn: the parameter's fully qualified name.
+        entry: the recipe entry that owns it; ``pattern`` its pattern object.
+        mask: ``torch.bool`` of the param's shape and device (True = kept); None before pruning.
+        fmask: the mask in the param's dtype: ``mul_`` by it is ~2x faster than by a bool mask.
+        sparsity: the sparsity the current mask was built for.
+        tidy: the inner optimizer's state for this mask is still to be tidied.
+        revived: entries the latest mask keeps that the one before pruned (their state is zeroed).
+    """
+    dense = None  # no shadow weight: the param itself is the weight the optimizer steps
+
+    def __init__(self, fqn: str, entry: PruningEntry, param: nn.Parameter, pattern: SparsityPattern):
+        self.fqn, self.entry, self.param, self.pattern = fqn, entry, param, pattern
+        self.mask: torch.Tensor | None = None
+        self.fmask: torch.Tensor | None = None
+        self.sparsity: float | None = None
+        self.tidy = False
+        self.revived: torch.Tensor | None = None
+
+    def mask_source(self) -> torch.Tensor:
+        """The weight new masks are computed from."""
+        return self.param.detach()
+
+    def set_mask(self, mask: torch.Tensor | None, sparsity: float | None, *, restored: bool = False) -> None:
+        """Write ``mask`` (``torch.bool``, the param's shape and device; None: not pruned) and all that
+        derives from it. ``restored``: the mask comes from a checkpoint together with the optimizer
+        state, so nothing was revived since that state was written."""
+        if restored or mask is None or self.mask is None:
+            revived = None
+        else:
+            revived = mask & ~self.mask
+            if self.revived is not None:  # two mask changes before the state existed
+                revived |= self.revived & mask
+        self.revived = revived if revived is not None and bool(revived.any()) else None
+        self.mask, self.sparsity = mask, sparsity
+        self.fmask = None if mask is None else mask.to(self.param.dtype)
+        self.tidy = mask is not None
+
+    def pre_step(self) -> None:
+        g = self.param.grad
+        if self.fmask is not None and g is not None:
+            g.mul_(self.fmask)
+
+    def post_step(self, retidy: bool) -> None:
+        if retidy and self.mask is not None:
+            self.tidy = True
+
+    def apply_mask(self) -> None:
+        """Put the weight the forward sees inside the mask."""
+        if self.fmask is not None:
+            self.param.mul_(self.fmask)
+
+    def tidy_state(self, state: dict, fill: dict[str, float] | None) -> None:
+        # masked gradients leave the pruned entries' state to decay: see sparse.pruning.optim_state
+        if fill is not None and self.tidy and tidy_state(state, fill, self.mask, self.revived):
+            self.tidy, self.revived = False, None
+
+    def state_dict(self) -> dict:
+        """``{"mask", "sparsity"}`` (and ``"dense"`` for SR-STE) of a pruned weight, else ``{}``."""
+        if self.mask is None:
+            return {}
+        return {"mask": self.mask.clone(), "sparsity": self.sparsity}
+
+    def load_state_dict(self, mask: torch.Tensor | None, sparsity: float | None,
+                        dense: torch.Tensor | None = None) -> None:
+        self.set_mask(None if mask is None else mask.to(self.param.device), sparsity, restored=True)
+        if mask is not None:
+            self.param.mul_(self.mask)
+
+
+class SRSTETarget(MagnitudeTarget):
+    """One weight trained with SR-STE (Zhou et al., 2021): the inner optimizer steps a dense shadow
+    weight with the straight-through gradient plus ``lam * (~mask) * W``; the forward sees
+    ``dense * mask``. Gradients are dense, so the inner optimizer's state is never tidied.
+
+    Attributes (besides :class:`MagnitudeTarget`'s):
+        dense: the dense shadow weight (param's dtype), created with the first mask.
+        nfmask: ``~mask`` in the param's dtype (one fused decay op).
+        masked: the storage of the masked weight the forward sees.
+    """
+
+    def __init__(self, fqn: str, entry: PruningEntry, param: nn.Parameter, pattern: SparsityPattern):
+        super().__init__(fqn, entry, param, pattern)
+        self.lam = entry.method.lam
+        self.dense: torch.Tensor | None = None
+        self.nfmask: torch.Tensor | None = None
+        self.masked: torch.Tensor | None = None
+
+    def mask_source(self) -> torch.Tensor:
+        if self.dense is None:
+            self.dense = self.param.detach().clone()
+        return self.dense
+
+    def set_mask(self, mask: torch.Tensor | None, sparsity: float | None, *, restored: bool = False) -> None:
+        self.mask, self.sparsity = mask, sparsity
+        self.fmask = None if mask is None else mask.to(self.param.dtype)
+        self.nfmask = None if mask is None else (~mask).to(self.param.dtype)
+
+    def pre_step(self) -> None:
+        if self.mask is None:
+            return
+        # The inner optimizer steps the dense shadow weight: swap storages instead of copying
+        # (two full passes over every target weight per step saved).
+        self.masked = self.param.data
+        self.param.data = self.dense
+        g = self.param.grad
+        if g is not None:
+            g.addcmul_(self.dense, self.nfmask, value=self.lam)  # g += lam * (~mask) * W, fused
+
+    def post_step(self, retidy: bool) -> None:
+        if self.dense is not None:
+            self.dense = self.param.detach()  # the dense weight the inner optimizer just updated
+
+    def apply_mask(self) -> None:
+        if self.dense is None:
+            return
+        # the forward sees dense * mask, written into its own buffer (the dense one is kept)
+        if self.masked is None or self.masked.data_ptr() == self.dense.data_ptr():
+            self.masked = torch.empty_like(self.dense)
+        self.param.data = torch.mul(self.dense, self.fmask, out=self.masked)
+
+    def tidy_state(self, state: dict, fill: dict[str, float] | None) -> None:
+        pass  # dense gradients: the state of pruned entries is live, not decaying
+
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        if self.dense is not None:
+            out["dense"] = self.dense.clone()
+        return out
+
+    def load_state_dict(self, mask: torch.Tensor | None, sparsity: float | None,
+                        dense: torch.Tensor | None = None) -> None:
+        self.dense = None if dense is None else dense.to(device=self.param.device, dtype=self.param.dtype).clone()
+        self.masked = None
+        super().load_state_dict(mask, sparsity)
+
+
+#: recipe method kind -> per-weight target class (explicit registry)
+TARGET_CLASSES: dict[str, type[MagnitudeTarget]] = {"magnitude": MagnitudeTarget, "srste": SRSTETarget}
 
 
 class SparseOptimizer:
@@ -78,7 +205,7 @@ class SparseOptimizer:
         self._state_opt = base_optimizer(optimizer)  # owns the per-weight state (see pruning.optim_state)
         self._state_fill = state_fill_for(self._state_opt)
         self._step = 0
-        self._targets: list[_Target] = []
+        self._targets: list[MagnitudeTarget] = []
         self.skipped: dict[str, str] = {}  # fqn -> why a targeted layer was left dense
         owner: dict[str, str] = {}
         for i, entry in enumerate(self.recipe.pruning):
@@ -89,16 +216,17 @@ class SparseOptimizer:
                     raise RecipeError(f"{where}: layer {mod_fqn} is already targeted by entry {owner[fqn]!r}; "
                                       f"each layer may belong to one entry (narrow include/exclude)")
                 owner[fqn] = entry.name
-                why = fits(entry.pattern, tuple(module.weight.shape))
+                pattern = pattern_from_recipe(entry.pattern)
+                why = pattern.fits(tuple(module.weight.shape))
                 if why is not None:
                     if entry.targets.on_indivisible == "skip":
                         self.skipped[fqn] = why
                         log.info("skipping %s: %s", fqn, why)
                         continue
                     raise RecipeError(f"{where}: layer {mod_fqn} (weight {tuple(module.weight.shape)}) does not fit "
-                                      f"pattern {entry.pattern.describe()}: {why}; set targets.on_indivisible: skip "
+                                      f"pattern {pattern.describe()}: {why}; set targets.on_indivisible: skip "
                                       f"to leave such layers dense, or exclude it")
-                self._targets.append(_Target(fqn, entry, module.weight))
+                self._targets.append(TARGET_CLASSES[entry.method.kind](fqn, entry, module.weight, pattern))
         self._update_masks()
 
     # ------------------------------------------------------------------ torch.optim.Optimizer surface
@@ -147,18 +275,7 @@ class SparseOptimizer:
         weights and add the SR-STE decay. Public for integrations that do not own ``optimizer.step``
         (the Hugging Face Trainer callback)."""
         for t in self._targets:
-            if t.mask is None:
-                continue
-            g = t.param.grad
-            if t.dense is not None:
-                # The inner optimizer steps the dense shadow weight: swap storages instead of copying
-                # (two full passes over every target weight per step saved).
-                t.masked = t.param.data
-                t.param.data = t.dense
-                if g is not None:
-                    g.addcmul_(t.dense, t.nfmask, value=t.entry.method.lam)  # srste_grad_, fused
-            elif g is not None:
-                g.mul_(t.fmask)
+            t.pre_step()
 
     @torch.no_grad()
     def post_step(self) -> None:
@@ -166,59 +283,32 @@ class SparseOptimizer:
         self._step += 1
         retidy = self._step % RETIDY_EVERY == 0
         for t in self._targets:
-            if t.dense is not None:
-                t.dense = t.param.detach()  # the dense weight the inner optimizer just updated
-            elif retidy and t.mask is not None:
-                t.tidy = True
+            t.post_step(retidy)
         self._update_masks()
         self._tidy_states()
 
     def _tidy_states(self) -> None:
-        # magnitude targets only: SR-STE gradients are dense, so their optimizer state is too
         if self._state_fill is None:
             return
+        state = self._state_opt.state
         for t in self._targets:
-            if t.tidy and tidy_state(self._state_opt.state.get(t.param, {}), self._state_fill, t.mask, t.revived):
-                t.tidy, t.revived = False, None
+            t.tidy_state(state.get(t.param, {}), self._state_fill)
 
     # ------------------------------------------------------------------------------------ masks
     @torch.no_grad()
     def _update_masks(self) -> None:
         for t in self._targets:
-            sched = t.entry.schedule
-            final = t.entry.pattern.target_sparsity
-            if is_update_step(sched, self._step, t.entry.refresh_every, t.mask is not None):
-                s = sparsity_at(sched, final, self._step)
+            entry = t.entry
+            if is_update_step(entry.schedule, self._step, entry.refresh_every, t.mask is not None):
+                s = sparsity_at(entry.schedule, t.pattern.target_sparsity, self._step)
                 if s is not None:
-                    self._compute_mask(t, s)
-            if t.dense is not None:
-                # the forward sees dense * mask, written into its own buffer (SR-STE keeps the dense one)
-                if t.masked is None or t.masked.data_ptr() == t.dense.data_ptr():
-                    t.masked = torch.empty_like(t.dense)
-                t.param.data = torch.mul(t.dense, t.fmask, out=t.masked)
-            elif t.fmask is not None:
-                t.param.mul_(t.fmask)
-
-    def _compute_mask(self, t: _Target, sparsity: float) -> None:
-        entry = t.entry
-        if entry.method.kind == "srste" and t.dense is None:
-            t.dense = t.param.detach().clone()
-        source = t.dense if t.dense is not None else t.param.detach()
-        mask = pattern_mask(source, entry.pattern, sparsity)
-        mask = _broadcast_mask(mask)
-        if t.dense is None:
-            revived = None if t.mask is None else mask & ~t.mask
-            if revived is not None and t.revived is not None:  # two mask changes before the state existed
-                revived |= t.revived & mask
-            t.revived = revived if revived is not None and bool(revived.any()) else None
-            t.tidy = True
-        t.mask, t.sparsity = mask, sparsity
-        t.fmask = mask.to(t.param.dtype)
-        t.nfmask = (~mask).to(t.param.dtype) if t.dense is not None else None
+                    t.set_mask(_broadcast_mask(t.pattern.mask(t.mask_source(), s)), s)
+            t.apply_mask()
 
     # ------------------------------------------------------------------------------ state dict
     def state_dict(self) -> dict:
         """Inner optimizer state plus masks, SR-STE dense weights, schedule clock and recipe fingerprint."""
+        per_target = {t.fqn: t.state_dict() for t in self._targets}
         return {
             "optimizer": self.optimizer.state_dict(),
             "sparse": {
@@ -226,9 +316,9 @@ class SparseOptimizer:
                 "recipe": self.recipe.pruning_fingerprint(),
                 "recipe_name": self.recipe.name,
                 "step": self._step,
-                "masks": {t.fqn: t.mask.clone() for t in self._targets if t.mask is not None},
-                "dense": {t.fqn: t.dense.clone() for t in self._targets if t.dense is not None},
-                "sparsity": {t.fqn: t.sparsity for t in self._targets if t.mask is not None},
+                "masks": {fqn: st["mask"] for fqn, st in per_target.items() if "mask" in st},
+                "dense": {fqn: st["dense"] for fqn, st in per_target.items() if "dense" in st},
+                "sparsity": {fqn: st["sparsity"] for fqn, st in per_target.items() if "mask" in st},
             },
         }
 
@@ -256,20 +346,20 @@ class SparseOptimizer:
             if tuple(mask.shape) != tuple(t.param.shape) or mask.dtype != torch.bool:
                 raise ValueError(f"state_dict['sparse']['masks'][{fqn!r}]: expected a torch.bool mask of shape "
                                  f"{tuple(t.param.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+        dense = sp.get("dense", {})
+        for t in self._targets:
+            has_mask, has_dense = t.fqn in sp["masks"], t.fqn in dense
+            if has_dense and (not has_mask or not isinstance(t, SRSTETarget)):
+                raise ValueError(f"state_dict['sparse']['dense'][{t.fqn!r}]: only masked SR-STE targets have a "
+                                 f"dense weight; {t.fqn} is a {t.entry.method.kind} target "
+                                 f"{'with' if has_mask else 'without'} a mask")
+            if has_mask and isinstance(t, SRSTETarget) and not has_dense:
+                raise ValueError(f"state_dict['sparse']['dense'][{t.fqn!r}]: expected the dense weight of the "
+                                 f"masked SR-STE target, got none")
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self._step = int(sp["step"])
         for t in self._targets:
-            mask = sp["masks"].get(t.fqn)
-            t.mask = None if mask is None else mask.to(t.param.device)
-            t.fmask = None if mask is None else t.mask.to(t.param.dtype)
-            t.sparsity = sp["sparsity"].get(t.fqn)
-            dense = sp["dense"].get(t.fqn)
-            t.dense = None if dense is None else dense.to(device=t.param.device, dtype=t.param.dtype).clone()
-            t.nfmask = None if t.dense is None or t.mask is None else (~t.mask).to(t.param.dtype)
-            t.masked = None
-            t.revived, t.tidy = None, t.mask is not None and t.dense is None
-            if t.mask is not None:
-                t.param.mul_(t.mask)
+            t.load_state_dict(sp["masks"].get(t.fqn), sp["sparsity"].get(t.fqn), dense.get(t.fqn))
         self._tidy_states()
 
     # ---------------------------------------------------------------------------------- report
@@ -281,7 +371,7 @@ class SparseOptimizer:
         rows = []
         for t in self._targets:
             w = t.param.detach()
-            row = {"fqn": t.fqn, "entry": t.entry.name, "pattern": t.entry.pattern.describe(),
+            row = {"fqn": t.fqn, "entry": t.entry.name, "pattern": t.pattern.describe(),
                    "method": t.entry.method.kind, "shape": list(w.shape),
                    "sparsity": float((w == 0).sum()) / w.numel()}
             if t.mask is None:
@@ -289,7 +379,7 @@ class SparseOptimizer:
             else:
                 inside = bool((w.masked_fill(t.mask, 0) == 0).all())
                 row.update(mask_sparsity=float((~t.mask).sum()) / t.mask.numel(),
-                           valid=inside and mask_valid(t.mask, t.entry.pattern, t.sparsity), status="pruned")
+                           valid=inside and t.pattern.valid(t.mask, t.sparsity), status="pruned")
             rows.append(row)
         for fqn, why in self.skipped.items():
             rows.append({"fqn": fqn, "entry": "", "pattern": "", "method": "", "shape": [], "sparsity": 0.0,
