@@ -1,29 +1,104 @@
-"""Small file-writing helpers: write to a temporary file in the same folder, then rename."""
+"""The one atomic file writer of the library.
+
+Everything is written to a temporary sibling of the destination and renamed into place, so a reader
+never sees half a file and a failure at any point (an exception inside the ``with`` block included)
+removes the temporary and leaves the destination as it was: absent, or its previous version. An
+existing destination is refused unless the caller asks to replace it (``force`` / ``overwrite``).
+"""
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+
+__all__ = ["atomic_file", "atomic_dir", "atomic_write_text", "atomic_write_json"]
 
 
-def atomic_write_text(path: str, text: str, *, overwrite: bool = True) -> None:
-    """Write ``text`` to ``path`` atomically; refuse an existing ``path`` unless ``overwrite``."""
+def _refuse_existing(path: str, force: bool) -> None:
+    if os.path.lexists(path) and not force:
+        raise FileExistsError(f"{path!r} already exists; not replacing it without force (--force / --overwrite)")
+
+
+def _temp_prefix(path: str) -> str:
+    # hidden and named after the destination, so a leftover from a killed process says what it was
+    return "." + os.path.basename(os.path.normpath(path)) + "."
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
+    """Yield a temporary file path next to ``path``; when the block ends without error, rename it onto
+    ``path``.
+
+    Raises ``FileExistsError`` if ``path`` exists (checked on entry and again before the rename, since the
+    work in between can be long) unless ``force``, and ``IsADirectoryError`` if ``path`` is a folder.
+    """
     path = os.fspath(path)
-    if not overwrite and os.path.exists(path):
-        raise FileExistsError(f"{path} exists (pass overwrite/--force to replace it)")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    _refuse_existing(path, force)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        yield tmp
+        _refuse_existing(path, force)
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise IsADirectoryError(f"{path!r} is a folder, expected a file path")
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
         raise
 
 
-def atomic_write_json(path: str, obj, *, overwrite: bool = True, indent: int = 2) -> None:
-    """``json.dumps(obj)`` written with :func:`atomic_write_text`."""
-    import json
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
+    """Yield a temporary folder next to ``path``; when the block ends without error, move it to ``path``.
 
+    With ``force`` an existing ``path`` is moved aside first and removed only once the new folder is in
+    place. Without it an existing ``path`` raises ``FileExistsError`` (on entry, and when another process
+    created it meanwhile).
+    """
+    path = os.fspath(path)
+    _refuse_existing(path, force)
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=parent)
+    try:
+        yield tmp
+        _refuse_existing(path, force)
+        old = None
+        if os.path.lexists(path):
+            old = tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=parent)
+            os.rmdir(old)  # only the unique name is wanted: rename needs a free one
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except OSError as e:  # another process created a non-empty ``path`` after the last check
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(f"{path!r} appeared while writing it; not replacing it") from e
+            raise
+        if old is not None:
+            if os.path.isdir(old) and not os.path.islink(old):
+                shutil.rmtree(old)
+            else:
+                os.remove(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically; refuse an existing ``path`` unless ``overwrite``.
+
+    ``overwrite`` defaults to True because the callers (reports, ``--json`` outputs) check their
+    ``--force`` / ``--overwrite`` flag before the work that produces the text starts.
+    """
+    with atomic_file(path, force=overwrite) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj, *, overwrite: bool = True, indent: int = 2) -> None:
+    """``json.dumps(obj, indent=indent)`` plus a newline, written with :func:`atomic_write_text`."""
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n", overwrite=overwrite)

@@ -12,8 +12,9 @@ from contextlib import ExitStack
 
 import torch
 
+from ..io_utils import atomic_dir, atomic_file, atomic_write_text
 from ..masks import METHODS
-from .atomic import atomic_dir, atomic_file, check_destination, write_text_atomic
+from .atomic import check_destination
 from .prune import BlockBuffer, PruneStats, as_2d, prune_blocks
 from .report import ConvertReport, TensorReport
 from .safetensors_io import SafetensorsReader, SafetensorsWriter, copy_raw
@@ -301,5 +302,5 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
     if not report.tensors:
         log.warning("no tensor of %s matched the target selection; output is a copy", src)
     if report_path is not None:
-        write_text_atomic(report_path, report.to_json(), force=True)
+        atomic_write_text(report_path, report.to_json(), overwrite=force)
     return report
