@@ -1,10 +1,12 @@
-"""BlockLayout: construction from a block mask, transpose metadata, dense round trips, bad layouts."""
+"""BlockLayout: construction from a block mask, transpose metadata, dense round trips, bad layouts, and the
+operand checks every block-sparse backend relies on."""
 import dataclasses
 
 import pytest
 import torch
 
-from triton_kernels import BlockLayout
+from sparse.ops import BlockLayout
+from sparse.ops.layout import check_dds, check_dsd, check_sdd
 
 
 def _mask(r=4, c=5, p=0.5, seed=0):
@@ -87,3 +89,37 @@ def test_to_from_dense_shape_errors():
         lay.to_dense(torch.zeros(3, 16, 16))
     with pytest.raises(ValueError, match=r"dense: expected shape \[..., 32, 48\]"):
         lay.from_dense(torch.zeros(48, 32))
+
+
+def test_operand_checks_name_the_argument():
+    lay = _good()                                   # 32 x 48, block 16, nnz 4
+    data = torch.randn(lay.nnz, 16, 16)
+    assert check_dds(torch.randn(5, 32), data, lay) == (5, 48, ())
+    assert check_dds(torch.randn(2, 5, 48), data, lay, trans_b=True) == (5, 32, (2,))
+    assert check_dsd(data, lay, torch.randn(48, 7)) == (32, 7, ())
+    assert check_dsd(data, lay, torch.randn(7, 32), trans_a=True, trans_b=True) == (48, 7, ())
+    assert check_sdd(torch.randn(9, 32), torch.randn(9, 48), lay, trans_a=True) == (9, ())
+    with pytest.raises(ValueError, match="layout: expected a sparse.ops.BlockLayout, got str"):
+        check_dds(torch.randn(5, 32), data, "layout")
+    with pytest.raises(ValueError, match=r"a: expected \[..., M, K\] with K=32"):
+        check_dds(torch.randn(5, 31), data, lay)
+    with pytest.raises(ValueError, match="b_data: expected dtype torch.float32"):
+        check_dds(torch.randn(5, 32), data.half(), lay)
+    with pytest.raises(ValueError, match=r"b_data: expected block data of shape \[..., nnz=4, 16, 16\]"):
+        check_dds(torch.randn(5, 32), data[:, :8], lay)
+    with pytest.raises(ValueError, match="a: expected dtype float32, float16 or bfloat16, got torch.float64"):
+        check_dds(torch.randn(5, 32).double(), data, lay)
+    with pytest.raises(ValueError, match=r"b_data: expected leading dims \(\) or \(2,\)"):
+        check_dds(torch.randn(2, 5, 32), torch.randn(3, 4, 16, 16), lay)
+    with pytest.raises(ValueError, match=r"b: expected \[..., K, N\] with K=48"):
+        check_dsd(data, lay, torch.randn(32, 4))
+    with pytest.raises(ValueError, match="a_data: expected a torch.Tensor, got list"):
+        check_dsd([1, 2], lay, torch.randn(48, 2))
+    with pytest.raises(ValueError, match=r"a, b: expected op\(a\) @ op\(b\) of shape \(32, 48\)"):
+        check_sdd(torch.randn(32, 8), torch.randn(8, 32), lay)
+    with pytest.raises(ValueError, match=r"b: expected inner dim K=8"):
+        check_sdd(torch.randn(32, 8), torch.randn(9, 48), lay)
+    with pytest.raises(ValueError, match="a, b: expected the same leading dims"):
+        check_sdd(torch.randn(2, 32, 8), torch.randn(3, 8, 48), lay)
+    with pytest.raises(ValueError, match="a: expected a tensor on the layout's device cpu, got meta"):
+        check_dds(torch.randn(5, 32, device="meta"), data, lay)
