@@ -28,7 +28,9 @@ import numbers
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+from .policy import HEAD_REGEX
 
 __all__ = ["RecipeError", "Recipe", "PruningEntry", "Targets", "Pattern", "Method", "Schedule",
            "ModelConfig", "DataConfig", "TrainConfig", "DistillConfig", "load_recipe", "DEFAULT_EXCLUDE", "MODULE_TYPES",
@@ -39,10 +41,10 @@ class RecipeError(ValueError):
     """A recipe key or value is not allowed; the message names the key, the allowed values and the value."""
 
 
-# Classifier heads and poolers (which only feed the head) are kept dense by default: they are tiny
-# and pruning them costs accuracy for no speed. Embeddings and norms are not Linear, so the default
-# type filter already skips them.
-DEFAULT_EXCLUDE: tuple[str, ...] = (r"(^|\.)(classifier|pooler|lm_head|score|qa_outputs|head)(\.|$)",)
+# The layer policy (sparse.policy): task heads, poolers and the MLM head (``cls.*``) stay dense by
+# default, as in ``convert``. Embeddings and norms are not Linear, so the default type filter already
+# skips them.
+DEFAULT_EXCLUDE: tuple[str, ...] = (HEAD_REGEX,)
 MODULE_TYPES: tuple[str, ...] = ("Linear", "Conv1d", "Conv2d")
 PATTERN_KINDS: tuple[str, ...] = ("unstructured", "nm", "block")
 METHOD_KINDS: tuple[str, ...] = ("magnitude", "srste")
@@ -144,6 +146,63 @@ def _regex_list(v: Any, key: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+Check = Callable[[Any, str], Any]  # (value, key as named in errors) -> checked value, or RecipeError
+
+
+def _build(cls, d: Any, where: str, checks: Mapping[str, Check], *, required: tuple[str, ...] = (),
+           rename: Mapping[str, str] | None = None, top: bool = False, **fixed):
+    """``cls(**fixed, **{field: checks[key](d[key], "where.key")})`` over the keys ``d`` gives.
+
+    Defaults are written once, on the dataclass fields: a key the recipe leaves out is not passed, so
+    its field takes the dataclass default. Keys are checked (unknown, missing required) first, then
+    values in the order of ``checks``; ``rename`` maps recipe keys to field names (``type`` -> ``kind``).
+    ``top``: the recipe's own keys are named bare in value errors (``train.lr``, not ``recipe.train.lr``).
+    """
+    d = _check_keys(d, tuple(checks), where, required)
+    rename = rename or {}
+    kwargs = dict(fixed)
+    for key, check in checks.items():
+        if key in d:
+            kwargs[rename.get(key, key)] = check(d[key], key if top else f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _kind(d: Any, where: str, kinds: tuple[str, ...]) -> str:
+    """The ``type`` of a variant block (pattern, schedule): checked before its other keys."""
+    if not isinstance(d, Mapping) or "type" not in d:
+        raise RecipeError(f"{where}: expected a mapping with 'type' one of {', '.join(kinds)}, got {d!r}")
+    return _choice(d["type"], f"{where}.type", kinds)
+
+
+def _check(check, *args, **kwargs) -> Check:
+    """``check(value, key, *args, **kwargs)`` as a ``(value, key)`` check."""
+    return lambda v, key: check(v, key, *args, **kwargs)
+
+
+def _given(v: Any, key: str) -> Any:
+    return v  # already checked (the ``type`` of a variant block)
+
+
+def _types(v: Any, key: str) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not v:
+        raise RecipeError(f"{key}: expected a non-empty list of {', '.join(MODULE_TYPES)}, got {v!r}")
+    return tuple(_choice(t, key, MODULE_TYPES) for t in v)
+
+
+def _block(v: Any, key: str) -> tuple[int, int]:
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise RecipeError(f"{key}: expected [rows, cols], got {v!r}")
+    return _int(v[0], f"{key}[0]", 1), _int(v[1], f"{key}[1]", 1)
+
+
+def _description(v: Any, key: str) -> str:
+    if not isinstance(v, str):
+        raise RecipeError(f"{key}: expected a string, got {type(v).__name__}")
+    return v
+
+
 # ---------------------------------------------------------------------------------------------- schema
 @dataclass(frozen=True)
 class Targets:
@@ -156,25 +215,18 @@ class Targets:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "Targets":
-        d = _check_keys(d, ("types", "include", "exclude", "on_indivisible"), where)
-        types = d.get("types", list(cls.types))
-        if isinstance(types, str):
-            types = [types]
-        if not isinstance(types, (list, tuple)) or not types:
-            raise RecipeError(f"{where}.types: expected a non-empty list of {', '.join(MODULE_TYPES)}, got {types!r}")
-        types = tuple(_choice(t, f"{where}.types", MODULE_TYPES) for t in types)
-        return cls(types=types,
-                   include=_regex_list(d.get("include", []), f"{where}.include"),
-                   exclude=_regex_list(d.get("exclude", list(DEFAULT_EXCLUDE)), f"{where}.exclude"),
-                   on_indivisible=_choice(d.get("on_indivisible", "error"), f"{where}.on_indivisible",
-                                          ON_INDIVISIBLE))
+        return _build(cls, d, where, {"types": _types, "include": _regex_list, "exclude": _regex_list,
+                                      "on_indivisible": _check(_choice, ON_INDIVISIBLE)})
 
 
 @dataclass(frozen=True)
 class Pattern:
     """Sparsity pattern. ``nm``: keep ``n`` of every ``m`` along in_features (``transposable``: every
     aligned m x m tile keeps n per row and column, solved with ``solver``). ``unstructured``/``block``:
-    drop the ``sparsity`` fraction of smallest weights / ``block`` = (rows, cols) blocks by L1 norm."""
+    drop the ``sparsity`` fraction of smallest weights / ``block`` = (rows, cols) blocks by L1 norm.
+
+    The masks themselves are built by the pattern object :meth:`to_pattern` returns
+    (:mod:`sparse.pruning.patterns`)."""
     kind: str
     sparsity: float | None = None
     n: int | None = None
@@ -183,39 +235,36 @@ class Pattern:
     solver: str = "auto"
     block: tuple[int, int] | None = None
 
+    def to_pattern(self):
+        """The :mod:`sparse.pruning.patterns` object (``NMPattern``, ``TransposableNMPattern``,
+        ``UnstructuredPattern`` or ``BlockPattern``) that builds and checks this pattern's masks."""
+        from .pruning.patterns import pattern_from_recipe  # torch only when masks are wanted
+
+        return pattern_from_recipe(self)
+
     @property
     def target_sparsity(self) -> float:
-        return (1.0 - self.n / self.m) if self.kind == "nm" else float(self.sparsity)
+        return self.to_pattern().target_sparsity
 
     def describe(self) -> str:
-        if self.kind == "nm":
-            return f"{self.n}:{self.m}" + (" transposable" if self.transposable else "")
-        if self.kind == "block":
-            return f"block {self.block[0]}x{self.block[1]} {100 * self.sparsity:g}%"
-        return f"unstructured {100 * self.sparsity:g}%"
+        return self.to_pattern().describe()
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "Pattern":
-        if not isinstance(d, Mapping) or "type" not in d:
-            raise RecipeError(f"{where}: expected a mapping with 'type' one of {', '.join(PATTERN_KINDS)}, got {d!r}")
-        kind = _choice(d["type"], f"{where}.type", PATTERN_KINDS)
+        kind = _kind(d, where, PATTERN_KINDS)
+        sparsity = _check(_float, 0.0, 1.0, hi_open=True)
         if kind == "nm":
-            d = _check_keys(d, ("type", "n", "m", "transposable", "solver"), where, required=("n", "m"))
-            n = _int(d["n"], f"{where}.n", 1)
-            m = _int(d["m"], f"{where}.m", 2, 32)
-            if n >= m:
-                raise RecipeError(f"{where}.n: expected n < m (keep n of every m), got n={n}, m={m}")
-            return cls(kind, n=n, m=m, transposable=_bool(d.get("transposable", False), f"{where}.transposable"),
-                       solver=_choice(d.get("solver", "auto"), f"{where}.solver", SOLVERS))
+            p = _build(cls, d, where, {"type": _given, "n": _check(_int, 1), "m": _check(_int, 2, 32),
+                                       "transposable": _bool, "solver": _check(_choice, SOLVERS)},
+                       required=("n", "m"), rename={"type": "kind"})
+            if p.n >= p.m:
+                raise RecipeError(f"{where}.n: expected n < m (keep n of every m), got n={p.n}, m={p.m}")
+            return p
         if kind == "unstructured":
-            d = _check_keys(d, ("type", "sparsity"), where, required=("sparsity",))
-            return cls(kind, sparsity=_float(d["sparsity"], f"{where}.sparsity", 0.0, 1.0, hi_open=True))
-        d = _check_keys(d, ("type", "sparsity", "block"), where, required=("sparsity", "block"))
-        blk = d["block"]
-        if not isinstance(blk, (list, tuple)) or len(blk) != 2:
-            raise RecipeError(f"{where}.block: expected [rows, cols], got {blk!r}")
-        blk = (_int(blk[0], f"{where}.block[0]", 1), _int(blk[1], f"{where}.block[1]", 1))
-        return cls(kind, sparsity=_float(d["sparsity"], f"{where}.sparsity", 0.0, 1.0, hi_open=True), block=blk)
+            return _build(cls, d, where, {"type": _given, "sparsity": sparsity}, required=("sparsity",),
+                          rename={"type": "kind"})
+        return _build(cls, d, where, {"type": _given, "sparsity": sparsity, "block": _block},
+                      required=("sparsity", "block"), rename={"type": "kind"})
 
 
 @dataclass(frozen=True)
@@ -229,11 +278,11 @@ class Method:
     def from_dict(cls, d: Any, where: str) -> "Method":
         if isinstance(d, str):
             d = {"type": d}
-        d = _check_keys(d, ("type", "lambda"), where, required=("type",))
-        kind = _choice(d["type"], f"{where}.type", METHOD_KINDS)
-        if kind == "magnitude" and "lambda" in d:
-            raise RecipeError(f"{where}.lambda: only allowed with type srste, got type {kind!r}")
-        return cls(kind, _float(d.get("lambda", 2e-4), f"{where}.lambda", 0.0))
+        m = _build(cls, d, where, {"type": _check(_choice, METHOD_KINDS), "lambda": _check(_float, 0.0)},
+                   required=("type",), rename={"type": "kind", "lambda": "lam"})
+        if m.kind != "srste" and "lambda" in d:
+            raise RecipeError(f"{where}.lambda: only allowed with type srste, got type {m.kind!r}")
+        return m
 
 
 @dataclass(frozen=True)
@@ -250,49 +299,41 @@ class Schedule:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "Schedule":
-        if not isinstance(d, Mapping) or "type" not in d:
-            raise RecipeError(f"{where}: expected a mapping with 'type' one of {', '.join(SCHEDULE_KINDS)}, got {d!r}")
-        kind = _choice(d["type"], f"{where}.type", SCHEDULE_KINDS)
+        kind = _kind(d, where, SCHEDULE_KINDS)
         if kind == "oneshot":
-            d = _check_keys(d, ("type", "at_step"), where)
-            return cls(kind, at_step=_int(d.get("at_step", 0), f"{where}.at_step", 0))
-        d = _check_keys(d, ("type", "initial_sparsity", "start_step", "end_step", "frequency"), where,
-                        required=("end_step",))
-        start = _int(d.get("start_step", 0), f"{where}.start_step", 0)
-        end = _int(d["end_step"], f"{where}.end_step", 0)
-        if end <= start:
-            raise RecipeError(f"{where}.end_step: expected end_step > start_step ({start}), got {end}")
-        return cls(kind, initial_sparsity=_float(d.get("initial_sparsity", 0.0), f"{where}.initial_sparsity",
-                                                 0.0, 1.0, hi_open=True),
-                   start_step=start, end_step=end, frequency=_int(d.get("frequency", 1), f"{where}.frequency", 1))
+            return _build(cls, d, where, {"type": _given, "at_step": _check(_int, 0)}, rename={"type": "kind"})
+        s = _build(cls, d, where, {"type": _given, "initial_sparsity": _check(_float, 0.0, 1.0, hi_open=True),
+                                   "start_step": _check(_int, 0), "end_step": _check(_int, 0),
+                                   "frequency": _check(_int, 1)},
+                   required=("end_step",), rename={"type": "kind"})
+        if s.end_step <= s.start_step:
+            raise RecipeError(f"{where}.end_step: expected end_step > start_step ({s.start_step}), got {s.end_step}")
+        return s
 
 
 @dataclass(frozen=True)
 class PruningEntry:
     name: str
-    targets: Targets
     pattern: Pattern
+    targets: Targets = Targets()
     method: Method = Method()
     schedule: Schedule = Schedule()
     refresh_every: int = 0
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "PruningEntry":
-        d = _check_keys(d, ("name", "targets", "pattern", "method", "schedule", "refresh_every"), where,
-                        required=("pattern",))
-        name = _str(d.get("name", where), f"{where}.name")
-        pattern = Pattern.from_dict(d["pattern"], f"{where}.pattern")
-        schedule = Schedule.from_dict(d.get("schedule", {"type": "oneshot"}), f"{where}.schedule")
-        if schedule.kind == "cubic":
-            if pattern.kind == "nm":
+        e = _build(cls, d, where, {"name": _str, "targets": Targets.from_dict, "pattern": Pattern.from_dict,
+                                   "method": Method.from_dict, "schedule": Schedule.from_dict,
+                                   "refresh_every": _check(_int, 0)},
+                   required=("pattern",), **({} if isinstance(d, Mapping) and "name" in d else {"name": where}))
+        if e.schedule.kind == "cubic":
+            if e.pattern.kind == "nm":
                 raise RecipeError(f"{where}.schedule.type: 'cubic' needs a sparsity pattern (unstructured or "
                                   f"block), got pattern type 'nm' (use 'oneshot')")
-            if schedule.initial_sparsity > pattern.sparsity:
+            if e.schedule.initial_sparsity > e.pattern.sparsity:
                 raise RecipeError(f"{where}.schedule.initial_sparsity: expected <= pattern.sparsity "
-                                  f"({pattern.sparsity}), got {schedule.initial_sparsity}")
-        return cls(name=name, targets=Targets.from_dict(d.get("targets", {}), f"{where}.targets"),
-                   pattern=pattern, method=Method.from_dict(d.get("method", {"type": "magnitude"}), f"{where}.method"),
-                   schedule=schedule, refresh_every=_int(d.get("refresh_every", 0), f"{where}.refresh_every", 0))
+                                  f"({e.pattern.sparsity}), got {e.schedule.initial_sparsity}")
+        return e
 
 
 @dataclass(frozen=True)
@@ -303,9 +344,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "ModelConfig":
-        d = _check_keys(d, ("source", "max_length"), where)
-        src = _name_or_path(d.get("source", "minilm"), f"{where}.source", MODELS, "a model folder")
-        return cls(src, _int(d.get("max_length", 128), f"{where}.max_length", 8, 4096))
+        return _build(cls, d, where, {"source": _check(_name_or_path, MODELS, "a model folder"),
+                                      "max_length": _check(_int, 8, 4096)})
 
 
 @dataclass(frozen=True)
@@ -316,10 +356,9 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "DataConfig":
-        d = _check_keys(d, ("dataset", "test_size", "split_seed"), where)
-        return cls(_choice(d.get("dataset", "bbc_news"), f"{where}.dataset", DATASETS),
-                   _float(d.get("test_size", 0.2), f"{where}.test_size", 0.0, 1.0, lo_open=True, hi_open=True),
-                   _int(d.get("split_seed", 0), f"{where}.split_seed", 0))
+        return _build(cls, d, where, {"dataset": _check(_choice, DATASETS),
+                                      "test_size": _check(_float, 0.0, 1.0, lo_open=True, hi_open=True),
+                                      "split_seed": _check(_int, 0)})
 
 
 @dataclass(frozen=True)
@@ -336,17 +375,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "TrainConfig":
-        keys = tuple(f.name for f in dataclasses.fields(cls))
-        d = _check_keys(d, keys, where)
-        return cls(epochs=_int(d.get("epochs", cls.epochs), f"{where}.epochs", 1),
-                   batch_size=_int(d.get("batch_size", cls.batch_size), f"{where}.batch_size", 1),
-                   lr=_float(d.get("lr", cls.lr), f"{where}.lr", 0.0, lo_open=True),
-                   head_lr=_float(d.get("head_lr", cls.head_lr), f"{where}.head_lr", 0.0, lo_open=True),
-                   weight_decay=_float(d.get("weight_decay", cls.weight_decay), f"{where}.weight_decay", 0.0),
-                   warmup_ratio=_float(d.get("warmup_ratio", cls.warmup_ratio), f"{where}.warmup_ratio", 0.0, 1.0),
-                   seed=_int(d.get("seed", cls.seed), f"{where}.seed", 0),
-                   bf16=_bool(d.get("bf16", cls.bf16), f"{where}.bf16"),
-                   eval_batch_size=_int(d.get("eval_batch_size", cls.eval_batch_size), f"{where}.eval_batch_size", 1))
+        positive = _check(_float, 0.0, lo_open=True)
+        return _build(cls, d, where, {"epochs": _check(_int, 1), "batch_size": _check(_int, 1), "lr": positive,
+                                      "head_lr": positive, "weight_decay": _check(_float, 0.0),
+                                      "warmup_ratio": _check(_float, 0.0, 1.0), "seed": _check(_int, 0),
+                                      "bf16": _bool, "eval_batch_size": _check(_int, 1)})
 
 
 @dataclass(frozen=True)
@@ -364,13 +397,28 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "DistillConfig":
-        d = _check_keys(d, ("teacher", "alpha", "temperature"), where)
-        teacher = _name_or_path(d.get("teacher", cls.teacher), f"{where}.teacher", TEACHERS,
-                                "a fine-tuned model folder")
-        return cls(teacher=teacher,
-                   alpha=_float(d.get("alpha", cls.alpha), f"{where}.alpha", 0.0, 1.0),
-                   temperature=_float(d.get("temperature", cls.temperature), f"{where}.temperature", 0.0,
-                                      lo_open=True))
+        return _build(cls, d, where, {"teacher": _check(_name_or_path, TEACHERS, "a fine-tuned model folder"),
+                                      "alpha": _check(_float, 0.0, 1.0),
+                                      "temperature": _check(_float, 0.0, lo_open=True)})
+
+
+def _entries(v: Any, key: str) -> tuple[PruningEntry, ...]:
+    if v is None:
+        v = []
+    if isinstance(v, Mapping):
+        v = [v]
+    if not isinstance(v, (list, tuple)):
+        raise RecipeError(f"{key}: expected a list of pruning entries, got {type(v).__name__}")
+    entries = tuple(PruningEntry.from_dict(e, f"pruning[{i}]") for i, e in enumerate(v))
+    names = [e.name for e in entries]
+    dup = {x for x in names if names.count(x) > 1}
+    if dup:
+        raise RecipeError(f"pruning[].name: expected unique entry names, got duplicates {sorted(dup)}")
+    return entries
+
+
+def _distill(v: Any, key: str) -> "DistillConfig | None":
+    return None if v is None else DistillConfig.from_dict(v, key)
 
 
 @dataclass(frozen=True)
@@ -386,30 +434,13 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: Any, source: str | None = None) -> "Recipe":
-        d = _check_keys(d, ("name", "description", "model", "data", "train", "distill", "pruning"), "recipe")
-        name = _str(d.get("name", os.path.splitext(os.path.basename(source))[0] if source else "recipe"),
-                    "recipe.name")
-        desc = d.get("description", "")
-        if not isinstance(desc, str):
-            raise RecipeError(f"recipe.description: expected a string, got {type(desc).__name__}")
-        pr = d.get("pruning", [])
-        if pr is None:
-            pr = []
-        if isinstance(pr, Mapping):
-            pr = [pr]
-        if not isinstance(pr, (list, tuple)):
-            raise RecipeError(f"recipe.pruning: expected a list of pruning entries, got {type(pr).__name__}")
-        entries = tuple(PruningEntry.from_dict(e, f"pruning[{i}]") for i, e in enumerate(pr))
-        names = [e.name for e in entries]
-        dup = {x for x in names if names.count(x) > 1}
-        if dup:
-            raise RecipeError(f"pruning[].name: expected unique entry names, got duplicates {sorted(dup)}")
-        return cls(name=name, pruning=entries, description=desc,
-                   model=ModelConfig.from_dict(d.get("model", {}), "model"),
-                   data=DataConfig.from_dict(d.get("data", {}), "data"),
-                   train=TrainConfig.from_dict(d.get("train", {}), "train"),
-                   distill=None if d.get("distill") is None else DistillConfig.from_dict(d["distill"], "distill"),
-                   source=source)
+        # a recipe without a name is named after its file
+        named = isinstance(d, Mapping) and "name" in d
+        default_name = os.path.splitext(os.path.basename(source))[0] if source else "recipe"
+        return _build(cls, d, "recipe", {"name": _str, "description": _description, "model": ModelConfig.from_dict,
+                                         "data": DataConfig.from_dict, "train": TrainConfig.from_dict,
+                                         "distill": _distill, "pruning": _entries},
+                      top=True, source=source, **({} if named else {"name": default_name}))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -109,6 +109,24 @@ def test_block_pattern():
     assert all(r["valid"] and abs(r["mask_sparsity"] - 0.5) < 1e-6 for r in opt.report())
 
 
+def test_srste_target_gradient_is_exact():
+    # the fused decay: grad += lam * (~mask) * dense, on the dense shadow weight the inner optimizer steps
+    from sparse.optim import SRSTETarget
+    from sparse.recipe import load_recipe
+
+    entry = load_recipe(recipe(method={"type": "srste", "lambda": 0.5})).pruning[0]
+    p = torch.nn.Parameter(torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, -2.0, -3.0, -4.0]]))
+    p.grad = torch.ones(2, 4)
+    t = SRSTETarget("w", entry, p, NMPattern(2, 4))
+    dense = t.mask_source()
+    t.set_mask(torch.tensor([[True, False, True, False], [False, False, True, True]]), 0.5)
+    t.apply_mask()
+    assert p.tolist() == [[1.0, 0.0, 3.0, 0.0], [0.0, 0.0, -3.0, -4.0]]
+    t.pre_step()
+    assert p.data_ptr() == dense.data_ptr()  # storage swap, no copy
+    assert p.grad.tolist() == [[1.0, 2.0, 1.0, 3.0], [0.5, 0.0, 1.0, 1.0]]
+
+
 def test_srste_dense_gradient_and_decay():
     model = make_tiny_bert()
     lam = 0.5  # large so the decay of pruned weights is visible in a few steps

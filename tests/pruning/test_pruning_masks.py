@@ -1,14 +1,29 @@
-"""Pruning building blocks: pattern masks, block masks, schedules, SR-STE gradient, target selection."""
+"""Pruning building blocks: pattern masks from recipe patterns, block masks, schedules, target selection."""
 import pytest
 import torch
 
 from sparse.masks import is_nm, is_transposable
 from sparse.pruning.block import block_mask
-from sparse.pruning.magnitude import fits, mask_valid, pattern_mask, unstructured_mask
+from sparse.pruning.patterns import UnstructuredPattern, pattern_from_recipe
 from sparse.pruning.schedules import cubic_sparsity, is_update_step, sparsity_at
-from sparse.pruning.srste import srste_grad_
 from sparse.pruning.targets import module_filter, select_modules
 from sparse.recipe import Pattern, RecipeError, Schedule, Targets
+
+
+def pattern_mask(weight, pattern, sparsity=None):
+    return pattern_from_recipe(pattern).mask(weight, sparsity)
+
+
+def mask_valid(mask, pattern, sparsity=None):
+    return pattern_from_recipe(pattern).valid(mask, sparsity)
+
+
+def fits(pattern, shape):
+    return pattern_from_recipe(pattern).fits(shape)
+
+
+def unstructured_mask(weight, sparsity):
+    return UnstructuredPattern(sparsity).mask(weight)
 
 
 def w(shape, seed=0):
@@ -92,14 +107,6 @@ def test_cubic_schedule_formula():
     o = Schedule("oneshot", at_step=5)
     assert sparsity_at(o, 0.5, 4) is None and sparsity_at(o, 0.5, 5) == 0.5
     assert [t for t in range(0, 100) if is_update_step(o, t, 40, active=t > 5)] == [5, 40, 80]
-
-
-def test_srste_grad():
-    g = torch.ones(2, 4)
-    dense = torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, -2.0, -3.0, -4.0]])
-    mask = torch.tensor([[True, False, True, False], [False, False, True, True]])
-    srste_grad_(g, dense, mask, 0.5)
-    assert g.tolist() == [[1.0, 2.0, 1.0, 3.0], [0.5, 0.0, 1.0, 1.0]]
 
 
 class Net(torch.nn.Module):
