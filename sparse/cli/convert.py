@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import json
 
+from ..masks import METHODS
+
 
 def add_arguments(parser):
     parser.add_argument("src", help="a .safetensors file, a sharded *.index.json, a .pt/.pth/.bin state dict "
                                     "(loaded with weights_only=True) or an HF model folder")
     parser.add_argument("dst", help="output file (.safetensors / .pt / .bin) or, for sharded/HF input, a folder")
-    parser.add_argument("--pattern", default="2:4", help="N:M pattern (default 2:4)")
+    parser.add_argument("--pattern", default="2:4", help="N:M pattern, or N:MT for transposable (default 2:4)")
     parser.add_argument("--transposable", action="store_true", help="transposable N:M (W and W^T both N:M)")
-    parser.add_argument("--method", default="auto", help="transposable mask method: auto, exact, approx, greedy, flow")
+    parser.add_argument("--method", default="auto", help=f"transposable mask method: {', '.join(METHODS)}")
     parser.add_argument("--include", action="append", default=None, metavar="RE",
                         help="convert tensors whose name matches RE (repeatable; replaces the default selection "
                              "of Linear/conv weights minus embeddings, norms and heads)")

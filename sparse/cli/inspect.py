@@ -5,7 +5,10 @@ import json
 
 import torch
 
-PATTERNS = ((1, 2), (2, 4), (4, 8))
+from ..pruning.patterns import NMPattern, TransposableNMPattern
+
+# the N:M patterns every tensor is checked against
+PATTERNS: tuple[NMPattern, ...] = (NMPattern(1, 2), NMPattern(2, 4), NMPattern(4, 8))
 
 
 def add_arguments(parser):
@@ -14,35 +17,19 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def at_most_nm(nonzero: torch.Tensor, n: int, m: int) -> bool:
-    """Every aligned group of m along dim 1 has at most n non-zeros (a zero may stand for a kept weight)."""
-    rows, cols = nonzero.shape
-    if cols % m:
-        return False
-    return bool((nonzero.reshape(rows, cols // m, m).sum(-1) <= n).all())
-
-
-def at_most_transposable(nonzero: torch.Tensor, n: int, m: int) -> bool:
-    """Every aligned m x m tile has at most n non-zeros per row and per column."""
-    rows, cols = nonzero.shape
-    if rows % m or cols % m:
-        return False
-    t = nonzero.reshape(rows // m, m, cols // m, m)
-    return bool((t.sum(3) <= n).all()) and bool((t.sum(1) <= n).all())
-
-
 def describe(name: str, t: torch.Tensor) -> dict:
-    """Facts about one tensor; ``nm`` lists patterns whose groups hold at most N non-zeros."""
+    """Facts about one tensor; ``nm`` / ``transposable`` list the patterns the tensor already has
+    (at most N non-zeros per group / per tile row and column: a zero may stand for a kept weight)."""
     info = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""), "numel": t.numel()}
     info["density"] = int(torch.count_nonzero(t)) / t.numel() if t.numel() else 0.0
     info["nm"], info["transposable"] = [], []
     if t.dim() >= 2 and t.is_floating_point() and t.numel():
-        nz = t.reshape(t.shape[0], -1) != 0
-        for n, m in PATTERNS:
-            if at_most_nm(nz, n, m):
-                info["nm"].append(f"{n}:{m}")
-            if at_most_transposable(nz, n, m):
-                info["transposable"].append(f"{n}:{m}")
+        nonzero = t != 0
+        for p in PATTERNS:
+            if p.conforms(nonzero):
+                info["nm"].append(p.describe())
+            if TransposableNMPattern(p.n, p.m).conforms(nonzero):
+                info["transposable"].append(p.describe())
     return info
 
 

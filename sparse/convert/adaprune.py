@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..pruning.patterns import NMPattern, TransposableNMPattern
 from .prune import prune_tensor
 from .report import LayerCalibration
 from .sources import Source
-from .targets import TargetFilter, shape_problem
+from .targets import TargetFilter
 from .reader import list_tensors
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ def _default_texts(num: int) -> list[str]:
 
 
 def _match_modules(model, file_tensors: dict[str, tuple[torch.dtype, tuple[int, ...]]], targets: TargetFilter,
-                   m: int, transposable: bool) -> dict[str, tuple[torch.nn.Linear, str]]:
+                   pattern: NMPattern | TransposableNMPattern) -> dict[str, tuple[torch.nn.Linear, str]]:
     """``fqn -> (Linear, file key of its weight)`` for every Linear whose weight is a conversion target."""
     prefix = getattr(model, "base_model_prefix", "") or ""
     out = {}
@@ -250,7 +251,7 @@ def _match_modules(model, file_tensors: dict[str, tuple[torch.dtype, tuple[int, 
             meta = file_tensors.get(key)
             if meta is None:
                 continue
-            if targets.wanted(key, *meta) and shape_problem(meta[1], m, transposable) is None \
+            if targets.wanted(key, *meta) and pattern.fits(meta[1]) is None \
                     and tuple(mod.weight.shape) == tuple(meta[1]):
                 out[fqn] = (mod, key)
             break
@@ -269,10 +270,10 @@ def _collect(model, tokenizer, texts: list[str], cfg: AdaPruneConfig, collector:
         model(**enc)
 
 
-def calibrate_hf_folder(source: Source, n: int, m: int, transposable: bool, method: str, targets: TargetFilter,
+def calibrate_hf_folder(source: Source, pattern: NMPattern | TransposableNMPattern, targets: TargetFilter,
                         cfg: AdaPruneConfig, texts: list[str] | None = None
                         ) -> tuple[dict[str, torch.Tensor], list[LayerCalibration]]:
-    """Run AdaPrune on the HF model folder ``source.root``.
+    """Run AdaPrune on the HF model folder ``source.root`` for an N:M (or transposable) ``pattern``.
 
     Returns ``(overrides, per-layer results)``: ``overrides`` maps file tensor names to the fitted
     weights (already zero outside the mask, in the file's dtype) and refitted biases.
@@ -291,7 +292,7 @@ def calibrate_hf_folder(source: Source, n: int, m: int, transposable: bool, meth
     tokenizer = AutoTokenizer.from_pretrained(root)
     model = AutoModel.from_pretrained(root, dtype=torch.float32).eval()
     file_tensors = {name: (dt, shape) for name, dt, shape in list_tensors(source.path)}
-    layers = _match_modules(model, file_tensors, targets, m, transposable)
+    layers = _match_modules(model, file_tensors, targets, pattern)
     if not layers:
         log.warning("calibrate: no Linear of the model matches a conversion target; nothing to fit")
         return {}, []
@@ -307,7 +308,7 @@ def calibrate_hf_folder(source: Source, n: int, m: int, transposable: bool, meth
     for fqn, (mod, key) in layers.items():
         file_dtype = file_tensors[key][0]
         w = mod.weight.detach().to(file_dtype)
-        _, mask, _ = prune_tensor(w, n, m, transposable, method, name=key)
+        _, mask, _ = prune_tensor(w, pattern, name=key)
         w0 = mod.weight.detach().double()
         out_f, in_f = w0.shape
         has_bias = mod.bias is not None
@@ -323,7 +324,7 @@ def calibrate_hf_folder(source: Source, n: int, m: int, transposable: bool, meth
         err_before = relative_error(masked, v0, g)
         init = masked
         if cfg.add_pruned_mean:
-            shifted = mean_shift(w0, mask, n, m)
+            shifted = mean_shift(w0, mask, pattern.n, pattern.m)
             init = torch.cat([shifted, v0[:, in_f:]], 1) if has_bias else shifted
         if cfg.fit == "lstsq":
             v = cg_fit(v0, support, pruned, g, cfg.damp, cfg.cg_iters)

@@ -13,13 +13,14 @@ from contextlib import ExitStack
 import torch
 
 from ..io_utils import atomic_dir, atomic_file, atomic_write_text
-from ..masks import METHODS
+# parse_pattern is re-exported as sparse.convert.parse_pattern: the one parser of "N:M" strings
+from ..pruning.patterns import NMPattern, TransposableNMPattern, as_2d, parse_pattern
 from .atomic import check_destination
-from .prune import BlockBuffer, PruneStats, as_2d, prune_blocks
+from .prune import BlockBuffer, PruneStats, prune_blocks
 from .report import ConvertReport, TensorReport
 from .safetensors_io import SafetensorsReader, SafetensorsWriter, copy_raw
 from .sources import SAFETENSORS_EXT, TORCH_EXT, Shard, Source, resolve_source
-from .targets import TargetFilter, shape_problem
+from .targets import TargetFilter
 from .torch_io import load_state_dict, save_state_dict
 
 log = logging.getLogger(__name__)
@@ -41,18 +42,6 @@ def _trim_heap() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def parse_pattern(pattern) -> tuple[int, int]:
-    """``"2:4"`` -> ``(2, 4)``; anything else is a ``ValueError`` naming ``pattern``."""
-    try:
-        n_s, m_s = str(pattern).split(":")
-        n, m = int(n_s), int(m_s)
-    except ValueError:
-        raise ValueError(f"pattern: expected 'N:M' with integers 1 <= N < M, e.g. '2:4', got {pattern!r}") from None
-    if not (1 <= n < m <= 32):
-        raise ValueError(f"pattern: expected 'N:M' with 1 <= N < M <= 32, got {pattern!r}")
-    return n, m
 
 
 class _TensorSource:
@@ -141,9 +130,9 @@ def _out_kind(shard: Shard, source: Source, dst: str) -> str:
     raise ValueError(f"dst: expected a file name ending in .safetensors, .pt, .pth or .bin, got {dst!r}")
 
 
-def _convert_shard(shard: Shard, source: Source, out_path: str, out_kind: str, n: int, m: int,
-                   transposable: bool, method: str, targets: TargetFilter, overrides: dict[str, torch.Tensor],
-                   report: ConvertReport, progress) -> None:
+def _convert_shard(shard: Shard, source: Source, out_path: str, out_kind: str,
+                   pattern: NMPattern | TransposableNMPattern, targets: TargetFilter,
+                   overrides: dict[str, torch.Tensor], report: ConvertReport, progress) -> None:
     with ExitStack() as stack:
         src = _TensorSource(shard, stack)
         entries = [(name, *src.meta(name)) for name in src.names]
@@ -152,15 +141,14 @@ def _convert_shard(shard: Shard, source: Source, out_path: str, out_kind: str, n
             for name, dtype, shape in entries:
                 nbytes = dtype.itemsize * int(torch.Size(shape).numel())
                 if targets.wanted(name, dtype, shape):
-                    why = shape_problem(shape, m, transposable)
+                    why = pattern.fits(shape)
                     if why is not None:
                         report.skipped[name] = why
                         log.warning("not converting %s: %s", name, why)
                         sink.copy(name, src)
                         report.untouched += 1
                     else:
-                        report.tensors.append(_convert_one(name, src.tensor(name), n, m, transposable, method,
-                                                           overrides.get(name), sink,
+                        report.tensors.append(_convert_one(name, src.tensor(name), pattern, overrides.get(name), sink,
                                                            lambda done, name=name: src.release(name, done)))
                         sink.end_tensor(name, shape, dtype)
                         _trim_heap()
@@ -181,7 +169,7 @@ def _convert_shard(shard: Shard, source: Source, out_path: str, out_kind: str, n
             raise
 
 
-def _convert_one(name, weight, n, m, transposable, method, override, sink, consumed=None) -> TensorReport:
+def _convert_one(name, weight, pattern, override, sink, consumed=None) -> TensorReport:
     """Prune (or write the calibrated override of) one target; ``consumed(nbytes)`` is told how many
     leading bytes of the source are no longer needed, so their pages can be dropped early."""
     stats = PruneStats()
@@ -190,7 +178,7 @@ def _convert_one(name, weight, n, m, transposable, method, override, sink, consu
         # A torch sink keeps the blocks, so only the streaming writer may reuse one buffer.
         buffer = sink.buffer if sink.kind == "safetensors" else None
         done = 0
-        for pruned, _ in prune_blocks(weight, n, m, transposable, method, stats, name, buffer=buffer):
+        for pruned, _ in prune_blocks(weight, pattern, stats, name, buffer=buffer):
             sink.write_chunk(name, pruned)
             done += pruned.numel() * pruned.element_size()
             if consumed is not None:
@@ -202,7 +190,7 @@ def _convert_one(name, weight, n, m, transposable, method, override, sink, consu
         w2d, o2d = as_2d(weight), as_2d(override.to(weight.dtype))
         row = 0
         nnz_after = 0
-        for pruned, mask in prune_blocks(weight, n, m, transposable, method, stats, name):
+        for pruned, mask in prune_blocks(weight, pattern, stats, name):
             blk = o2d[row:row + mask.shape[0]]
             if bool((blk[~mask] != 0).any()):
                 raise RuntimeError(f"{name}: calibrated weight is non-zero outside its mask")
@@ -230,7 +218,9 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
         dst: output file (``.safetensors`` or ``.pt``/``.pth``/``.bin``) for a single-file SRC; a
             folder for sharded/HF SRC (same shard names, other files copied; HF ``from_pretrained``
             loads it). Written to a temporary sibling and renamed; refused if it exists unless ``force``.
-        pattern: ``"N:M"`` (groups of M along in_features; conv weights flattened to ``[out, in*kh*kw]``).
+        pattern: ``"N:M"`` (groups of M along in_features; conv weights flattened to ``[out, in*kh*kw]``),
+            ``"N:MT"`` for transposable, or an ``NMPattern``/``TransposableNMPattern``
+            (:mod:`sparse.pruning.patterns`).
         transposable: every aligned MxM tile keeps N per row and per column (``sparse.masks.transposable_mask``).
         method: transposable mask method (``sparse.masks.METHODS``).
         include, exclude: regexes over tensor names (see :mod:`sparse.convert.targets`).
@@ -245,11 +235,9 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
         :class:`ConvertReport`. Every tensor keeps its name, dtype and shape; non-target tensors are
         bit-identical (except biases refitted by calibration); pruned entries are exactly zero.
     """
-    n, m = parse_pattern(pattern)
-    if not isinstance(transposable, bool):
-        raise ValueError(f"transposable: expected a bool, got {transposable!r}")
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    pattern = parse_pattern(pattern, transposable=transposable, method=method)
+    transposable = pattern.transposable
+    method = pattern.method if transposable else method
     for arg, v in (("include", include), ("exclude", exclude)):
         if v is not None and (isinstance(v, str) or not all(isinstance(p, str) for p in v)):
             raise ValueError(f"{arg}: expected a list of regex strings, got {v!r}")
@@ -264,15 +252,15 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
                          f"got a {source.kind} checkpoint {src!r}")
     out_kinds = [_out_kind(s, source, dst) for s in source.shards]
 
-    report = ConvertReport(src=src, dst=dst, pattern=f"{n}:{m}", transposable=transposable, method=method)
+    report = ConvertReport(src=src, dst=dst, pattern=f"{pattern.n}:{pattern.m}", transposable=transposable,
+                           method=method)
     t0 = time.perf_counter()
     overrides: dict[str, torch.Tensor] = {}
     if calibrate:
         from .adaprune import AdaPruneConfig, calibrate_hf_folder
 
         cfg = calibration if calibration is not None else AdaPruneConfig()
-        overrides, report.calibration = calibrate_hf_folder(source, n, m, transposable, method, targets, cfg,
-                                                            calibration_texts)
+        overrides, report.calibration = calibrate_hf_folder(source, pattern, targets, cfg, calibration_texts)
     progress_bar = None
     if progress:
         from tqdm import tqdm
@@ -289,12 +277,11 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
                 for shard, kind in zip(source.shards, out_kinds):
                     out = os.path.join(tmp, shard.rel)
                     os.makedirs(os.path.dirname(out), exist_ok=True)
-                    _convert_shard(shard, source, out, kind, n, m, transposable, method, targets, overrides,
-                                   report, progress_bar)
+                    _convert_shard(shard, source, out, kind, pattern, targets, overrides, report, progress_bar)
         else:
             with atomic_file(dst, force) as tmp:
-                _convert_shard(source.shards[0], source, tmp, out_kinds[0], n, m, transposable, method, targets,
-                               overrides, report, progress_bar)
+                _convert_shard(source.shards[0], source, tmp, out_kinds[0], pattern, targets, overrides, report,
+                               progress_bar)
     finally:
         if progress_bar is not None:
             progress_bar.close()

@@ -1,7 +1,7 @@
 """Mask one weight to N:M (or transposable N:M), chunk by chunk, and count what the mask keeps.
 
-Existing zeros have |w| = 0, so the magnitude masks of :mod:`sparse.masks` already prefer the
-non-zeros: the mask keeps as much of the existing magnitude as the pattern allows. Pruned entries
+Masks come from the pattern objects of :mod:`sparse.pruning.patterns`. Existing zeros have |w| = 0,
+so the magnitude masks already prefer the non-zeros: the mask keeps as much of the existing magnitude as the pattern allows. Pruned entries
 become exactly ``+0`` in the weight's own dtype and kept entries keep their bits.
 
 Rows are processed in blocks (a multiple of ``m`` rows for transposable masks, whose ``m x m``
@@ -11,11 +11,11 @@ rows, so the result equals masking the whole tensor at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
-from ..masks import nm_mask, transposable_mask
+from ..pruning.patterns import NMPattern, TransposableNMPattern, as_2d
 
 CHUNK_ELEMS = 1 << 22  # elements per block: 16 MB of fp32; smaller blocks pay per-op thread overhead
 
@@ -53,28 +53,17 @@ class BlockBuffer:
         return self._raw[:nbytes].view(dtype).view(shape)
 
 
-def as_2d(w: torch.Tensor) -> torch.Tensor:
-    """``[out, in, *k]`` -> ``[out, in * prod(k)]`` (a view for contiguous tensors)."""
-    return w.reshape(w.shape[0], -1)
-
-
-def block_rows(rows: int, cols: int, m: int, transposable: bool) -> int:
-    step = m if transposable else 1
+def block_rows(rows: int, cols: int, pattern: NMPattern | TransposableNMPattern) -> int:
+    """Rows per block: transposable tiles are m x m and aligned to row 0, so a multiple of m."""
+    step = pattern.m if pattern.transposable else 1
     # Transposable masks score every tile against all valid tile patterns (90 for 2:4): their
     # temporaries are several times the block, so their blocks are smaller.
-    elems = CHUNK_ELEMS // 4 if transposable else CHUNK_ELEMS
+    elems = CHUNK_ELEMS // 4 if pattern.transposable else CHUNK_ELEMS
     return max(step, elems // max(cols, 1) // step * step)
 
 
-def make_mask(w2d: torch.Tensor, n: int, m: int, transposable: bool, method: str) -> torch.Tensor:
-    """Bool mask ``[rows, cols]`` of a 2-D block (fp16/bf16/fp32/fp64)."""
-    if transposable:
-        return transposable_mask(w2d, n, m, method=method)
-    return nm_mask(w2d, n, m)
-
-
-def prune_blocks(weight: torch.Tensor, n: int, m: int, transposable: bool, method: str,
-                 stats: PruneStats, name: str = "weight", *,
+def prune_blocks(weight: torch.Tensor, pattern: NMPattern | TransposableNMPattern, stats: PruneStats,
+                 name: str = "weight", *,
                  buffer: BlockBuffer | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(pruned_block, mask_block)`` over row blocks of ``weight`` flattened to 2-D.
 
@@ -85,13 +74,13 @@ def prune_blocks(weight: torch.Tensor, n: int, m: int, transposable: bool, metho
     """
     w2d = as_2d(weight)
     rows, cols = w2d.shape
-    step = block_rows(rows, cols, m, transposable)
+    step = block_rows(rows, cols, pattern)
     zero = torch.zeros((), dtype=w2d.dtype)
     stats.numel += w2d.numel()
     for lo in range(0, rows, step):
         blk = w2d[lo:lo + step]
         try:
-            mask = make_mask(blk, n, m, transposable, method)
+            mask = pattern.mask(blk)
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
         if buffer is None:
@@ -109,18 +98,11 @@ def prune_blocks(weight: torch.Tensor, n: int, m: int, transposable: bool, metho
         yield pruned, mask
 
 
-def prune_tensor(weight: torch.Tensor, n: int, m: int, transposable: bool = False, method: str = "auto",
+def prune_tensor(weight: torch.Tensor, pattern: NMPattern | TransposableNMPattern,
                  name: str = "weight") -> tuple[torch.Tensor, torch.Tensor, PruneStats]:
     """Whole-tensor convenience: ``(pruned [same shape/dtype], mask [rows, cols] bool, stats)``."""
     stats = PruneStats()
-    parts = list(prune_blocks(weight, n, m, transposable, method, stats, name))
+    parts = list(prune_blocks(weight, pattern, stats, name))
     pruned = torch.cat([p for p, _ in parts]).reshape(weight.shape)
     mask = torch.cat([k for _, k in parts])
     return pruned, mask, stats
-
-
-def stream_pruned(weight: torch.Tensor, n: int, m: int, transposable: bool, method: str, stats: PruneStats,
-                  sink: Callable[[torch.Tensor], None], name: str = "weight") -> None:
-    """Prune ``weight`` block by block, handing each pruned block to ``sink`` (e.g. a file writer)."""
-    for pruned, _ in prune_blocks(weight, n, m, transposable, method, stats, name):
-        sink(pruned)

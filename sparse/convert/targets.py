@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-DEFAULT_EXCLUDE = (r"embed", r"(^|\.)(wte|wpe|shared|emb)(\.|$)", r"norm", r"(^|\.)ln_?\w*\.", r"(^|\.)(lm_head|classifier|score|qa_outputs|cls|head|"
-                   r"heads|pooler|output_projection)(\.|$)")
+from ..policy import DENSE_TENSOR_REGEXES
+
+# The layer policy (sparse.policy), by tensor name: embeddings, norms, heads and poolers stay dense.
+DEFAULT_EXCLUDE: tuple[str, ...] = DENSE_TENSOR_REGEXES
 
 
 def _compile(patterns, arg: str) -> list[re.Pattern]:
@@ -47,18 +49,3 @@ class TargetFilter:
             if not name.endswith("weight") or any(p.search(name) for p in self._default_exc):
                 return False
         return not any(p.search(name) for p in self._exc)
-
-
-def shape_problem(shape: tuple[int, ...], m: int, transposable: bool) -> str | None:
-    """Why a weight of ``shape`` (flattened to 2-D) cannot take an N:M mask, or None."""
-    rows = shape[0]
-    cols = 1
-    for s in shape[1:]:
-        cols *= s
-    if rows == 0 or cols == 0:
-        return "empty tensor"
-    if cols % m:
-        return f"in_features {cols} is not a multiple of m={m}"
-    if transposable and rows % m:
-        return f"out_features {rows} is not a multiple of m={m} (transposable needs both)"
-    return None

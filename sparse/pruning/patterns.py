@@ -70,6 +70,12 @@ def _weight_2d(weight: torch.Tensor, pattern) -> torch.Tensor:
     return as_2d(weight.detach())
 
 
+def _nonzero_2d(weight: torch.Tensor) -> torch.Tensor:
+    """Which entries are non-zero, ``[out, prod(rest)]`` bool (a bool tensor is taken as that already)."""
+    w = as_2d(weight)
+    return w if w.dtype == torch.bool else w != 0
+
+
 def _percent(s: float) -> str:
     return f"{100 * s:g}%"
 
@@ -117,8 +123,11 @@ class UnstructuredPattern:
         return int((~mk).sum()) >= math.floor(s * mk.numel() + 0.5)
 
     def conforms(self, weight: torch.Tensor) -> bool:
-        """Whether ``weight`` already has the pattern (zeros make up at least the sparsity)."""
-        return self.valid(weight != 0)
+        """Whether ``weight`` already has the pattern (zeros make up at least the sparsity).
+
+        ``weight``: any tensor of rank >= 2, or a ``torch.bool`` tensor of which entries are non-zero
+        (as every ``conforms`` takes, so that one ``!= 0`` pass serves several patterns)."""
+        return self.valid(_nonzero_2d(weight))
 
     def describe(self) -> str:
         return f"unstructured {_percent(self.sparsity)}"
@@ -166,7 +175,7 @@ class NMPattern:
         stand for a kept weight)."""
         if self.fits(tuple(weight.shape)) is not None:
             return False
-        nz = as_2d(weight) != 0
+        nz = _nonzero_2d(weight)
         return bool((nz.reshape(nz.shape[0], -1, self.m).sum(-1) <= self.n).all())
 
     def describe(self) -> str:
@@ -219,7 +228,7 @@ class TransposableNMPattern:
         and per column."""
         if self.fits(tuple(weight.shape)) is not None:
             return False
-        nz = as_2d(weight) != 0
+        nz = _nonzero_2d(weight)
         r, c = nz.shape
         t = nz.reshape(r // self.m, self.m, c // self.m, self.m)
         return bool((t.sum(3) <= self.n).all()) and bool((t.sum(1) <= self.n).all())
@@ -284,7 +293,7 @@ class BlockPattern:
         """Whether ``weight``'s non-zeros lie in at most ``total - round(sparsity * total)`` blocks."""
         if self.fits(tuple(weight.shape)) is not None:
             return False
-        nz = as_2d(weight) != 0
+        nz = _nonzero_2d(weight)
         r, c = self.block
         used = nz.reshape(nz.shape[0] // r, r, nz.shape[1] // c, c).any(dim=(1, 3))
         total = used.numel()

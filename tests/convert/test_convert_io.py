@@ -86,10 +86,11 @@ def test_report_numbers_match_brute_force(tmp_path):
 def test_existing_sparsity_is_preferred():
     # A weight that is already 2:4 (2 non-zeros per group) keeps every non-zero exactly.
     from sparse.convert.prune import prune_tensor
+    from sparse.pruning import NMPattern
 
     w = torch.randn(8, 16)
     w = torch.where(nm_mask(torch.rand(8, 16), 2, 4), w, 0)
-    pruned, _, stats = prune_tensor(w, 2, 4)
+    pruned, _, stats = prune_tensor(w, NMPattern(2, 4))
     assert torch.equal(pruned, w) and stats.newly_zeroed == 0 and stats.kept_nonzero == stats.nnz_before
 
 
@@ -107,11 +108,12 @@ def test_transposable_and_method_passthrough(tmp_path):
 def test_blocks_match_whole_tensor(monkeypatch):
     # Row blocks (a multiple of m rows for transposable) give the same mask as one call.
     import sparse.convert.prune as prune
+    from sparse.pruning import parse_pattern
 
     monkeypatch.setattr(prune, "CHUNK_ELEMS", 64)
     w = _sparse_weight((24, 32), 0.6)
     for tr in (False, True):
-        pruned, mask, _ = prune.prune_tensor(w, 2, 4, transposable=tr)
+        pruned, mask, _ = prune.prune_tensor(w, parse_pattern("2:4", transposable=tr))
         ref = transposable_mask(w, 2, 4) if tr else nm_mask(w, 2, 4)
         assert torch.equal(mask, ref) and torch.equal(pruned, torch.where(ref, w, 0))
 
