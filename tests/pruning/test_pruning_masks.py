@@ -1,71 +1,12 @@
-"""Pruning building blocks: pattern masks from recipe patterns, block masks, schedules, target selection."""
+"""Pruning building blocks: block masks, schedules, target selection (patterns: test_pruning_patterns)."""
 import pytest
 import torch
 
-from sparse.masks import is_nm, is_transposable
+from sparse.pruning import BlockPattern
 from sparse.pruning.block import block_mask
-from sparse.pruning.patterns import UnstructuredPattern, pattern_from_recipe
 from sparse.pruning.schedules import cubic_sparsity, is_update_step, sparsity_at
 from sparse.pruning.targets import module_filter, select_modules
-from sparse.recipe import Pattern, RecipeError, Schedule, Targets
-
-
-def pattern_mask(weight, pattern, sparsity=None):
-    return pattern_from_recipe(pattern).mask(weight, sparsity)
-
-
-def mask_valid(mask, pattern, sparsity=None):
-    return pattern_from_recipe(pattern).valid(mask, sparsity)
-
-
-def fits(pattern, shape):
-    return pattern_from_recipe(pattern).fits(shape)
-
-
-def unstructured_mask(weight, sparsity):
-    return UnstructuredPattern(sparsity).mask(weight)
-
-
-def w(shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_nm_and_transposable_masks(dtype):
-    x = w((16, 32)).to(dtype)
-    m = pattern_mask(x, Pattern("nm", n=2, m=4))
-    assert m.dtype == torch.bool and m.shape == x.shape and is_nm(m, 2, 4)
-    assert mask_valid(m, Pattern("nm", n=2, m=4))
-    t = pattern_mask(x, Pattern("nm", n=2, m=4, transposable=True, solver="exact"))
-    assert is_transposable(t, 2, 4) and mask_valid(t, Pattern("nm", n=2, m=4, transposable=True))
-    t8 = pattern_mask(x, Pattern("nm", n=4, m=8, transposable=True, solver="auto"))
-    assert is_transposable(t8, 4, 8)
-    # a plain 2:4 mask is not (generally) transposable: validity checks the declared pattern
-    assert not mask_valid(m, Pattern("nm", n=2, m=4, transposable=True)) or is_transposable(m, 2, 4)
-
-
-def test_nm_keeps_largest_per_group():
-    x = torch.tensor([[0.1, -3.0, 2.0, 0.5, 1.0, 1.0, -1.0, 0.0]])
-    m = pattern_mask(x, Pattern("nm", n=2, m=4))
-    assert m.tolist() == [[False, True, True, False, True, True, False, False]]
-
-
-def test_conv_weight_flattened():
-    x = w((8, 2, 3, 2))  # in*kh*kw = 12
-    m = pattern_mask(x, Pattern("nm", n=2, m=4))
-    assert m.shape == x.shape and is_nm(m.reshape(8, -1), 2, 4)
-
-
-def test_unstructured_exact_count_and_ties_deterministic():
-    x = w((10, 10))
-    m = unstructured_mask(x, 0.73)
-    assert int((~m).sum()) == 73
-    kept_min = x.abs()[m].min()
-    assert torch.all(x.abs()[~m] <= kept_min)
-    ties = torch.ones(4, 4)
-    a, b = unstructured_mask(ties, 0.5), unstructured_mask(ties.clone(), 0.5)
-    assert torch.equal(a, b) and int(a.sum()) == 8
-    assert unstructured_mask(x, 0.0).all()
+from sparse.recipe import RecipeError, Schedule, Targets
 
 
 def test_block_mask_keeps_largest_blocks():
@@ -74,26 +15,11 @@ def test_block_mask_keeps_largest_blocks():
     x[4:8, 0:4] = 1.0
     m = block_mask(x, 4, 4, 0.5)
     assert m[0:4, 4:8].all() and m[4:8, 0:4].all() and not m[0:4, 0:4].any() and not m[4:8, 4:8].any()
-    assert mask_valid(m, Pattern("block", sparsity=0.5, block=(4, 4)))
+    assert BlockPattern((4, 4), 0.5).valid(m)
     with pytest.raises(ValueError, match="divisible by the block 3x3"):
         block_mask(x, 3, 3, 0.5)
     with pytest.raises(ValueError, match=r"sparsity: expected a number in \[0, 1\)"):
         block_mask(x, 4, 4, 1.0)
-
-
-def test_fits_names_the_reason():
-    assert fits(Pattern("nm", n=2, m=4), (8, 12)) is None
-    assert "in_features 10 is not divisible by m=4" in fits(Pattern("nm", n=2, m=4), (8, 10))
-    assert "out_features 6" in fits(Pattern("nm", n=2, m=4, transposable=True), (6, 8))
-    assert "block 4x4" in fits(Pattern("block", sparsity=0.5, block=(4, 4)), (8, 6))
-    assert fits(Pattern("unstructured", sparsity=0.5), (3, 5)) is None
-
-
-def test_nan_weights_raise():
-    x = w((4, 8))
-    x[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="finite"):
-        pattern_mask(x, Pattern("nm", n=2, m=4))
 
 
 def test_cubic_schedule_formula():

@@ -1,6 +1,7 @@
 """Recipe schema: shipped recipes load; strict errors name the key, the allowed values and the value."""
 import glob
 import os
+import re
 
 import pytest
 import yaml
@@ -138,3 +139,31 @@ def test_fingerprint_depends_on_pruning_only():
     c = load_recipe({"name": "t", "pruning": [{"pattern": {"type": "nm", "n": 1, "m": 4}}]})
     assert a.pruning_fingerprint() == b.pruning_fingerprint() != c.pruning_fingerprint()
     assert yaml.safe_dump(a.to_dict())  # plain data
+
+
+def test_defaults_come_from_the_dataclass_fields():
+    from sparse.recipe import (DataConfig, DistillConfig, Method, ModelConfig, Schedule, Targets, TrainConfig)
+
+    r = load_recipe({"name": "t", "distill": {}, "pruning": [{"pattern": NM, "method": "srste"},
+                                                             {"name": "b", "pattern": NM}]})
+    assert (r.model, r.data, r.train, r.distill) == (ModelConfig(), DataConfig(), TrainConfig(), DistillConfig())
+    e, b = r.pruning
+    assert e.name == "pruning[0]" and b.name == "b"
+    assert e.targets == Targets() and e.schedule == Schedule() and e.refresh_every == 0
+    assert e.method == Method("srste") and e.method.lam == Method.lam and b.method == Method()
+    assert load_recipe({"name": "t", "distill": None}).distill is None
+    assert load_recipe({}).name == "recipe" and load_recipe({"train": {"epochs": 7}}).train == TrainConfig(epochs=7)
+    cubic = load_recipe({"name": "t", "pruning": [{"pattern": {"type": "unstructured", "sparsity": 0.5},
+                                                   "schedule": {"type": "cubic", "end_step": 9}}]})
+    assert cubic.pruning[0].schedule == Schedule("cubic", end_step=9)
+
+
+def test_default_targets_follow_the_layer_policy():
+    from sparse.policy import HEAD_REGEX
+    from sparse.recipe import DEFAULT_EXCLUDE, Targets
+
+    assert DEFAULT_EXCLUDE == (HEAD_REGEX,) and Targets().exclude == DEFAULT_EXCLUDE
+    rx = [re.compile(r) for r in load_recipe(one()).pruning[0].targets.exclude]
+    for name in ("cls.predictions.transform.dense", "lm_head", "classifier", "bert.pooler.dense"):
+        assert any(r.search(name) for r in rx), name
+    assert not any(r.search("bert.encoder.layer.0.intermediate.dense") for r in rx)
