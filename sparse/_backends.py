@@ -99,6 +99,7 @@ def _probe_torch() -> BackendInfo:
 def backends() -> dict[str, BackendInfo]:
     """Available compute backends, each with the reason it is or is not usable.
 
-    Returns a dict name -> :class:`BackendInfo` for ``csrc-cpu``, ``csrc-cuda``, ``triton``, ``torch``.
+    Returns a dict name -> :class:`BackendInfo` for ``csrc-cpu``, ``csrc-cuda``, ``triton``, ``torch``:
+    the names :func:`sparse.ops.use_backend` and ``SPARSE_BACKEND`` take.
     """
     return {info.name: info for info in (_probe_cpu(), _probe_cuda(), _probe_triton(), _probe_torch())}

@@ -1,19 +1,29 @@
 """Launchers of the block-sparse matmuls: ``sdd``, ``dsd``, ``dds`` (check, allocate, launch).
 
 Naming (as in OpenAI's blocksparse / Triton's block-sparse ops): the three letters are the output,
-the left and the right operand, ``s`` sparse (block data + :class:`BlockLayout`), ``d`` dense.
+the left and the right operand, ``s`` sparse, ``d`` dense.
 
-* ``sdd(a, b, layout)``: the kept blocks of ``op(a) @ op(b)`` -> ``[..., nnz, B, B]`` (dW of a layer).
-* ``dsd(a_data, layout, b)``: ``op(S) @ op(b)`` -> ``[..., M, N]``.
-* ``dds(a, b_data, layout)``: ``op(a) @ op(S)`` -> ``[..., M, N]`` (the forward of a linear layer).
+A sparse matrix S ``[rows, cols]`` = ``shape`` keeps ``nnz`` dense ``block x block`` blocks, stored as
+data ``[..., nnz, block, block]`` in row-major block order and described by int32 index tensors (CSR
+over blocks plus the transpose metadata, so S^T is walked without converting the data):
 
-``op(t)`` is ``t`` or its transpose of the last two dims (``trans_a`` / ``trans_b``); a transposed
-sparse operand walks the layout's transpose metadata, so nothing is converted. Dense operands may have
-leading batch dims; block data is ``[nnz, B, B]`` (shared by the batch) or ``[..., nnz, B, B]`` with
+* ``crow`` ``[R+1]``: block-row pointers; ``col`` ``[nnz]``: block column of each block (ascending
+  within a row); ``row`` ``[nnz]``: block row of each block.
+* ``ccol`` ``[C+1]``: block-column pointers; ``row_t`` ``[nnz]``: block row of each block in
+  column-major order; ``perm_t`` ``[nnz]``: index into the data of each block in column-major order.
+
+* ``sdd(a, b, shape, block, row, col)``: the kept blocks of ``op(a) @ op(b)`` -> ``[..., nnz, B, B]``.
+* ``dsd(a_data, shape, block, crow, col, ccol, row_t, perm_t, b)``: ``op(S) @ op(b)`` -> ``[..., M, N]``.
+* ``dds(a, b_data, shape, block, crow, col, ccol, row_t, perm_t)``: ``op(a) @ op(S)`` -> ``[..., M, N]``.
+
+``op(t)`` is ``t`` or its transpose of the last two dims (``trans_a`` / ``trans_b``). Dense operands may
+have leading batch dims; block data is ``[nnz, B, B]`` (shared by the batch) or ``[..., nnz, B, B]`` with
 the same leading dims. Inputs: fp32, fp16 or bf16 (all the same); accumulation is fp32; the output
 has the input dtype. Tensors must be on CUDA, or on CPU with ``TRITON_INTERPRET=1`` (tests only).
 
-Triton itself is imported on the first launch, never at import of this module.
+The launchers check shapes, dtypes and devices, but not the index values: that needs a host sync, so
+the caller validates a layout once, not at every launch. Triton itself is imported on the first
+launch, never at import of this module.
 """
 from __future__ import annotations
 
@@ -23,9 +33,8 @@ import os
 
 import torch
 
-from .layout import BlockLayout, check_data
-
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BLOCKS = (16, 32, 64, 128)  # powers of two (tl.arange), at least 16 (tl.dot)
 
 
 def interpreting() -> bool:
@@ -86,31 +95,40 @@ def _launch(kind: str, grid, *args, **meta):
         _tuned(kind)[grid](*args, **meta)
 
 
-# ---------------------------------------------------------------------------- checks
-def _check_layout(layout) -> None:
-    if not isinstance(layout, BlockLayout):
-        raise ValueError(f"layout: expected a triton_kernels.BlockLayout, got {type(layout).__name__}")
+# ---------------------------------------------------------------------------- launch checks
+def _expect(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
 
 
-def _check_tensor(t, name: str, dtype=None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in DTYPES:
-        raise ValueError(f"{name}: expected dtype float32, float16 or bfloat16, got {t.dtype}")
-    if dtype is not None and t.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype} (all operands must share one dtype), got {t.dtype}")
+def _check_operand(t, name: str, dtype=None, min_dim: int = 2) -> None:
+    _expect(isinstance(t, torch.Tensor), f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    _expect(t.dtype in DTYPES, f"{name}: expected dtype float32, float16 or bfloat16, got {t.dtype}")
+    _expect(dtype is None or t.dtype == dtype, f"{name}: expected dtype {dtype} (one dtype for all operands), "
+                                               f"got {t.dtype}")
+    _expect(t.dim() >= min_dim, f"{name}: expected at least {min_dim} dims, got shape {tuple(t.shape)}")
+    _expect(t.device.type == "cuda" or interpreting(),
+            f"{name}: expected a CUDA tensor (CPU tensors only with TRITON_INTERPRET=1), got a tensor on {t.device}")
 
 
-def _check_launchable(t: torch.Tensor, name: str) -> None:
-    if t.device.type != "cuda" and not interpreting():
-        raise ValueError(f"{name}: expected a CUDA tensor (CPU tensors only with TRITON_INTERPRET=1), "
-                         f"got a tensor on {t.device}")
+def _check_index(device, **index) -> None:
+    for name, t in index.items():
+        _expect(isinstance(t, torch.Tensor) and t.dtype == torch.int32 and t.dim() == 1 and t.is_contiguous()
+                and t.device == device,
+                f"{name}: expected a contiguous 1-D torch.int32 tensor on {device}, got "
+                + (f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__))
 
 
-def _check_dense(t, name: str, dtype=None) -> None:
-    _check_tensor(t, name, dtype)
-    if t.dim() < 2:
-        raise ValueError(f"{name}: expected a dense tensor [..., rows, cols], got shape {tuple(t.shape)}")
+def _check_sparse(shape, block: int, nnz: int, data, name: str, lead: tuple) -> tuple[int, int]:
+    _expect(isinstance(block, int) and block in BLOCKS, f"block: expected one of {BLOCKS}, got {block!r}")
+    rows, cols = (int(v) for v in shape)
+    _expect(rows % block == 0 and cols % block == 0, f"shape: expected multiples of block={block}, got {shape}")
+    if data is not None:
+        _expect(tuple(data.shape[-3:]) == (nnz, block, block),
+                f"{name}: expected [..., nnz={nnz}, {block}, {block}], got {tuple(data.shape)}")
+        _expect(data.dim() == 3 or tuple(data.shape[:-3]) == tuple(lead),
+                f"{name}: expected leading dims () or {tuple(lead)}, got {tuple(data.shape[:-3])}")
+    return rows, cols
 
 
 def _dims(t: torch.Tensor, trans: bool) -> tuple[int, int]:
@@ -125,12 +143,6 @@ def _as3d(t: torch.Tensor, trans: bool):
     return t3, (sz, s1, s0) if trans else (sz, s0, s1)
 
 
-def _data_lead(data: torch.Tensor, lead: tuple, name: str) -> None:
-    if data.dim() > 3 and tuple(data.shape[:-3]) != tuple(lead):
-        raise ValueError(f"{name}: expected leading dims () or {tuple(lead)} (those of the dense operand), "
-                         f"got {tuple(data.shape[:-3])}")
-
-
 def _data_strides(data: torch.Tensor, trans: bool):
     d4 = data.reshape(math.prod(data.shape[:-3]), *data.shape[-3:])
     sz = 0 if data.dim() == 3 else d4.stride(0)
@@ -142,138 +154,94 @@ def _flags(dtype) -> dict:
     return {"DOT_F32": interpreting() and dtype != torch.float32, "IEEE": dtype == torch.float32}
 
 
-# ---------------------------------------------------------------------------- argument checks
-# Shared by every backend (sparse.ops.block_sparse calls them before dispatch): shapes, dtypes,
-# devices and layout; no device-type restriction here.
-def check_dsd(a_data, layout, b, trans_a=False, trans_b=False):
-    """Validate :func:`dsd` arguments; returns ``(M, N, leading dims)``."""
-    _check_layout(layout)
-    _check_tensor(a_data, "a_data")
-    check_data(layout, a_data, "a_data")
-    _check_dense(b, "b", a_data.dtype)
-    _check_same_device(b, "b", layout)
-    m, k = layout.shape[::-1] if trans_a else layout.shape
-    kb, n = _dims(b, trans_b)
-    if kb != k:
-        raise ValueError(f"b: expected {'[..., N, K]' if trans_b else '[..., K, N]'} with K={k} "
-                         f"(op(S) is {m}x{k}), got shape {tuple(b.shape)}")
-    lead = tuple(b.shape[:-2])
-    _data_lead(a_data, lead, "a_data")
-    return m, n, lead
-
-
-def check_dds(a, b_data, layout, trans_a=False, trans_b=False):
-    """Validate :func:`dds` arguments; returns ``(M, N, leading dims)``."""
-    _check_layout(layout)
-    _check_dense(a, "a")
-    _check_tensor(b_data, "b_data", a.dtype)
-    check_data(layout, b_data, "b_data")
-    _check_same_device(a, "a", layout)
-    k, n = layout.shape[::-1] if trans_b else layout.shape
-    m, ka = _dims(a, trans_a)
-    if ka != k:
-        raise ValueError(f"a: expected {'[..., K, M]' if trans_a else '[..., M, K]'} with K={k} "
-                         f"(op(S) is {k}x{n}), got shape {tuple(a.shape)}")
-    lead = tuple(a.shape[:-2])
-    _data_lead(b_data, lead, "b_data")
-    return m, n, lead
-
-
-def check_sdd(a, b, layout, trans_a=False, trans_b=False):
-    """Validate :func:`sdd` arguments; returns ``(K, leading dims)``."""
-    _check_layout(layout)
-    _check_dense(a, "a")
-    _check_dense(b, "b", a.dtype)
-    m, k = _dims(a, trans_a)
-    kb, n = _dims(b, trans_b)
-    if (m, n) != layout.shape:
-        raise ValueError(f"a, b: expected op(a) @ op(b) of shape {layout.shape} (the layout's), "
-                         f"got {m}x{n} from a {tuple(a.shape)}, b {tuple(b.shape)}")
-    if kb != k:
-        raise ValueError(f"b: expected inner dim K={k} (from a), got shape {tuple(b.shape)}")
-    if tuple(a.shape[:-2]) != tuple(b.shape[:-2]):
-        raise ValueError(f"a, b: expected the same leading dims, got {tuple(a.shape[:-2])} and "
-                         f"{tuple(b.shape[:-2])}")
-    _check_same_device(a, "a", layout)
-    _check_same_device(b, "b", layout)
-    return k, tuple(a.shape[:-2])
-
-
-def _check_same_device(t: torch.Tensor, name: str, layout: BlockLayout) -> None:
-    if t.device != layout.device:
-        raise ValueError(f"{name}: expected a tensor on the layout's device {layout.device}, got {t.device}")
-
-
 # ---------------------------------------------------------------------------- launchers
-def dsd(a_data: torch.Tensor, layout: BlockLayout, b: torch.Tensor, trans_a: bool = False,
+def dsd(a_data: torch.Tensor, shape: tuple[int, int], block: int, crow: torch.Tensor, col: torch.Tensor,
+        ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, b: torch.Tensor, trans_a: bool = False,
         trans_b: bool = False) -> torch.Tensor:
-    """``op(S) @ op(b)``: S block-sparse ``layout.shape``, b ``[..., K, N]`` -> ``[..., M, N]``.
+    """``op(S) @ op(b)``: S block-sparse ``shape``, b ``[..., K, N]`` -> ``[..., M, N]``.
 
     a_data: ``[nnz, B, B]`` or ``[..., nnz, B, B]`` (b's leading dims); b: same dtype and device.
     """
-    m, n, lead = check_dsd(a_data, layout, b, trans_a, trans_b)
-    _check_launchable(b, "b")
+    _check_operand(b, "b")
+    _check_operand(a_data, "a_data", b.dtype, min_dim=3)
+    _check_index(b.device, crow=crow, col=col, ccol=ccol, row_t=row_t, perm_t=perm_t)
+    lead = tuple(b.shape[:-2])
+    rows, cols = _check_sparse(shape, block, col.numel(), a_data, "a_data", lead)
+    m, k = (cols, rows) if trans_a else (rows, cols)
+    kb, n = _dims(b, trans_b)
+    _expect(kb == k, f"b: expected inner dim K={k} (op(S) is {m}x{k}), got shape {tuple(b.shape)}")
     b3, (sbz, sbk, sbn) = _as3d(b, trans_b)
     z = b3.shape[0]
     c = torch.zeros(z, m, n, dtype=b.dtype, device=b.device)
-    if layout.nnz == 0 or c.numel() == 0:
+    if col.numel() == 0 or c.numel() == 0:
         return c.reshape(*lead, m, n)
     d4, (sdz, sdp, sd0, sd1) = _data_strides(a_data, trans_a)
-    if trans_a:
-        seg, idx, dptr = layout.ccol, layout.row_t, layout.perm_t
-    else:
-        seg, idx, dptr = layout.crow, layout.col, layout.crow
-    grid = lambda meta: (m // layout.block, triton_cdiv(n, meta["BLOCK_N"]), z)  # noqa: E731
+    seg, idx, dptr = (ccol, row_t, perm_t) if trans_a else (crow, col, crow)
+    grid = lambda meta: (m // block, triton_cdiv(n, meta["BLOCK_N"]), z)  # noqa: E731
     _launch("dsd", grid, d4, seg, idx, dptr, b3, c, n, sdz, sdp, sd0, sd1, sbz, sbk, sbn, *c.stride(),
-            BLOCK=layout.block, INDIRECT=trans_a, **_flags(b.dtype))
+            BLOCK=block, INDIRECT=trans_a, **_flags(b.dtype))
     return c.reshape(*lead, m, n)
 
 
-def dds(a: torch.Tensor, b_data: torch.Tensor, layout: BlockLayout, trans_a: bool = False,
+def dds(a: torch.Tensor, b_data: torch.Tensor, shape: tuple[int, int], block: int, crow: torch.Tensor,
+        col: torch.Tensor, ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, trans_a: bool = False,
         trans_b: bool = False) -> torch.Tensor:
-    """``op(a) @ op(S)``: a ``[..., M, K]``, S block-sparse ``layout.shape`` -> ``[..., M, N]``.
+    """``op(a) @ op(S)``: a ``[..., M, K]``, S block-sparse ``shape`` -> ``[..., M, N]``.
 
     b_data: ``[nnz, B, B]`` or ``[..., nnz, B, B]`` (a's leading dims); same dtype and device as a.
-    ``dds(x, W_data, layout, trans_b=True)`` is ``x @ W.T``, the forward of a linear layer.
+    With ``trans_b=True`` it is ``x @ W.T``, the forward of a linear layer.
     """
-    m, n, lead = check_dds(a, b_data, layout, trans_a, trans_b)
-    _check_launchable(a, "a")
+    _check_operand(a, "a")
+    _check_operand(b_data, "b_data", a.dtype, min_dim=3)
+    _check_index(a.device, crow=crow, col=col, ccol=ccol, row_t=row_t, perm_t=perm_t)
+    lead = tuple(a.shape[:-2])
+    rows, cols = _check_sparse(shape, block, col.numel(), b_data, "b_data", lead)
+    k, n = (cols, rows) if trans_b else (rows, cols)
+    m, ka = _dims(a, trans_a)
+    _expect(ka == k, f"a: expected inner dim K={k} (op(S) is {k}x{n}), got shape {tuple(a.shape)}")
     a3, (saz, sam, sak) = _as3d(a, trans_a)
     z = a3.shape[0]
     c = torch.zeros(z, m, n, dtype=a.dtype, device=a.device)
-    if layout.nnz == 0 or c.numel() == 0:
+    if col.numel() == 0 or c.numel() == 0:
         return c.reshape(*lead, m, n)
     d4, (sdz, sdp, sd0, sd1) = _data_strides(b_data, trans_b)
-    if trans_b:
-        seg, idx, dptr = layout.crow, layout.col, layout.crow
-    else:
-        seg, idx, dptr = layout.ccol, layout.row_t, layout.perm_t
-    grid = lambda meta: (triton_cdiv(m, meta["BLOCK_M"]), n // layout.block, z)  # noqa: E731
+    seg, idx, dptr = (crow, col, crow) if trans_b else (ccol, row_t, perm_t)
+    grid = lambda meta: (triton_cdiv(m, meta["BLOCK_M"]), n // block, z)  # noqa: E731
     _launch("dds", grid, a3, d4, seg, idx, dptr, c, m, saz, sam, sak, sdz, sdp, sd0, sd1, *c.stride(),
-            BLOCK=layout.block, INDIRECT=not trans_b, **_flags(a.dtype))
+            BLOCK=block, INDIRECT=not trans_b, **_flags(a.dtype))
     return c.reshape(*lead, m, n)
 
 
-def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, trans_a: bool = False,
-        trans_b: bool = False) -> torch.Tensor:
+def sdd(a: torch.Tensor, b: torch.Tensor, shape: tuple[int, int], block: int, row: torch.Tensor,
+        col: torch.Tensor, trans_a: bool = False, trans_b: bool = False) -> torch.Tensor:
     """Kept blocks of ``op(a) @ op(b)``: a ``[..., M, K]``, b ``[..., K, N]`` -> ``[..., nnz, B, B]``.
 
-    ``layout.shape`` must be ``(M, N)``; a and b have the same leading dims, dtype and device.
-    ``sdd(dy, x, layout, trans_a=True)`` is the weight gradient of a block-sparse linear layer.
+    ``shape`` is ``(M, N)``; a and b have the same leading dims, dtype and device. With ``trans_a=True``
+    (a = dY, b = x) it is the weight gradient of a block-sparse linear layer.
     """
-    k, lead = check_sdd(a, b, layout, trans_a, trans_b)
-    _check_launchable(a, "a")
-    bs = layout.block
+    _check_operand(a, "a")
+    _check_operand(b, "b", a.dtype)
+    _check_index(a.device, row=row, col=col)
+    _expect(row.numel() == col.numel(), f"row, col: expected nnz entries each, got {row.numel()} and {col.numel()}")
+    _check_sparse(shape, block, col.numel(), None, "", ())
+    m, k = _dims(a, trans_a)
+    kb, n = _dims(b, trans_b)
+    _expect((m, n) == tuple(shape) and kb == k,
+            f"a, b: expected op(a) @ op(b) of shape {tuple(shape)}, got {m}x{k} @ {kb}x{n}")
+    _expect(a.shape[:-2] == b.shape[:-2], f"a, b: expected the same leading dims, got {tuple(a.shape[:-2])} "
+                                          f"and {tuple(b.shape[:-2])}")
+    _expect(b.device == a.device, f"b: expected a tensor on {a.device}, got {b.device}")
+    lead, nnz = tuple(a.shape[:-2]), col.numel()
     a3, (saz, sam, sak) = _as3d(a, trans_a)
     b3, (sbz, sbk, sbn) = _as3d(b, trans_b)
     z = a3.shape[0]
-    c = torch.zeros(z, layout.nnz, bs, bs, dtype=a.dtype, device=a.device)
+    c = torch.zeros(z, nnz, block, block, dtype=a.dtype, device=a.device)
     if c.numel() == 0 or k == 0:
-        return c.reshape(*lead, layout.nnz, bs, bs)
-    grid = lambda meta: (layout.nnz, z)  # noqa: E731
-    _launch("sdd", grid, a3, b3, layout.row, layout.col, c, k, saz, sam, sak, sbz, sbk, sbn, *c.stride(),
-            BLOCK=bs, **_flags(a.dtype))
-    return c.reshape(*lead, layout.nnz, bs, bs)
+        return c.reshape(*lead, nnz, block, block)
+    grid = lambda meta: (nnz, z)  # noqa: E731
+    _launch("sdd", grid, a3, b3, row, col, c, k, saz, sam, sak, sbz, sbk, sbn, *c.stride(),
+            BLOCK=block, **_flags(a.dtype))
+    return c.reshape(*lead, nnz, block, block)
 
 
 def triton_cdiv(x: int, y: int) -> int:

@@ -23,8 +23,8 @@ def _ext_on(device_type: str):
     return usable
 
 
-@nm_op.register("cuda", _ext_on("cuda"))
-@nm_op.register("cpu", _ext_on("cpu"))
+@nm_op.register("csrc-cuda", _ext_on("cuda"))
+@nm_op.register("csrc-cpu", _ext_on("cpu"))
 def _nm_ext(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return ext().nm_mask(w.float().contiguous(), n, m)  # bool from csrc
 

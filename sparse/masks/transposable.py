@@ -65,14 +65,14 @@ def _f32(w: torch.Tensor) -> torch.Tensor:
     return w.float().contiguous()  # no copy for contiguous fp32; the kernels take |w| themselves
 
 
-for _backend in ("cuda", "cpu"):
-    exact_op.register(_backend, _on(_backend))(lambda w, n, m: ext().transposable_exact(_f32(w), n, m))
-    approx_op.register(_backend, _on(_backend))(lambda w, n, m: ext().transposable_approx(_f32(w), n, m))
-    greedy_op.register(_backend, _on(_backend))(lambda w, n, m: ext().transposable_greedy(_f32(w), n, m))
+for _backend, _device in (("csrc-cuda", "cuda"), ("csrc-cpu", "cpu")):
+    exact_op.register(_backend, _on(_device))(lambda w, n, m: ext().transposable_exact(_f32(w), n, m))
+    approx_op.register(_backend, _on(_device))(lambda w, n, m: ext().transposable_approx(_f32(w), n, m))
+    greedy_op.register(_backend, _on(_device))(lambda w, n, m: ext().transposable_greedy(_f32(w), n, m))
 
 
-@enum_op.register("cuda", _on("cuda"))
-@enum_op.register("cpu", _on("cpu"))
+@enum_op.register("csrc-cuda", _on("cuda"))
+@enum_op.register("csrc-cpu", _on("cpu"))
 def _enum_ext(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     combos, rows = _enum.pattern_table(n, m)
     return ext().transposable_enum(_f32(w), n, m, combos, rows)

@@ -1,7 +1,7 @@
 """``BlockSparseLinear``: a Linear layer whose weight keeps only some ``B x B`` blocks.
 
 The weight is stored compactly as ``weight_data [nnz, B, B]`` (row-major block order) with its
-:class:`~triton_kernels.BlockLayout` index tensors as buffers; forward and both gradients run through
+:class:`~sparse.ops.layout.BlockLayout` index tensors as buffers; forward and both gradients run through
 :mod:`sparse.ops.block_sparse` (DDS forward ``y = x W^T``, DDS ``dX = dY W``, SDD ``dW`` on the kept
 blocks only), so pruned blocks take no memory and can never be revived by an optimizer. Speed: the
 Triton kernels on CUDA skip pruned blocks; on the CPU the C++ kernels of ``sparse._C`` (AMX tiles for
@@ -16,9 +16,8 @@ import math
 import torch
 import torch.nn as nn
 
-from triton_kernels.layout import BLOCK_SIZES, BlockLayout
-
 from ..ops import block_sparse as bs_ops
+from ..ops.layout import BLOCK_SIZES, BlockLayout
 
 _LAYOUT_BUFFERS = ("crow", "col", "row", "ccol", "row_t", "perm_t")
 

@@ -1,4 +1,9 @@
-"""Dispatching ops (csrc CUDA / csrc CPU / Triton / pure torch); see :mod:`sparse.ops.dispatch`."""
-from .dispatch import BACKENDS, BackendUnavailable, Op, forced_backend, last_backend, use_backend
+"""Dispatching ops (csrc CUDA / csrc CPU / Triton / pure torch); see :mod:`sparse.ops.dispatch`.
 
-__all__ = ["BACKENDS", "BackendUnavailable", "Op", "forced_backend", "last_backend", "use_backend"]
+The block-sparse matmuls are in :mod:`sparse.ops.block_sparse`, their layout in :mod:`sparse.ops.layout`.
+"""
+from .dispatch import BACKENDS, BackendUnavailable, Op, forced_backend, last_backend, use_backend
+from .layout import BLOCK_SIZES, BlockLayout
+
+__all__ = ["BACKENDS", "BLOCK_SIZES", "BackendUnavailable", "BlockLayout", "Op", "forced_backend", "last_backend",
+           "use_backend"]

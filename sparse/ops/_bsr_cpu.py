@@ -1,11 +1,12 @@
 """CPU paths of the block-sparse matmuls: the C++ kernels of ``sparse._C`` and a pure-torch fallback.
 
-Native path (backend ``cpu``, :func:`native_dds` / :func:`native_dsd` / :func:`native_sdd`): C++ in
-``csrc/cpu/bsr_brgemm_cpu.cpp``. Every kept ``B x B`` block is multiplied where it lies in the dense
+Native path (backend ``csrc-cpu``, :func:`native_dds` / :func:`native_dsd` / :func:`native_sdd`): the C++
+kernels in ``csrc/cpu/bsr_*.cpp``. Every kept ``B x B`` block is multiplied where it lies in the dense
 operand (no gathers of activations): bf16 with B a multiple of 32 runs hand-written AMX tile kernels that
 keep a 32 x 32 fp32 output tile in the AMX registers across all kept blocks of an output block (the same
 drivers with AVX512-BF16 ``vdpbf16ps`` microkernels on CPUs without AMX, e.g. AMD Zen 4/5); other cases
-(fp32, B=16) call ATen's ``cpublas::brgemm`` (oneDNN ukernels) per block run.
+(fp32, B=16) call ATen's ``cpublas::brgemm`` (oneDNN ukernels) per block run. ``SPARSE_BSR_ISA=amx``,
+``avx512bf16`` or ``brgemm`` narrows the bf16 choice to one family (:func:`native_kernels` lists them).
 :func:`native_usable` says when it applies (extension built, CPU tensors, a dtype the CPU runs natively:
 fp32 always, bf16/fp16 only where oneDNN can pack them, i.e. not fp16 on CPUs without AMX-FP16).
 
@@ -16,7 +17,7 @@ each group is padded to its largest count with zero blocks; per group one ``inde
 matmul and one ``index_copy_``. It is correct but slow: 0.15-0.25x of dense bf16 ``nn.Linear`` on the
 BERT-base FFN benchmark, because dense bf16 runs on AMX while the gathers move the activations around.
 
-Same signatures and semantics as :mod:`triton_kernels.block_sparse` (``sdd``, ``dsd``, ``dds``).
+Same signatures and semantics as the public functions of :mod:`sparse.ops.block_sparse`.
 Measured figures: ``sparse bench blocksparse`` (both backends side by side against dense).
 """
 from __future__ import annotations
@@ -25,9 +26,8 @@ import math
 
 import torch
 
-from triton_kernels.layout import BlockLayout
-
 from .._backends import ext
+from .layout import BlockLayout
 
 # Tokens per task of the native DDS and per K-chunk of the native SDD: the activation slice of a task
 # stays in L1/L2, the packed operands of a chunk in L2. Measured on the BERT-base FFN shapes (4096
@@ -91,7 +91,7 @@ def _dds_2d(mod, a2: torch.Tensor, data: torch.Tensor, layout: BlockLayout, tran
 
 def native_dds(a: torch.Tensor, b_data: torch.Tensor, layout: BlockLayout, trans_a: bool = False,
                trans_b: bool = False) -> torch.Tensor:
-    """``op(a) @ op(S)`` -> ``[..., M, N]`` by the C++ kernels (see :func:`triton_kernels.dds`)."""
+    """``op(a) @ op(S)`` -> ``[..., M, N]`` by the C++ kernels."""
     mod, why = _native_ext()
     if mod is None:
         raise RuntimeError(why)
@@ -230,7 +230,7 @@ def _row_side(layout: BlockLayout, trans: bool):
 
 def dsd(a_data: torch.Tensor, layout: BlockLayout, b: torch.Tensor, trans_a: bool = False,
         trans_b: bool = False) -> torch.Tensor:
-    """``op(S) @ op(b)`` -> ``[..., M, N]`` (see :func:`triton_kernels.dsd`)."""
+    """``op(S) @ op(b)`` -> ``[..., M, N]`` (pure torch)."""
     bs = layout.block
     m, k = layout.shape[::-1] if trans_a else layout.shape
     lead = tuple(b.shape[:-2])
@@ -273,7 +273,7 @@ def dds(a: torch.Tensor, b_data: torch.Tensor, layout: BlockLayout, trans_a: boo
 
 def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, trans_a: bool = False,
         trans_b: bool = False) -> torch.Tensor:
-    """Kept blocks of ``op(a) @ op(b)`` -> ``[..., nnz, B, B]`` (see :func:`triton_kernels.sdd`)."""
+    """Kept blocks of ``op(a) @ op(b)`` -> ``[..., nnz, B, B]`` (pure torch)."""
     bs = layout.block
     m, n = layout.shape
     lead = tuple(a.shape[:-2])

@@ -1,13 +1,14 @@
 """Block-sparse matmuls (SDD, DSD, DDS) as dispatched, autograd-aware ``torch.library`` ops.
 
-Layering: :func:`dds` / :func:`dsd` / :func:`sdd` (public, take a :class:`BlockLayout`) ->
-``torch.ops.sparse.bs_*`` custom ops (autograd for ``dds``; fake kernels so ``torch.compile`` traces
-through them) -> :class:`~sparse.ops.dispatch.Op` dispatch -> backends:
+Layering: :func:`dds` / :func:`dsd` / :func:`sdd` / :func:`linear` (public, take a
+:class:`~sparse.ops.layout.BlockLayout`, check their arguments) -> ``torch.ops.sparse.bs_*`` custom ops
+(autograd for ``dds`` and ``linear``; fake kernels so ``torch.compile`` traces through them) ->
+:class:`~sparse.ops.dispatch.Op` dispatch -> backends, tried in this order:
 
-* ``triton``: :mod:`triton_kernels` (CUDA tensors; on CPU only with ``TRITON_INTERPRET=1`` *and* the
-  backend forced, since the interpreter is for tests).
-* ``cpu``: the C++ kernels of ``sparse._C`` (AMX tile kernels for bf16, ATen brgemm otherwise; see
-  :mod:`sparse.ops._bsr_cpu`): CPU tensors, extension built, a dtype the CPU runs natively.
+* ``triton``: the kernels of :mod:`triton_kernels` (:mod:`sparse.ops._bsr_triton`): CUDA tensors; on CPU
+  only with ``TRITON_INTERPRET=1`` *and* the backend forced, since the interpreter is for tests.
+* ``csrc-cpu``: the C++ kernels of ``sparse._C`` (:mod:`sparse.ops._bsr_cpu`): CPU tensors, extension
+  built, a dtype the CPU runs natively.
 * ``torch``: pure torch, batched gather + one GEMM per row group (:mod:`sparse.ops._bsr_cpu`), any
   device; what runs when the extension or a native dtype is missing.
 
@@ -20,15 +21,11 @@ Semantics (``op(t)`` = t or its last-two-dims transpose; S has ``layout.shape``;
 """
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-import triton_kernels.block_sparse as _tk
-from triton_kernels.layout import BlockLayout
-
-from . import _bsr_cpu
-from .dispatch import Op, forced_backend
+from . import _bsr_cpu, _bsr_triton
+from .dispatch import Op
+from .layout import BlockLayout, check_dds, check_dsd, check_sdd
 
 __all__ = ["BlockLayout", "dds", "dsd", "sdd", "linear", "dds_op", "dsd_op", "sdd_op", "linear_op"]
 
@@ -39,30 +36,14 @@ dsd_op = Op("block_sparse.dsd")
 sdd_op = Op("block_sparse.sdd")
 
 
-# ---------------------------------------------------------------------------- backend usability
-def _device_of(*args) -> torch.device:
-    return next(a.device for a in args if isinstance(a, torch.Tensor))
-
-
-def _triton_usable(*args, **kwargs) -> str | None:
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    dev = _device_of(*args)
-    if dev.type == "cuda":
-        return None
-    if _tk.interpreting() and forced_backend() == "triton":
-        return None
-    return (f"tensors on {dev}: the Triton kernels need CUDA (on CPU only under TRITON_INTERPRET=1 "
-            "with the triton backend forced)")
-
-
-# Priority order: triton, cpu, torch (the dispatcher takes the first usable one).
-dds_op.register("triton", _triton_usable)(_tk.dds)
-dsd_op.register("triton", _triton_usable)(_tk.dsd)
-sdd_op.register("triton", _triton_usable)(_tk.sdd)
-dds_op.register("cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_dds)
-dsd_op.register("cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_dsd)
-sdd_op.register("cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_sdd)
+# ---------------------------------------------------------------------------- backends
+# Priority order: triton, csrc-cpu, torch (the dispatcher takes the first usable one).
+dds_op.register("triton", _bsr_triton.usable)(_bsr_triton.dds)
+dsd_op.register("triton", _bsr_triton.usable)(_bsr_triton.dsd)
+sdd_op.register("triton", _bsr_triton.usable)(_bsr_triton.sdd)
+dds_op.register("csrc-cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_dds)
+dsd_op.register("csrc-cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_dsd)
+sdd_op.register("csrc-cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_sdd)
 dds_op.register("torch")(_bsr_cpu.dds)
 dsd_op.register("torch")(_bsr_cpu.dsd)
 sdd_op.register("torch")(_bsr_cpu.sdd)
@@ -79,11 +60,11 @@ def _sdd_rowsum_any(a, b, layout, trans_a=False, trans_b=False):
     return sdd_op(a, b, layout, trans_a, trans_b), (a.transpose(-1, -2) if trans_a else a).sum(-1)
 
 
-linear_op.register("triton", _triton_usable)(_linear_any)
-linear_op.register("cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_linear)   # bias fused in the kernel
+linear_op.register("triton", _bsr_triton.usable)(_linear_any)
+linear_op.register("csrc-cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_linear)   # bias fused in the kernel
 linear_op.register("torch")(_linear_any)
-sdd_rowsum_op.register("triton", _triton_usable)(_sdd_rowsum_any)
-sdd_rowsum_op.register("cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_sdd_rowsum)   # sums fused in the packing
+sdd_rowsum_op.register("triton", _bsr_triton.usable)(_sdd_rowsum_any)
+sdd_rowsum_op.register("csrc-cpu", _bsr_cpu.native_usable)(_bsr_cpu.native_sdd_rowsum)   # sums fused in the packing
 sdd_rowsum_op.register("torch")(_sdd_rowsum_any)
 
 
@@ -232,21 +213,21 @@ def dds(a: torch.Tensor, b_data: torch.Tensor, layout: BlockLayout, trans_a: boo
 
     ``dds(x, w_data, layout, trans_b=True)`` is ``x @ W.T`` for a block-sparse ``W [out, in]``.
     """
-    _tk.check_dds(a, b_data, layout, trans_a, trans_b)
+    check_dds(a, b_data, layout, trans_a, trans_b)
     return torch.ops.sparse.bs_dds(a, b_data, *_meta(layout), bool(trans_a), bool(trans_b))
 
 
 def dsd(a_data: torch.Tensor, layout: BlockLayout, b: torch.Tensor, trans_a: bool = False,
         trans_b: bool = False) -> torch.Tensor:
     """``op(S) @ op(b)``: S block-sparse, b ``[..., K, N]`` dense -> ``[..., M, N]`` (forward only)."""
-    _tk.check_dsd(a_data, layout, b, trans_a, trans_b)
+    check_dsd(a_data, layout, b, trans_a, trans_b)
     return torch.ops.sparse.bs_dsd(a_data, b, *_meta(layout), bool(trans_a), bool(trans_b))
 
 
 def sdd(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, trans_a: bool = False,
         trans_b: bool = False) -> torch.Tensor:
     """Kept blocks of ``op(a) @ op(b)`` -> ``[..., nnz, B, B]`` (forward only)."""
-    _tk.check_sdd(a, b, layout, trans_a, trans_b)
+    check_sdd(a, b, layout, trans_a, trans_b)
     return torch.ops.sparse.bs_sdd(a, b, *_meta(layout), bool(trans_a), bool(trans_b))
 
 
@@ -259,7 +240,7 @@ def linear(x: torch.Tensor, w_data: torch.Tensor, bias: torch.Tensor | None, lay
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected a 2-D tensor [T, in], got {got}")
-    _tk.check_dds(x, w_data, layout, False, True)
+    check_dds(x, w_data, layout, False, True)
     if bias is not None:
         if (not isinstance(bias, torch.Tensor) or bias.dim() != 1 or bias.shape[0] != layout.shape[0]
                 or bias.dtype != x.dtype or bias.device != x.device):

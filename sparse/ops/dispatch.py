@@ -1,6 +1,7 @@
 """Backend dispatch: every op has an ordered list of implementations; the first usable one runs.
 
-Backend names: ``cuda`` (csrc CUDA), ``cpu`` (csrc C++/OpenMP), ``triton``, ``torch`` (pure torch).
+Backend names (the same in :func:`sparse.backends`): ``csrc-cuda`` (the CUDA kernels of ``sparse._C``),
+``csrc-cpu`` (its C++/OpenMP kernels), ``triton`` (:mod:`triton_kernels`), ``torch`` (pure torch).
 Force one with the environment variable ``SPARSE_BACKEND`` or the context manager
 :func:`use_backend`; a forced backend that cannot run the op raises instead of silently falling back.
 The backend that ran is logged at DEBUG and kept in :func:`last_backend`.
@@ -16,7 +17,7 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("cuda", "cpu", "triton", "torch")
+BACKENDS = ("csrc-cuda", "csrc-cpu", "triton", "torch")
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("sparse_backend", default=None)
 _last: dict[str, str] = {}
 

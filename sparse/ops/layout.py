@@ -1,6 +1,6 @@
-"""Block-sparse (BSR-like) layout shared by the Triton kernels and the CPU/torch paths.
+"""Block-sparse (BSR-like) layout of the block-sparse ops, and the checks of their arguments.
 
-Pure torch: importing this module never imports triton.
+Pure torch. Every backend receives a validated layout; the Triton kernels receive its index tensors.
 
 A sparse matrix S of shape ``[R*B, C*B]`` keeps ``nnz`` dense ``B x B`` blocks, stored as a data
 tensor ``[..., nnz, B, B]`` in row-major block order. The layout holds the block-row pointers and
@@ -213,3 +213,99 @@ def check_data(lay: BlockLayout, data: torch.Tensor, name: str) -> None:
                          f"got {tuple(data.shape)}")
     if data.device != lay.device:
         raise ValueError(f"{name}: expected a tensor on the layout's device {lay.device}, got {data.device}")
+
+
+# ---------------------------------------------------------------------------- operand checks
+# Shared by every backend (sparse.ops.block_sparse runs them before dispatch): shapes, dtypes, devices
+# and layout; which device types a backend runs on is the dispatcher's business, not checked here.
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_layout(layout) -> None:
+    if not isinstance(layout, BlockLayout):
+        raise ValueError(f"layout: expected a sparse.ops.BlockLayout, got {type(layout).__name__}")
+
+
+def _check_tensor(t, name: str, dtype=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in DTYPES:
+        raise ValueError(f"{name}: expected dtype float32, float16 or bfloat16, got {t.dtype}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype} (all operands must share one dtype), got {t.dtype}")
+
+
+def _check_dense(t, name: str, dtype=None) -> None:
+    _check_tensor(t, name, dtype)
+    if t.dim() < 2:
+        raise ValueError(f"{name}: expected a dense tensor [..., rows, cols], got shape {tuple(t.shape)}")
+
+
+def _check_same_device(t: torch.Tensor, name: str, layout: BlockLayout) -> None:
+    if t.device != layout.device:
+        raise ValueError(f"{name}: expected a tensor on the layout's device {layout.device}, got {t.device}")
+
+
+def _dims(t: torch.Tensor, trans: bool) -> tuple[int, int]:
+    r, c = t.shape[-2], t.shape[-1]
+    return (c, r) if trans else (r, c)
+
+
+def _data_lead(data: torch.Tensor, lead: tuple, name: str) -> None:
+    if data.dim() > 3 and tuple(data.shape[:-3]) != tuple(lead):
+        raise ValueError(f"{name}: expected leading dims () or {tuple(lead)} (those of the dense operand), "
+                         f"got {tuple(data.shape[:-3])}")
+
+
+def check_dsd(a_data, layout, b, trans_a=False, trans_b=False):
+    """Validate ``dsd`` arguments (``op(S) @ op(b)``); returns ``(M, N, leading dims)``."""
+    _check_layout(layout)
+    _check_tensor(a_data, "a_data")
+    check_data(layout, a_data, "a_data")
+    _check_dense(b, "b", a_data.dtype)
+    _check_same_device(b, "b", layout)
+    m, k = layout.shape[::-1] if trans_a else layout.shape
+    kb, n = _dims(b, trans_b)
+    if kb != k:
+        raise ValueError(f"b: expected {'[..., N, K]' if trans_b else '[..., K, N]'} with K={k} "
+                         f"(op(S) is {m}x{k}), got shape {tuple(b.shape)}")
+    lead = tuple(b.shape[:-2])
+    _data_lead(a_data, lead, "a_data")
+    return m, n, lead
+
+
+def check_dds(a, b_data, layout, trans_a=False, trans_b=False):
+    """Validate ``dds`` arguments (``op(a) @ op(S)``); returns ``(M, N, leading dims)``."""
+    _check_layout(layout)
+    _check_dense(a, "a")
+    _check_tensor(b_data, "b_data", a.dtype)
+    check_data(layout, b_data, "b_data")
+    _check_same_device(a, "a", layout)
+    k, n = layout.shape[::-1] if trans_b else layout.shape
+    m, ka = _dims(a, trans_a)
+    if ka != k:
+        raise ValueError(f"a: expected {'[..., K, M]' if trans_a else '[..., M, K]'} with K={k} "
+                         f"(op(S) is {k}x{n}), got shape {tuple(a.shape)}")
+    lead = tuple(a.shape[:-2])
+    _data_lead(b_data, lead, "b_data")
+    return m, n, lead
+
+
+def check_sdd(a, b, layout, trans_a=False, trans_b=False):
+    """Validate ``sdd`` arguments (kept blocks of ``op(a) @ op(b)``); returns ``(K, leading dims)``."""
+    _check_layout(layout)
+    _check_dense(a, "a")
+    _check_dense(b, "b", a.dtype)
+    m, k = _dims(a, trans_a)
+    kb, n = _dims(b, trans_b)
+    if (m, n) != layout.shape:
+        raise ValueError(f"a, b: expected op(a) @ op(b) of shape {layout.shape} (the layout's), "
+                         f"got {m}x{n} from a {tuple(a.shape)}, b {tuple(b.shape)}")
+    if kb != k:
+        raise ValueError(f"b: expected inner dim K={k} (from a), got shape {tuple(b.shape)}")
+    if tuple(a.shape[:-2]) != tuple(b.shape[:-2]):
+        raise ValueError(f"a, b: expected the same leading dims, got {tuple(a.shape[:-2])} and "
+                         f"{tuple(b.shape[:-2])}")
+    _check_same_device(a, "a", layout)
+    _check_same_device(b, "b", layout)
+    return k, tuple(a.shape[:-2])

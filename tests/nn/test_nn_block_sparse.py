@@ -1,4 +1,4 @@
-"""BlockSparseLinear: outputs and gradients vs the masked dense Linear (C++ cpu and pure-torch backends),
+"""BlockSparseLinear: outputs and gradients vs the masked dense Linear (csrc-cpu and pure-torch backends),
 conversions, errors, the Triton backend (interpreter), SparseOptimizer, and a drop-in replacement inside
 the real pretrained MiniLM."""
 import copy
@@ -10,8 +10,7 @@ import torch
 import torch.nn as nn
 
 from sparse.nn import BlockSparseLinear
-from sparse.ops import _bsr_cpu, last_backend, use_backend
-from triton_kernels import BlockLayout
+from sparse.ops import BlockLayout, _bsr_cpu, last_backend, use_backend
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -60,8 +59,8 @@ def test_forward_and_gradients_match_masked_dense(block, bias):
     _close(mod.layout().to_dense(mod.weight_data.grad), ref.weight.grad * keep, torch.float32)
     if bias:
         _close(mod.bias.grad, ref.bias.grad, torch.float32)
-    # dW (and dbias, when there is one, from the same pass) ran on a CPU backend; cpu where sparse._C is built
-    assert last_backend("block_sparse.sdd_rowsum" if bias else "block_sparse.sdd") in ("cpu", "torch")
+    # dW (and dbias, when there is one, from the same pass) ran on a CPU backend; csrc-cpu where sparse._C is built
+    assert last_backend("block_sparse.sdd_rowsum" if bias else "block_sparse.sdd") in ("csrc-cpu", "torch")
 
 
 def test_bf16_forward_backward():
@@ -104,7 +103,7 @@ def test_native_cpu_backend_matches_torch_backend_and_masked_dense(dtype, block)
     y_ref = ref(x_ref)
     y_ref.backward(g.to(dtype).float())
     results = {}
-    for backend in ("cpu", "torch"):
+    for backend in ("csrc-cpu", "torch"):
         mod.zero_grad()
         xb = x.to(dtype).requires_grad_()
         with use_backend(backend):
@@ -117,7 +116,7 @@ def test_native_cpu_backend_matches_torch_backend_and_masked_dense(dtype, block)
         _close(xb.grad, x_ref.grad, dtype)
         _close(mod.layout().to_dense(mod.weight_data.grad), ref.weight.grad * keep, dtype)
         results[backend] = (y.detach().float(), xb.grad.float(), mod.weight_data.grad.float())
-    for a, b in zip(results["cpu"], results["torch"]):
+    for a, b in zip(results["csrc-cpu"], results["torch"]):
         _close(a, b, dtype)
 
 
@@ -258,7 +257,7 @@ def test_cpu_benchmark_cli_writes_json_and_refuses_to_clobber(tmp_path, capsys):
     assert main(argv) == 0
     payload = json.loads(out.read_text())
     rows = payload["rows"]
-    assert [(r["sparsity"], r["backend"]) for r in rows] == [(0.5, "cpu"), (0.5, "torch"), (0.9, "cpu"), (0.9, "torch")]
+    assert [(r["sparsity"], r["backend"]) for r in rows] == [(0.5, "csrc-cpu"), (0.5, "torch"), (0.9, "csrc-cpu"), (0.9, "torch")]
     assert payload["cpu"]["native_kernels"]
     native = _bsr_cpu.native_usable(torch.zeros(1, dtype=torch.bfloat16),
                                     BlockLayout.from_mask(torch.ones(1, 1, dtype=torch.bool), 32)) is None
@@ -268,19 +267,19 @@ def test_cpu_benchmark_cli_writes_json_and_refuses_to_clobber(tmp_path, capsys):
             assert r["sparse_ms"] is None and r["speedup"] is None and "cannot run" in r["unavailable"]
     assert all(r["dense_ms"] > 0 and r["sparse_ms"] > 0 for r in ran)
     assert all(abs(r["speedup"] - r["dense_ms"] / r["sparse_ms"]) < 1e-9 for r in ran)
-    assert {(r["backend"], r["block"]) for r in payload["summary"]} == {("cpu", 32), ("torch", 32)}
+    assert {(r["backend"], r["block"]) for r in payload["summary"]} == {("csrc-cpu", 32), ("torch", 32)}
     assert "speedup" in capsys.readouterr().out
     assert main(argv) == 2                                     # exists: refused without --force
     assert "exists; pass --force" in capsys.readouterr().err
     assert main(argv[:-2] + ["--sparsities", "1.5"]) == 2
     assert "--sparsities: expected values in [0, 1), got 1.5" in capsys.readouterr().err
-    assert main(argv[:-2] + ["--backends", "cpu,gpu"]) == 2
-    assert "--backends: expected a comma list of cpu, torch, got 'gpu'" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--backends", "csrc-cpu,gpu"]) == 2
+    assert "--backends: expected a comma list of csrc-cpu, torch, got 'gpu'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
 def test_gpu_benchmark_says_it_needs_cuda(capsys):
-    from sparse.bench.blocksparse_gpu import main
+    from sparse.cli import main
 
-    assert main([]) == 2
+    assert main(["bench", "blocksparse-gpu"]) == 2
     assert "no CUDA device" in capsys.readouterr().err

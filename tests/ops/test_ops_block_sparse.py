@@ -1,4 +1,4 @@
-"""sparse.ops.block_sparse: dispatch (triton / cpu / torch), both CPU paths against the fp32 reference,
+"""sparse.ops.block_sparse: dispatch (triton / csrc-cpu / torch), both CPU paths against the fp32 reference,
 autograd of DDS, the torch.library ops (opcheck, fake kernels under torch.compile), argument errors."""
 import importlib.util
 
@@ -7,8 +7,7 @@ import torch
 
 from sparse.ops import _bsr_cpu
 from sparse.ops import block_sparse as bs
-from sparse.ops import last_backend, use_backend
-from triton_kernels import BlockLayout
+from sparse.ops import BlockLayout, last_backend, use_backend
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 has_triton = importlib.util.find_spec("triton") is not None
@@ -56,12 +55,12 @@ def _kernel_families() -> list[str]:
 needs_native = pytest.mark.skipif(not _native(torch.float32, 16), reason=str(_why_not_native(torch.float32, 16)))
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", ["csrc-cpu", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("trans_a, trans_b", MODES)
 def test_cpu_backends_match_reference(backend, dtype, trans_a, trans_b):
-    if backend == "cpu" and not _native(dtype, 16):
-        pytest.skip(f"cpu backend cannot run {dtype} here: {_why_not_native(dtype, 16)}")
+    if backend == "csrc-cpu" and not _native(dtype, 16):
+        pytest.skip(f"csrc-cpu backend cannot run {dtype} here: {_why_not_native(dtype, 16)}")
     lay, data = _case(5, 9, 16, seed=int(trans_a) + 2 * int(trans_b))
     d = data.to(dtype)
     s = lay.to_dense(d.float())
@@ -88,7 +87,7 @@ def test_default_backend_is_native_where_it_runs_else_torch():
     lay, data = _case(2, 3, 16)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         bs.dds(torch.randn(3, 48).to(dtype), data.to(dtype), lay, trans_b=True)
-        assert last_backend("block_sparse.dds") == ("cpu" if _native(dtype, 16) else "torch")
+        assert last_backend("block_sparse.dds") == ("csrc-cpu" if _native(dtype, 16) else "torch")
     assert "float64" in _bsr_cpu.native_usable(torch.zeros(1, dtype=torch.float64))
     assert "not CPU" in (_bsr_cpu.native_usable(torch.zeros(1, device="meta")) or "not CPU")
 
@@ -112,7 +111,7 @@ def _module_case(block, rows, cols, tokens, dtype, seed):
 @pytest.mark.parametrize("block, tokens", [(16, 1), (16, 33), (32, 70), (32, 300), (64, 37), (128, 5)])
 @pytest.mark.parametrize("isa", ["", "amx", "avx512bf16", "brgemm"])
 def test_native_kernels_every_mode_the_linear_layer_uses(dtype, block, tokens, isa, monkeypatch):
-    """y = x W^T, dX = dY W (transpose metadata), dW = dY^T x (kept blocks) and dW^T's mode, forced cpu:
+    """y = x W^T, dX = dY W (transpose metadata), dW = dY^T x (kept blocks) and dW^T's mode, forced csrc-cpu:
     token counts that are not multiples of the kernels' tiles (1, odd, > one tile), empty rows/columns.
     Every bf16 kernel family this CPU has (SPARSE_BSR_ISA) is run: AMX, AVX512-BF16, oneDNN brgemm."""
     if isa and isa not in _kernel_families():
@@ -125,21 +124,21 @@ def test_native_kernels_every_mode_the_linear_layer_uses(dtype, block, tokens, i
         pytest.skip("fp32 always runs on brgemm")
     lay, data, x, dy = _module_case(block, 4, 5, tokens, dtype, seed=block + tokens)
     w = lay.to_dense(data.float())
-    with use_backend("cpu"):
+    with use_backend("csrc-cpu"):
         _close(bs.dds(x, data, lay, trans_b=True), x.float() @ w.t(), dtype)
         _close(bs.dds(dy, data, lay), dy.float() @ w, dtype)
         _close(bs.sdd(dy, x, lay, trans_a=True), lay.from_dense(dy.float().t() @ x.float()), dtype)
         _close(bs.sdd(dy.t().contiguous(), x, lay), lay.from_dense(dy.float().t() @ x.float()), dtype)
         _close(bs.sdd(dy, x.t().contiguous(), lay, trans_a=True, trans_b=True),
                lay.from_dense(dy.float().t() @ x.float()), dtype)
-        assert last_backend("block_sparse.sdd") == "cpu"
+        assert last_backend("block_sparse.sdd") == "csrc-cpu"
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", ["csrc-cpu", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows, cols", [(6, 3), (3, 6)])     # dY wider than x, and narrower
 def test_sdd_rowsum_gives_blocks_and_bias_gradient(backend, dtype, rows, cols):
-    if backend == "cpu" and not _native(dtype, 32):
+    if backend == "csrc-cpu" and not _native(dtype, 32):
         pytest.skip(f"{dtype} not native here")
     lay, data, x, dy = _module_case(32, rows, cols, 77, dtype, seed=rows)
     meta = (*lay.tensors(), lay.block, *lay.shape)
@@ -162,7 +161,7 @@ def test_native_kernels_empty_layout_and_no_tokens(dtype):
         pytest.skip(f"{dtype} not native here")
     lay = BlockLayout.from_mask(torch.zeros(2, 3, dtype=torch.bool), 32)
     data = torch.zeros(0, 32, 32, dtype=dtype)
-    with use_backend("cpu"):
+    with use_backend("csrc-cpu"):
         zeros = torch.zeros(5, 64, dtype=dtype)
         assert torch.equal(bs.dds(torch.randn(5, 96).to(dtype), data, lay, trans_b=True), zeros)
         assert torch.equal(bs.dds(torch.randn(5, 64).to(dtype), data, lay), torch.zeros(5, 96, dtype=dtype))
@@ -185,7 +184,7 @@ def test_cpu_path_every_block_size_and_batched_data(block):
 def test_empty_layout_and_empty_batch():
     lay = BlockLayout.from_mask(torch.zeros(2, 2, dtype=torch.bool), 16)
     data = torch.zeros(0, 16, 16)
-    for backend in ("cpu", "torch"):
+    for backend in ("csrc-cpu", "torch"):
         with use_backend(backend):
             assert torch.equal(bs.dds(torch.randn(3, 32), data, lay, trans_b=True), torch.zeros(3, 32))
             assert torch.equal(bs.dsd(data, lay, torch.randn(32, 5)), torch.zeros(32, 5))
@@ -201,7 +200,7 @@ def test_dispatch_default_forced_and_env(monkeypatch):
     monkeypatch.delenv("SPARSE_BACKEND", raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     bs.dds(x, data, lay, trans_b=True)
-    assert last_backend("block_sparse.dds") == ("cpu" if _native(torch.float32, 16) else "torch")
+    assert last_backend("block_sparse.dds") == ("csrc-cpu" if _native(torch.float32, 16) else "torch")
     with use_backend("torch"):
         _close(bs.dds(x, data, lay, trans_b=True), ref, torch.float32)
     assert last_backend("block_sparse.dds") == "torch"
@@ -211,7 +210,7 @@ def test_dispatch_default_forced_and_env(monkeypatch):
     monkeypatch.delenv("SPARSE_BACKEND")
     with use_backend("triton"), pytest.raises(RuntimeError, match="forced backend 'triton' cannot run"):
         bs.dds(x, data, lay, trans_b=True)
-    with use_backend("cuda"), pytest.raises(RuntimeError, match="forced backend 'cuda'"):
+    with use_backend("csrc-cuda"), pytest.raises(RuntimeError, match="forced backend 'csrc-cuda'"):
         bs.dds(x, data, lay, trans_b=True)
 
 
@@ -250,10 +249,10 @@ def test_dds_gradients_match_masked_dense(trans_a, trans_b):
     _close(w.grad, lay.from_dense(s.grad), torch.float32)   # kept blocks only; batch summed
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("backend", ["csrc-cpu", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_linear_with_fused_bias_and_gradients(backend, dtype):
-    if backend == "cpu" and not _native(dtype, 32):
+    if backend == "csrc-cpu" and not _native(dtype, 32):
         pytest.skip(f"{dtype} not native here")
     lay, data, x, dy = _module_case(32, 3, 4, 45, dtype, seed=5)
     bias = torch.randn(lay.shape[0]).to(dtype)
@@ -326,7 +325,7 @@ def test_public_functions_reject_bad_arguments():
         bs.dds(torch.randn(3, 16), data, lay, trans_b=True)
     with pytest.raises(ValueError, match="b_data: expected dtype torch.bfloat16"):
         bs.dds(torch.randn(3, 32, dtype=torch.bfloat16), data, lay, trans_b=True)
-    with pytest.raises(ValueError, match="layout: expected a triton_kernels.BlockLayout"):
+    with pytest.raises(ValueError, match="layout: expected a sparse.ops.BlockLayout"):
         bs.dsd(data, lay.mask(), torch.randn(32, 2))
     with pytest.raises(ValueError, match=r"a, b: expected op\(a\) @ op\(b\) of shape"):
         bs.sdd(torch.randn(16, 4), torch.randn(4, 32), lay)
@@ -359,7 +358,7 @@ def test_native_amx_and_brgemm_paths_interleave_with_atens_own_brgemm_users():
     if not blocks:
         pytest.skip("bf16 not native here")
     q = torch.randn(1, 2, 40, 64).to(torch.bfloat16)
-    with use_backend("cpu"):
+    with use_backend("csrc-cpu"):
         for block in blocks:
             lay, data, x, _ = _module_case(block, 3, 4, 50, torch.bfloat16, seed=block)
             _close(bs.dds(x, data, lay, trans_b=True), x.float() @ lay.to_dense(data.float()).t(), torch.bfloat16)
