@@ -132,8 +132,11 @@ setup(
     long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["sparse", "sparse.*", "triton_kernels", "triton_kernels.*"]),
-    package_data={"sparse": ["py.typed"]},
+    # The repository's top-level recipes/ ships inside the package as sparse.recipes, so that an installed
+    # `sparse finetune` finds the default recipe from any folder.
+    packages=find_packages(include=["sparse", "sparse.*", "triton_kernels", "triton_kernels.*"]) + ["sparse.recipes"],
+    package_dir={"sparse.recipes": "recipes"},
+    package_data={"sparse": ["py.typed"], "sparse.recipes": ["*.yaml"]},
     install_requires=["torch>=2.4", "numpy", "networkx>=3", "PyYAML>=6", "safetensors>=0.4", "tqdm"],
     extras_require={
         "hf": ["transformers>=4.40", "scikit-learn", "accelerate>=1.1"],

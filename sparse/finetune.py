@@ -1,15 +1,23 @@
 """Fine-tune a recipe's model on its dataset while pruning with :class:`sparse.SparseOptimizer`.
 
-The loop: tokenise once (max_length, padded), AdamW with a higher learning rate for the fresh
-classifier head, linear warm-up/decay, bf16 autocast on CPU (about 2x faster than fp32 here),
-gradient clipping, evaluation on the test split after every epoch, then the model (safetensors),
-masks (safetensors, bool) and a ``result.json`` are written atomically to the output folder.
+:func:`finetune` reads as its steps, each a function of its own:
+
+1. :func:`check_args`, :func:`check_out_dir`, :func:`apply_overrides` (``epochs``, ``seed``);
+2. :func:`load_data`: tokenise once (max_length, padded); :func:`plan_run`: steps and cache key;
+3. :func:`build_model`; :func:`build_optimizer`: AdamW, ``train.head_lr`` for the layers that the
+   layer policy calls heads (:func:`sparse.policy.is_head`), linear warm-up/decay, wrapped in
+   :class:`~sparse.SparseOptimizer`;
+4. :func:`train`: :func:`train_epoch` then :func:`evaluate` on the test split, epoch after epoch;
+   bf16 autocast on CPU (about 2x faster than fp32 here), gradient clipping;
+5. :func:`cache_accuracy`, :func:`save_run` (model and masks as safetensors, ``result.json``,
+   written atomically), :func:`save_teacher`.
 
 Dense runs are cached (accuracy keyed by everything that defines the run except the pruning entries)
 so a sparse run with the same model, data, training settings, seed and steps can report
 dense-vs-sparse accuracy; the dense model itself is cached too (``teachers/<key>``) as the teacher of
-such runs whose recipe says ``distill: {teacher: dense}``. Cache folder: ``$SPARSE_CACHE_DIR`` or
-``~/.cache/sparse/finetune``.
+such runs whose recipe says ``distill: {teacher: dense}``. The teacher is the caller's to resolve
+(:func:`resolve_teacher`, which fine-tunes the dense run first when it is not cached) and to pass as
+``finetune(recipe, teacher=...)``. Cache folder: ``$SPARSE_CACHE_DIR`` or ``~/.cache/sparse/finetune``.
 """
 from __future__ import annotations
 
@@ -19,7 +27,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,12 +35,12 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from .io_utils import atomic_dir, atomic_file, atomic_write_json, atomic_write_text
 from .optim import SparseOptimizer
+from .policy import is_head
 from .recipe import Recipe, load_recipe
 
 log = logging.getLogger(__name__)
-
-HEAD_PATTERNS = ("classifier", "pooler", "score")  # parameters trained at train.head_lr
 
 
 @dataclass
@@ -59,6 +66,46 @@ class FinetuneResult:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class Split:
+    """One tokenised split: ``[N, L]`` int64 ids and attention mask, ``[N]`` int64 labels."""
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def inputs(self, idx) -> dict:
+        return {"input_ids": self.input_ids[idx], "attention_mask": self.attention_mask[idx]}
+
+
+@dataclass
+class RunData:
+    """What :func:`load_data` prepares: the tokenised splits, the label names, the model folder and
+    its tokenizer (saved with the run so that the run folder is a model folder)."""
+    train: Split
+    test: Split
+    label_names: list[str]
+    model_path: str
+    tokenizer: Any
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How long a run is, and its cache key (:func:`run_key`)."""
+    steps_per_epoch: int
+    total: int
+    key: str
+
+
+@dataclass
+class TrainLog:
+    epoch_accuracy: list[float]
+    seconds: float          # training and per-epoch evaluation
+    train_seconds: float    # training only
+
+
 def cache_dir() -> str:
     return os.environ.get("SPARSE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sparse", "finetune")
 
@@ -71,7 +118,57 @@ def run_key(recipe: Recipe, seed: int, steps: int, n_train: int, n_test: int) ->
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _model_path(recipe: Recipe) -> str:
+def teacher_dir(key: str) -> str:
+    """Cache folder of the dense model of run ``key`` (an HF folder), the ``distill: {teacher: dense}``
+    teacher of every sparse run with the same model, data, training settings, seed and steps."""
+    return os.path.join(cache_dir(), "teachers", key)
+
+
+def is_dense(recipe: Recipe) -> bool:
+    """A plain dense fine-tune: the run whose accuracy and model are cached for the others."""
+    return not recipe.pruning and recipe.distill is None
+
+
+# --- the steps of finetune(), in order ---------------------------------------------------------------
+
+def check_overrides(*, max_steps: int | None = None, epochs: int | None = None, seed: int | None = None,
+                    limit_train: int | None = None, limit_test: int | None = None) -> None:
+    """Refuse overrides that are not integers in range."""
+    for name, v, lo in (("max_steps", max_steps, 1), ("epochs", epochs, 1), ("seed", seed, 0),
+                        ("limit_train", limit_train, 1), ("limit_test", limit_test, 1)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+
+
+def check_args(recipe: Recipe, teacher: torch.nn.Module | None, **overrides) -> None:
+    """:func:`check_overrides`, and a teacher given exactly when ``recipe`` distils."""
+    check_overrides(**overrides)
+    if recipe.distill is not None and teacher is None:
+        raise ValueError(f"teacher: recipe {recipe.name!r} distils (distill.teacher: {recipe.distill.teacher}); "
+                         f"pass teacher=resolve_teacher(recipe, ...)")
+    if recipe.distill is None and teacher is not None:
+        raise ValueError(f"teacher: recipe {recipe.name!r} has no distill block (its alpha and temperature say "
+                         f"how to use a teacher); add one or pass no teacher")
+
+
+def check_out_dir(out_dir: str | None, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that already holds a run unless ``overwrite`` (checked before any work)."""
+    if out_dir is not None and os.path.exists(os.path.join(out_dir, "model.safetensors")) and not overwrite:
+        raise FileExistsError(f"out_dir: {out_dir} already holds a run (model.safetensors); pass overwrite=True "
+                              f"(--overwrite) or choose another folder")
+
+
+def apply_overrides(recipe: Recipe, epochs: int | None, seed: int | None) -> Recipe:
+    """``recipe`` with ``train.epochs`` / ``train.seed`` replaced where given."""
+    if epochs is None and seed is None:
+        return recipe
+    tc = recipe.train
+    return recipe.replace(train=dataclasses.replace(tc, epochs=epochs or tc.epochs,
+                                                    seed=tc.seed if seed is None else seed))
+
+
+def model_path(recipe: Recipe) -> str:
+    """The folder ``recipe.model.source`` names."""
     if recipe.model.source == "minilm":
         from .data import minilm_path
         return minilm_path()
@@ -80,95 +177,107 @@ def _model_path(recipe: Recipe) -> str:
     return recipe.model.source
 
 
-def _load_data(recipe: Recipe):
+def load_texts(recipe: Recipe, limit_train: int | None = None, limit_test: int | None = None):
+    """The recipe's dataset as texts (a :class:`sparse.data.TextSplit`), cut to the first N examples."""
     from .data import load_bbc_news  # the only registered dataset (recipe.DATASETS)
-    return load_bbc_news(test_size=recipe.data.test_size, seed=recipe.data.split_seed)
+
+    d = load_bbc_news(test_size=recipe.data.test_size, seed=recipe.data.split_seed)
+    return dataclasses.replace(d, train_texts=d.train_texts[:limit_train], train_labels=d.train_labels[:limit_train],
+                               test_texts=d.test_texts[:limit_test], test_labels=d.test_labels[:limit_test])
 
 
-def _param_groups(model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
+def _quiet_transformers() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+    transformers.logging.set_verbosity_error()  # "newly initialized head" warnings are expected here
+
+
+def load_data(recipe: Recipe, limit_train: int | None = None, limit_test: int | None = None) -> RunData:
+    """Load and tokenise the recipe's dataset once, with its model's tokenizer."""
+    _quiet_transformers()
+    from transformers import AutoTokenizer
+
+    texts = load_texts(recipe, limit_train, limit_test)
+    path = model_path(recipe)
+    tok = AutoTokenizer.from_pretrained(path)
+
+    def split(x: list[str], y: list[int]) -> Split:
+        enc = tok(x, truncation=True, max_length=recipe.model.max_length, padding="max_length", return_tensors="pt")
+        return Split(enc["input_ids"], enc["attention_mask"], torch.tensor(y, dtype=torch.long))
+
+    return RunData(split(texts.train_texts, texts.train_labels), split(texts.test_texts, texts.test_labels),
+                   list(texts.label_names), path, tok)
+
+
+def plan_run(recipe: Recipe, n_train: int, n_test: int, max_steps: int | None = None) -> RunPlan:
+    """Steps per epoch, total steps (``train.epochs`` of them, at most ``max_steps``) and the cache key."""
+    tc = recipe.train
+    steps_per_epoch = math.ceil(n_train / tc.batch_size)
+    total = tc.epochs * steps_per_epoch
+    if max_steps is not None:
+        total = min(total, max_steps)
+    return RunPlan(steps_per_epoch, total, run_key(recipe, tc.seed, total, n_train, n_test))
+
+
+def check_teacher_labels(teacher: torch.nn.Module | None, num_labels: int) -> None:
+    """A teacher must classify the dataset's labels."""
+    if teacher is None:
+        return
+    n = teacher.config.num_labels
+    if n != num_labels:
+        raise ValueError(f"distill.teacher: {teacher.name_or_path} classifies {n} labels, the dataset has "
+                         f"{num_labels}")
+
+
+def build_model(recipe: Recipe, data: RunData) -> torch.nn.Module:
+    """The pretrained model with a fresh classification head for the dataset's labels, in train mode."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(recipe.train.seed)  # the fresh head's initialisation and dropout depend on it
+    model = AutoModelForSequenceClassification.from_pretrained(data.model_path, num_labels=len(data.label_names))
+    model.config.id2label = dict(enumerate(data.label_names))
+    model.config.label2id = {name: i for i, name in enumerate(data.label_names)}
+    return model.train()
+
+
+def param_groups(model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups: ``head_lr`` for the layers of the layer policy's heads (:func:`sparse.policy.is_head`:
+    freshly initialised, they need a larger step), ``lr`` for the rest; no decay on biases and norms."""
     groups: dict[tuple[bool, bool], list] = {(h, d): [] for h in (False, True) for d in (False, True)}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        head = any(h in name.split(".") for h in HEAD_PATTERNS)
-        decay = p.dim() >= 2  # no decay on biases and norm weights
-        groups[(head, decay)].append(p)
+        if p.requires_grad:
+            groups[(is_head(name), p.dim() >= 2)].append(p)
     return [{"params": ps, "lr": head_lr if head else lr, "weight_decay": weight_decay if decay else 0.0}
             for (head, decay), ps in groups.items() if ps]
 
 
-def _atomic_write(path: str, write) -> None:
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def build_optimizer(model: torch.nn.Module, recipe: Recipe, total: int):
+    """``(SparseOptimizer over AdamW, LR scheduler)``: linear warm-up over ``train.warmup_ratio`` of
+    ``total`` steps, then linear decay to 0."""
+    tc = recipe.train
+    inner = torch.optim.AdamW(param_groups(model, tc.lr, tc.head_lr, tc.weight_decay))
+    warm = int(tc.warmup_ratio * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        inner, lambda s: (s + 1) / max(warm, 1) if s < warm else max(0.0, (total - s) / max(total - warm, 1)))
+    return SparseOptimizer(inner, model, recipe), sched
 
 
-def _write_json(path: str, obj: Any) -> None:
-    def w(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-    _atomic_write(path, w)
-
-
-def teacher_dir(key: str) -> str:
-    """Cache folder of the dense model of run ``key`` (an HF folder), the ``distill: {teacher: dense}``
-    teacher of every sparse run with the same model, data, training settings, seed and steps."""
-    return os.path.join(cache_dir(), "teachers", key)
-
-
-def _save_teacher(key: str, model, opt: SparseOptimizer, result: "FinetuneResult", recipe: Recipe, tok) -> None:
-    final = teacher_dir(key)
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(final), prefix=".tmp-")
-    try:
-        save_run(tmp, model, opt, result, recipe, tokenizer=tok)
-        if os.path.isdir(final):  # a concurrent run got there first: same run, keep theirs
-            return
-        os.replace(tmp, final)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _load_teacher(recipe: Recipe, key: str, num_labels: int, train_kwargs: dict):
-    """The frozen teacher of ``recipe.distill``: a model folder, or the (cached, else trained now) dense run."""
-    from transformers import AutoModelForSequenceClassification
-
-    dc = recipe.distill
-    tmp = None
-    if dc.teacher == "dense":
-        folder = teacher_dir(key)
-        if not (train_kwargs["use_cache"] and os.path.isfile(os.path.join(folder, "model.safetensors"))):
-            log.warning("distill: no cached dense teacher for this run (%s); fine-tuning it first", key)
-            dense = recipe.replace(name=f"{recipe.name}-teacher", pruning=(), distill=None)
-            if train_kwargs["use_cache"]:
-                finetune(dense, **train_kwargs)  # a cached dense run saves itself as the teacher
-            else:
-                tmp = tempfile.mkdtemp(prefix="sparse-teacher-")
-                folder = os.path.join(tmp, "run")
-                finetune(dense, out_dir=folder, **train_kwargs)
-    else:
-        folder = dc.teacher
-        if not os.path.isfile(os.path.join(folder, "config.json")):
-            raise FileNotFoundError(f"distill.teacher: {folder} is not a model folder (no config.json); expected "
-                                    f"'dense' or a fine-tuned classifier folder such as a `sparse finetune` run")
-    try:
-        teacher = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if teacher.config.num_labels != num_labels:
-        raise ValueError(f"distill.teacher: {folder} classifies {teacher.config.num_labels} labels, the dataset has "
-                         f"{num_labels}")
-    teacher.eval().requires_grad_(False)
-    return teacher, folder
+def run_notes(recipe: Recipe, total: int, teacher: torch.nn.Module | None) -> list[str]:
+    """What the result should say about this run: pruning entries that never start (also logged as
+    warnings), and the teacher distilled from."""
+    notes = []
+    for e in recipe.pruning:
+        first = e.schedule.at_step if e.schedule.kind == "oneshot" else e.schedule.start_step
+        if first > total:
+            notes.append(f"pruning entry {e.name!r} starts at step {first} but the run stops at step {total}: "
+                         f"its layers stay dense")
+    for n in notes:
+        log.warning(n)
+    if teacher is not None:
+        log.info("distilling from %s", teacher.name_or_path)
+        notes.append(f"distilled from {teacher.name_or_path} (alpha {recipe.distill.alpha}, temperature "
+                     f"{recipe.distill.temperature})")
+    return notes
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, alpha: float,
@@ -185,6 +294,41 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
     return (1.0 - alpha) * ce + alpha * kd
 
 
+def training_loss(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, recipe: Recipe,
+                  teacher: torch.nn.Module | None) -> torch.Tensor:
+    """Cross-entropy on one batch, or :func:`distill_loss` against ``teacher``'s logits."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.train.bf16):
+        logits = model(**inputs).logits
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(**inputs).logits
+    if teacher is None:
+        return F.cross_entropy(logits.float(), labels)
+    return distill_loss(logits, t_logits, labels, recipe.distill.alpha, recipe.distill.temperature)
+
+
+def train_epoch(model: torch.nn.Module, opt: SparseOptimizer, sched, train: Split, perm: torch.Tensor,
+                recipe: Recipe, teacher: torch.nn.Module | None, step: int, total: int, bar) -> int:
+    """One pass over ``train`` in the order ``perm``, stopping at step ``total``; returns the step reached."""
+    bs = recipe.train.batch_size
+    for i in range(0, len(perm), bs):
+        idx = perm[i:i + bs]
+        loss = training_loss(model, train.inputs(idx), train.labels[idx], recipe, teacher)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step >= total:
+            break
+    return step
+
+
 @torch.no_grad()
 def evaluate(model, input_ids, attention_mask, labels, batch_size: int, bf16: bool) -> float:
     """Accuracy (fraction) of ``model`` on pre-tokenised ``[N, L]`` int64 tensors and ``[N]`` labels."""
@@ -199,176 +343,182 @@ def evaluate(model, input_ids, attention_mask, labels, batch_size: int, bf16: bo
     return correct / max(len(labels), 1)
 
 
-def finetune(recipe: Any, *, max_steps: int | None = None, epochs: int | None = None, seed: int | None = None,
-             out_dir: str | None = None, overwrite: bool = False, limit_train: int | None = None,
-             limit_test: int | None = None, progress: bool = True, use_cache: bool = True,
-             after: Callable[[torch.nn.Module, Callable[[torch.nn.Module], float]], dict] | None = None
-             ) -> FinetuneResult:
-    """Fine-tune ``recipe``'s model on its dataset, pruning as the recipe says.
+def evaluate_split(model: torch.nn.Module, split: Split, recipe: Recipe) -> float:
+    """:func:`evaluate` on a tokenised split with the recipe's evaluation batch size and precision."""
+    return evaluate(model, split.input_ids, split.attention_mask, split.labels, recipe.train.eval_batch_size,
+                    recipe.train.bf16)
 
-    Args:
-        recipe: a ``Recipe``, YAML path or mapping.
-        max_steps: stop after this many optimizer steps (the LR schedule spans them).
-        epochs, seed: override ``recipe.train``.
-        out_dir: where to save ``model.safetensors``, ``masks.safetensors``, ``result.json``
-            (nothing saved if ``None``); an existing run there is refused unless ``overwrite``.
-        limit_train, limit_test: use only the first N examples (smoke tests).
-        after: called as ``after(model, test_accuracy)`` once training ends, where
-            ``test_accuracy(m)`` evaluates any model ``m`` on the run's test split; its dict is kept in
-            ``result.extra`` (e.g. accuracy of the fine-tuned model pruned one-shot afterwards).
-    """
-    recipe = load_recipe(recipe)
-    for name, v, lo in (("max_steps", max_steps, 1), ("epochs", epochs, 1), ("seed", seed, 0),
-                        ("limit_train", limit_train, 1), ("limit_test", limit_test, 1)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
-            raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
-    if out_dir is not None and os.path.exists(os.path.join(out_dir, "model.safetensors")) and not overwrite:
-        raise FileExistsError(f"out_dir: {out_dir} already holds a run (model.safetensors); pass overwrite=True "
-                              f"(--overwrite) or choose another folder")
-    tc = recipe.train
-    if epochs is not None or seed is not None:
-        tc = dataclasses.replace(tc, epochs=epochs or tc.epochs, seed=tc.seed if seed is None else seed)
-        recipe = recipe.replace(train=tc)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    transformers.logging.set_verbosity_error()  # "newly initialized head" warnings are expected here
-
-    data = _load_data(recipe)
-    tr_x, tr_y = data.train_texts[:limit_train], data.train_labels[:limit_train]
-    te_x, te_y = data.test_texts[:limit_test], data.test_labels[:limit_test]
-    path = _model_path(recipe)
-    tok = AutoTokenizer.from_pretrained(path)
-    enc_tr = tok(tr_x, truncation=True, max_length=recipe.model.max_length, padding="max_length", return_tensors="pt")
-    enc_te = tok(te_x, truncation=True, max_length=recipe.model.max_length, padding="max_length", return_tensors="pt")
-    y_tr = torch.tensor(tr_y, dtype=torch.long)
-    y_te = torch.tensor(te_y, dtype=torch.long)
-
-    steps_per_epoch = math.ceil(len(y_tr) / tc.batch_size)
-    total = tc.epochs * steps_per_epoch
-    if max_steps is not None:
-        total = min(total, max_steps)
-    key = run_key(recipe, tc.seed, total, len(y_tr), len(y_te))
-    notes = []
-    teacher = None
-    if recipe.distill is not None:  # first: training a missing teacher must not disturb this run's RNG
-        teacher, where = _load_teacher(recipe, key, len(data.label_names), dict(
-            max_steps=max_steps, limit_train=limit_train, limit_test=limit_test, progress=progress,
-            use_cache=use_cache))
-        log.info("distilling from %s", where)
-
-    torch.manual_seed(tc.seed)  # the fresh head's initialisation and dropout depend on it
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(data.label_names))
-    model.train()
-    inner = torch.optim.AdamW(_param_groups(model, tc.lr, tc.head_lr, tc.weight_decay))
-    warm = int(tc.warmup_ratio * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        inner, lambda s: (s + 1) / max(warm, 1) if s < warm else max(0.0, (total - s) / max(total - warm, 1)))
-    opt = SparseOptimizer(inner, model, recipe)
-    for e in recipe.pruning:
-        first = e.schedule.at_step if e.schedule.kind == "oneshot" else e.schedule.start_step
-        if first > total:
-            notes.append(f"pruning entry {e.name!r} starts at step {first} but the run stops at step {total}: "
-                         f"its layers stay dense")
-    for n in notes:
-        log.warning(n)
-    if teacher is not None:
-        notes.append(f"distilled from {where} (alpha {recipe.distill.alpha}, temperature "
-                     f"{recipe.distill.temperature})")
-
+def train(model: torch.nn.Module, opt: SparseOptimizer, sched, data: RunData, recipe: Recipe, total: int,
+          teacher: torch.nn.Module | None = None, progress: bool = True) -> TrainLog:
+    """Epochs of :func:`train_epoch` (a fresh ``train.seed``-seeded order each) until ``total`` steps,
+    each followed by an evaluation on the test split."""
     from tqdm.auto import tqdm
 
-    gen = torch.Generator().manual_seed(tc.seed)
+    gen = torch.Generator().manual_seed(recipe.train.seed)
     epoch_acc: list[float] = []
     step = 0
     t0 = time.perf_counter()
     train_time = 0.0
     bar = tqdm(total=total, desc=f"finetune {recipe.name}", unit="step", disable=not progress)
-    epoch = 0
     while step < total:
-        perm = torch.randperm(len(y_tr), generator=gen)
+        perm = torch.randperm(len(data.train), generator=gen)
         ts = time.perf_counter()
-        for i in range(0, len(perm), tc.batch_size):
-            idx = perm[i:i + tc.batch_size]
-            batch = {"input_ids": enc_tr["input_ids"][idx], "attention_mask": enc_tr["attention_mask"][idx]}
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
-                logits = model(**batch).logits
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(**batch).logits
-            if teacher is None:
-                loss = F.cross_entropy(logits.float(), y_tr[idx])
-            else:
-                loss = distill_loss(logits, t_logits, y_tr[idx], recipe.distill.alpha, recipe.distill.temperature)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if step >= total:
-                break
+        step = train_epoch(model, opt, sched, data.train, perm, recipe, teacher, step, total, bar)
         train_time += time.perf_counter() - ts
-        epoch += 1
-        acc = evaluate(model, enc_te["input_ids"], enc_te["attention_mask"], y_te, tc.eval_batch_size, tc.bf16)
-        epoch_acc.append(acc)
-        bar.write(f"epoch {epoch}: step {step}/{total}  test accuracy {100 * acc:.2f}%")
+        epoch_acc.append(evaluate_split(model, data.test, recipe))
+        bar.write(f"epoch {len(epoch_acc)}: step {step}/{total}  test accuracy {100 * epoch_acc[-1]:.2f}%")
     bar.close()
-    seconds = time.perf_counter() - t0
+    return TrainLog(epoch_acc, time.perf_counter() - t0, train_time)
 
-    dense_acc = None
-    cache_file = os.path.join(cache_dir(), f"{key}.json")
-    is_dense = not recipe.pruning and recipe.distill is None
-    if use_cache:
-        if is_dense:
-            os.makedirs(cache_dir(), exist_ok=True)
-            _write_json(cache_file, {"accuracy": epoch_acc[-1], "recipe": recipe.name, "seed": tc.seed, "steps": total})
-        elif os.path.isfile(cache_file):
-            with open(cache_file, encoding="utf-8") as f:
-                dense_acc = float(json.load(f)["accuracy"])
-    result = FinetuneResult(recipe=recipe.name, seed=tc.seed, steps=total, epochs_run=total / steps_per_epoch,
-                            accuracy=epoch_acc[-1], epoch_accuracy=epoch_acc, dense_accuracy=dense_acc,
-                            seconds=seconds, seconds_per_step=train_time / max(total, 1), n_train=len(y_tr),
-                            n_test=len(y_te), layers=opt.report(), out_dir=out_dir, notes=notes)
-    if after is not None:
-        result.extra = dict(after(model, lambda m: evaluate(m, enc_te["input_ids"], enc_te["attention_mask"], y_te,
-                                                            tc.eval_batch_size, tc.bf16)))
-    model.config.id2label = dict(enumerate(data.label_names))
-    model.config.label2id = {name: i for i, name in enumerate(data.label_names)}
-    if out_dir is not None:
-        save_run(out_dir, model, opt, result, recipe, tokenizer=tok)
-    if use_cache and is_dense and not os.path.isdir(teacher_dir(key)):
-        _save_teacher(key, model, opt, result, recipe, tok)
-    return result
+
+def cache_accuracy(recipe: Recipe, plan: RunPlan, accuracy: float) -> float | None:
+    """The dense-accuracy cache: a dense run records its ``accuracy`` (and returns None); any other run
+    returns the accuracy a dense run with the same key recorded, or None."""
+    cache_file = os.path.join(cache_dir(), f"{plan.key}.json")
+    if is_dense(recipe):
+        os.makedirs(cache_dir(), exist_ok=True)
+        atomic_write_json(cache_file, {"accuracy": accuracy, "recipe": recipe.name, "seed": recipe.train.seed,
+                                       "steps": plan.total})
+        return None
+    if not os.path.isfile(cache_file):
+        return None
+    with open(cache_file, encoding="utf-8") as f:
+        return float(json.load(f)["accuracy"])
 
 
 def save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result: FinetuneResult,
              recipe: Recipe, tokenizer=None) -> None:
     """Write ``model.safetensors``, ``masks.safetensors`` (bool, keyed by weight fqn) and ``result.json``;
     for a Hugging Face model also ``config.json`` and the tokenizer, so that ``out_dir`` is a model folder
-    that ``from_pretrained`` and ``sparse convert`` load."""
+    that ``from_pretrained`` and ``sparse convert`` load. Files there are replaced: whether ``out_dir``
+    may hold an earlier run is the caller's check (:func:`check_out_dir`)."""
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_json_string"):
-        def write_config(tmp):
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(config.to_json_string())
-        _atomic_write(os.path.join(out_dir, "config.json"), write_config)
+        atomic_write_text(os.path.join(out_dir, "config.json"), config.to_json_string())
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     # clone: tied/shared storages cannot be saved by safetensors as views
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic_write(os.path.join(out_dir, "model.safetensors"),
-                  lambda tmp: save_file(state, tmp, metadata={"recipe": recipe.name, "format": "pt"}))
+    with atomic_file(os.path.join(out_dir, "model.safetensors"), force=True) as tmp:
+        save_file(state, tmp, metadata={"recipe": recipe.name, "format": "pt"})
     masks = {k: v.contiguous() for k, v in opt.masks.items()}
-    _atomic_write(os.path.join(out_dir, "masks.safetensors"),
-                  lambda tmp: save_file(masks, tmp, metadata={"recipe": recipe.name,
-                                                              "fingerprint": recipe.pruning_fingerprint()}))
-    _write_json(os.path.join(out_dir, "result.json"), {**result.to_dict(), "recipe_config": recipe.to_dict()})
+    with atomic_file(os.path.join(out_dir, "masks.safetensors"), force=True) as tmp:
+        save_file(masks, tmp, metadata={"recipe": recipe.name, "fingerprint": recipe.pruning_fingerprint()})
+    atomic_write_json(os.path.join(out_dir, "result.json"), {**result.to_dict(), "recipe_config": recipe.to_dict()})
+
+
+def save_teacher(key: str, model: torch.nn.Module, opt: SparseOptimizer, result: FinetuneResult, recipe: Recipe,
+                 tokenizer=None) -> None:
+    """Cache a dense run as the teacher of run ``key`` (:func:`teacher_dir`), unless one is there already."""
+    final = teacher_dir(key)
+    if os.path.isdir(final):
+        return
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    try:
+        with atomic_dir(final) as tmp:
+            save_run(tmp, model, opt, result, recipe, tokenizer=tokenizer)
+    except FileExistsError:  # a concurrent run with the same key got there first: the same model, keep theirs
+        log.info("dense teacher %s was cached meanwhile by another run; keeping that one", final)
+
+
+def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: int | None = None,
+             epochs: int | None = None, seed: int | None = None, out_dir: str | None = None, overwrite: bool = False,
+             limit_train: int | None = None, limit_test: int | None = None, progress: bool = True,
+             use_cache: bool = True,
+             after: Callable[[torch.nn.Module, Callable[[torch.nn.Module], float]], dict] | None = None
+             ) -> FinetuneResult:
+    """Fine-tune ``recipe``'s model on its dataset, pruning as the recipe says.
+
+    Args:
+        recipe: a ``Recipe``, YAML path or mapping.
+        teacher: the frozen teacher when the recipe has a ``distill`` block (required then, refused
+            otherwise): ``resolve_teacher(recipe, **same_arguments)``.
+        max_steps: stop after this many optimizer steps (the LR schedule spans them).
+        epochs, seed: override ``recipe.train``.
+        out_dir: where to save ``model.safetensors``, ``masks.safetensors``, ``result.json``
+            (nothing saved if ``None``); an existing run there is refused unless ``overwrite``.
+        limit_train, limit_test: use only the first N examples (smoke tests).
+        use_cache: read and write the dense-run cache (:func:`cache_dir`).
+        after: called as ``after(model, test_accuracy)`` once training ends, where
+            ``test_accuracy(m)`` evaluates any model ``m`` on the run's test split; its dict is kept in
+            ``result.extra`` (e.g. accuracy of the fine-tuned model pruned one-shot afterwards).
+    """
+    recipe = load_recipe(recipe)
+    check_args(recipe, teacher, max_steps=max_steps, epochs=epochs, seed=seed, limit_train=limit_train,
+               limit_test=limit_test)
+    check_out_dir(out_dir, overwrite)
+    recipe = apply_overrides(recipe, epochs, seed)
+    data = load_data(recipe, limit_train, limit_test)
+    check_teacher_labels(teacher, len(data.label_names))
+    plan = plan_run(recipe, len(data.train), len(data.test), max_steps)
+    model = build_model(recipe, data)
+    opt, sched = build_optimizer(model, recipe, plan.total)
+    notes = run_notes(recipe, plan.total, teacher)
+    trained = train(model, opt, sched, data, recipe, plan.total, teacher, progress)
+    accuracy = trained.epoch_accuracy[-1]
+    dense_accuracy = cache_accuracy(recipe, plan, accuracy) if use_cache else None
+    result = FinetuneResult(recipe=recipe.name, seed=recipe.train.seed, steps=plan.total,
+                            epochs_run=plan.total / plan.steps_per_epoch, accuracy=accuracy,
+                            epoch_accuracy=trained.epoch_accuracy, dense_accuracy=dense_accuracy,
+                            seconds=trained.seconds, seconds_per_step=trained.train_seconds / max(plan.total, 1),
+                            n_train=len(data.train), n_test=len(data.test), layers=opt.report(), out_dir=out_dir,
+                            notes=notes)
+    if after is not None:
+        result.extra = dict(after(model, lambda m: evaluate_split(m, data.test, recipe)))
+    if out_dir is not None:
+        save_run(out_dir, model, opt, result, recipe, tokenizer=data.tokenizer)
+    if use_cache and is_dense(recipe):
+        save_teacher(plan.key, model, opt, result, recipe, tokenizer=data.tokenizer)
+    return result
+
+
+# --- the distillation teacher, resolved by the caller ----------------------------------------------
+
+def load_teacher(folder: str) -> torch.nn.Module:
+    """A fine-tuned classifier folder as a frozen fp32 teacher in eval mode."""
+    _quiet_transformers()
+    from transformers import AutoModelForSequenceClassification
+
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FileNotFoundError(f"distill.teacher: {folder} is not a model folder (no config.json); expected "
+                                f"'dense' or a fine-tuned classifier folder such as a `sparse finetune` run")
+    teacher = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+    return teacher.eval().requires_grad_(False)
+
+
+def resolve_teacher(recipe: Any, *, max_steps: int | None = None, epochs: int | None = None, seed: int | None = None,
+                    limit_train: int | None = None, limit_test: int | None = None, progress: bool = True,
+                    use_cache: bool = True) -> torch.nn.Module | None:
+    """The teacher that :func:`finetune` needs for ``recipe`` run with these arguments (the same ones, so
+    that the dense teacher has the same settings, seed and steps), or None when it does not distil.
+
+    ``distill.teacher`` is a model folder, or ``dense``: the cached dense run of the same settings
+    (:func:`teacher_dir`); when there is none it is fine-tuned now, and cached (with ``use_cache``) or
+    trained in a temporary folder that is removed once loaded. Resolve it before the student's run:
+    training a teacher moves torch's global RNG.
+    """
+    recipe = load_recipe(recipe)
+    check_overrides(max_steps=max_steps, epochs=epochs, seed=seed, limit_train=limit_train, limit_test=limit_test)
+    if recipe.distill is None:
+        return None
+    recipe = apply_overrides(recipe, epochs, seed)
+    if recipe.distill.teacher != "dense":
+        return load_teacher(recipe.distill.teacher)
+    texts = load_texts(recipe, limit_train, limit_test)
+    key = plan_run(recipe, len(texts.train_labels), len(texts.test_labels), max_steps).key
+    folder = teacher_dir(key)
+    if use_cache and os.path.isfile(os.path.join(folder, "model.safetensors")):
+        return load_teacher(folder)
+    log.warning("distill: no cached dense teacher for this run (%s); fine-tuning it first", key)
+    dense = recipe.replace(name=f"{recipe.name}-teacher", pruning=(), distill=None)
+    kw = dict(max_steps=max_steps, limit_train=limit_train, limit_test=limit_test, progress=progress)
+    if use_cache:
+        finetune(dense, **kw)  # a cached dense run saves itself as the teacher (save_teacher)
+        return load_teacher(folder)
+    with tempfile.TemporaryDirectory(prefix="sparse-teacher-") as tmp:
+        finetune(dense, out_dir=os.path.join(tmp, "run"), use_cache=False, **kw)
+        return load_teacher(os.path.join(tmp, "run"))

@@ -1,5 +1,6 @@
-"""Knowledge distillation in ``sparse.finetune``: the recipe block, the loss, and the dense teacher
-(trained once, cached, reused) on the real MiniLM with a few documents."""
+"""``sparse.finetune`` steps: the head learning rate from the layer policy, and knowledge distillation
+(the recipe block, the loss, the dense teacher resolved by the caller: trained once, cached, reused) on
+the real MiniLM with a few documents."""
 import logging
 import os
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from sparse.finetune import distill_loss, finetune, run_key, teacher_dir
+from sparse.finetune import distill_loss, finetune, param_groups, resolve_teacher, run_key, teacher_dir
 from sparse.recipe import DistillConfig, RecipeError, load_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,39 +51,68 @@ def test_distill_loss_limits_and_gradient():
     assert torch.allclose(s.grad, (p_s - p_t) / 8, atol=1e-6)
 
 
+def test_head_lr_follows_the_layer_policy():
+    """Every layer the policy calls a head (``lm_head`` included) trains at head_lr; no decay on 1-D params."""
+    model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(4, 4), "lm_head": torch.nn.Linear(4, 8),
+                                 "classifier": torch.nn.Linear(4, 2), "pooler": torch.nn.Linear(4, 4),
+                                 "score": torch.nn.Linear(4, 2), "norm": torch.nn.LayerNorm(4),
+                                 "frozen": torch.nn.Linear(4, 4)})
+    model["frozen"].requires_grad_(False)
+    groups = param_groups(model, lr=1e-4, head_lr=1e-3, weight_decay=0.01)
+    got = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    heads = {"lm_head", "classifier", "pooler", "score"}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert id(p) not in got
+            continue
+        assert got[id(p)] == (1e-3 if name.split(".")[0] in heads else 1e-4, 0.01 if p.dim() >= 2 else 0.0), name
+    assert got[id(model["lm_head"].weight)][0] == 1e-3
+    assert len(got) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_teacher_is_the_callers_to_resolve():
+    r = load_recipe(_recipe(teacher="dense"))
+    with pytest.raises(ValueError, match=r"teacher: .* distils .*pass teacher=resolve_teacher"):
+        finetune(r, max_steps=1, progress=False, use_cache=False)
+    plain = r.replace(distill=None)
+    assert resolve_teacher(plain) is None
+    with pytest.raises(ValueError, match="teacher: .* has no distill block"):
+        finetune(plain, teacher=torch.nn.Linear(1, 1), max_steps=1, progress=False, use_cache=False)
+
+
 def test_dense_teacher_is_trained_once_cached_and_reused(tmp_path, monkeypatch, caplog):
     pytest.importorskip("transformers")
     monkeypatch.setenv("SPARSE_CACHE_DIR", str(tmp_path / "cache"))
     r = load_recipe(_recipe(teacher="dense", alpha=0.5, temperature=2.0))
     kw = dict(max_steps=2, limit_train=32, limit_test=16, progress=False)
     with caplog.at_level(logging.WARNING, logger="sparse.finetune"):
-        first = finetune(r, **kw)
+        first = finetune(r, teacher=resolve_teacher(r, **kw), **kw)
     assert "fine-tuning it first" in caplog.text
     folder = teacher_dir(run_key(r, 0, 2, 32, 16))
     assert os.path.isfile(os.path.join(folder, "model.safetensors"))
     assert first.dense_accuracy is not None            # the teacher run is the cached dense run
-    assert any("distilled from" in n for n in first.notes)
+    assert any(f"distilled from {folder}" in n for n in first.notes)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="sparse.finetune"):
-        second = finetune(r, **kw)
+        second = finetune(r, teacher=resolve_teacher(r, **kw), **kw)
     assert "fine-tuning it first" not in caplog.text   # reused
     assert second.accuracy == first.accuracy and second.layers == first.layers
     # without the cache the teacher is trained into a temporary folder and nothing is kept
     monkeypatch.setenv("SPARSE_CACHE_DIR", str(tmp_path / "cache2"))
-    finetune(r, use_cache=False, **kw)
+    finetune(r, teacher=resolve_teacher(r, use_cache=False, **kw), use_cache=False, **kw)
     assert not os.path.exists(tmp_path / "cache2")
 
 
 def test_teacher_folder_errors(tmp_path):
     pytest.importorskip("transformers")
+    kw = dict(max_steps=1, limit_train=16, limit_test=8, progress=False, use_cache=False)
     with pytest.raises(FileNotFoundError, match="distill.teacher: .* is not a model folder"):
-        finetune(load_recipe(_recipe(teacher=str(tmp_path))), max_steps=1, limit_train=16, limit_test=8,
-                 progress=False, use_cache=False)
+        resolve_teacher(load_recipe(_recipe(teacher=str(tmp_path))), **kw)
     import transformers
 
     cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=64, num_labels=3)
     transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / "three")
+    r = load_recipe(_recipe(teacher=str(tmp_path / "three")))
     with pytest.raises(ValueError, match="classifies 3 labels, the dataset has 5"):
-        finetune(load_recipe(_recipe(teacher=str(tmp_path / "three"))), max_steps=1, limit_train=16, limit_test=8,
-                 progress=False, use_cache=False)
+        finetune(r, teacher=resolve_teacher(r, **kw), **kw)

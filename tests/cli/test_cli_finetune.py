@@ -7,24 +7,37 @@ import torch
 import yaml
 
 from sparse.cli import main
-from sparse.cli.finetune import DEFAULT_RECIPE_YAML, default_recipe
+from sparse.cli.finetune import default_recipe, resolve_recipe, shipped_recipes
 from sparse.recipe import load_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_FILE = os.path.join(ROOT, "recipes", "minilm-bbc-2of4-transposable.yaml")
 
 
-def test_default_recipe_is_the_shipped_file_and_embedded_copy_matches():
-    with open(DEFAULT_FILE, encoding="utf-8") as f:
-        assert f.read() == DEFAULT_RECIPE_YAML
+def test_default_recipe_is_the_shipped_file():
     assert default_recipe() == load_recipe(DEFAULT_FILE)
-    assert load_recipe(yaml.safe_load(DEFAULT_RECIPE_YAML)) == load_recipe(DEFAULT_FILE)
+
+
+def test_shipped_recipes_by_name(tmp_path, monkeypatch):
+    folder = os.path.join(ROOT, "recipes")
+    names = sorted(f[:-len(".yaml")] for f in os.listdir(folder) if f.endswith(".yaml"))
+    assert list(shipped_recipes()) == names
+    monkeypatch.chdir(tmp_path)  # names resolve from any folder
+    dense = load_recipe(os.path.join(folder, "minilm-bbc-dense.yaml"))
+    assert resolve_recipe("minilm-bbc-dense") == dense and resolve_recipe("minilm-bbc-dense.yaml") == dense
+    assert resolve_recipe(None) == default_recipe()
+    # a file in the current folder wins over a shipped recipe of the same name
+    (tmp_path / "minilm-bbc-dense.yaml").write_text("name: mine\n")
+    assert resolve_recipe("minilm-bbc-dense.yaml").name == "mine"
+    # a path with a folder is a path only
+    with pytest.raises(FileNotFoundError, match="recipe file not found: sub/minilm-bbc-dense.yaml"):
+        resolve_recipe("sub/minilm-bbc-dense.yaml")
 
 
 @pytest.mark.parametrize("argv,match", [
     (["--max-steps", "0"], "--max-steps: expected an integer >= 1, got 0"),
     (["--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
-    (["missing.yaml"], "recipe file not found: missing.yaml"),
+    (["missing.yaml"], "recipe file not found: missing.yaml (nor is it a shipped recipe: minilm-bbc-2of4, "),
 ])
 def test_bad_arguments_one_line_error(argv, match, capsys):
     assert main(["finetune", *argv]) == 2
@@ -49,7 +62,8 @@ def test_finetune_real_minilm_smoke(tmp_path, monkeypatch, capsys):
     from sparse.masks import is_transposable
 
     monkeypatch.setenv("SPARSE_CACHE_DIR", str(tmp_path / "cache"))
-    d = yaml.safe_load(DEFAULT_RECIPE_YAML)
+    with open(DEFAULT_FILE, encoding="utf-8") as f:
+        d = yaml.safe_load(f)
     d["pruning"][0]["schedule"]["at_step"] = 1
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(yaml.safe_dump(d))
