@@ -1,6 +1,6 @@
-"""Accuracy experiment: fine-tune several recipes with the same seeds, split and steps; compare to dense.
+"""``sparse bench accuracy``: fine-tune several recipes with the same seeds, split and steps; compare to dense.
 
-    python -m sparse.bench.accuracy --recipes recipes/minilm-bbc-dense.yaml recipes/minilm-bbc-2of4.yaml \\
+    sparse bench accuracy --recipes recipes/minilm-bbc-dense.yaml recipes/minilm-bbc-2of4.yaml \\
         --seeds 0 1 2 --json out.json
 
 Runs one fine-tune at a time (the CPU is the bottleneck), writes the JSON after every run so partial
@@ -19,7 +19,10 @@ import json
 import logging
 import os
 import statistics
-import sys
+
+from sparse.bench import harness
+
+DESCRIPTION = "fine-tune recipes over seeds: accuracy and gap to dense"
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds (default: 0)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop each run after N optimizer steps")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipes' train.epochs")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's; 1 is faster on a contended machine)")
-    parser.add_argument("--json", default=None, help="write all results here (rewritten after every run)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs already in --json and skip those (recipe, seed) pairs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--oneshot-from", nargs="+", default=[], metavar="RECIPE",
                         help="after each dense run, prune its model one-shot with these recipes' pruning "
                              "entries (no retraining) and report that accuracy too")
+    # --json is rewritten after every run, so partial results survive; --threads 1 is faster on a
+    # contended machine
+    harness.add_common_arguments(parser)
 
 
 def oneshot_after(recipes) -> "callable":
@@ -95,29 +98,30 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+COLUMNS = (
+    harness.Column("recipe", "recipe", align="<", width=36), harness.Column("n", "runs"),
+    harness.Column("mean", "mean acc", _pct), harness.Column("std", "std", lambda x: f"{100 * x:.2f}"),
+    harness.Column("min", "min", _pct), harness.Column("max", "max", _pct),
+    harness.Column("gap_points", "vs dense", lambda x: f"{x:+.2f} pt", missing="-"),
+)
+
+
 def format_table(rows: list[dict]) -> str:
-    head = f"{'recipe':<36} {'runs':>4} {'mean acc':>9} {'std':>6} {'min':>7} {'max':>7} {'vs dense':>9}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        gap = r.get("gap_points")
-        lines.append(f"{r['recipe']:<36} {r['n']:>4} {100 * r['mean']:>8.2f}% {100 * r['std']:>6.2f} "
-                     f"{100 * r['min']:>6.2f}% {100 * r['max']:>6.2f}% "
-                     f"{'-' if gap is None else f'{gap:+.2f} pt':>9}")
-    return "\n".join(lines)
-
-
-def _write_json(path: str, obj) -> None:
-    from sparse.io_utils import atomic_write_json
-
-    atomic_write_json(path, obj)
+    return harness.format_table(rows, COLUMNS)
 
 
 def run(args) -> int:
-    import torch
-
     from ..finetune import finetune
     from ..recipe import load_recipe
 
+    if args.resume and not args.json:
+        raise ValueError("--resume: needs --json FILE holding the earlier runs")
+    # --resume reads and extends its --json file; otherwise an existing one is refused without --force
+    harness.setup(args, json_exists_ok=args.resume)
     if args.merge:
         runs = []
         for path in args.merge:
@@ -128,15 +132,11 @@ def run(args) -> int:
         if dup:
             raise ValueError(f"--merge: the same (recipe, seed) runs appear more than once: {dup}")
         if args.json:
-            _write_json(args.json, {"runs": runs, "summary": summarize(runs)})
+            harness.write_json(args.json, {"runs": runs, "summary": summarize(runs)}, force=True)
         print(format_table(summarize(runs)))
         return 0
     if not args.recipes:
         raise ValueError("--recipes: expected recipe YAML files (or --merge JSON files)")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     recipes = [load_recipe(p) for p in args.recipes]  # validate all before hours of training
     oneshot = [load_recipe(p) for p in args.oneshot_from]
     for r in oneshot:
@@ -144,8 +144,6 @@ def run(args) -> int:
             raise ValueError(f"--oneshot-from: recipe {r.name!r} has no pruning entries")
     runs: list[dict] = []
     if args.resume:
-        if not args.json:
-            raise ValueError("--resume: needs --json FILE holding the earlier runs")
         if os.path.isfile(args.json):
             with open(args.json, encoding="utf-8") as f:
                 runs = list(json.load(f)["runs"])
@@ -169,23 +167,7 @@ def run(args) -> int:
             d["layers_valid"] = all(r["valid"] in (True, None) for r in d["layers"])
             d.pop("layers")
             runs.append(d)
-            if args.json:
-                _write_json(args.json, {"runs": runs, "summary": summarize(runs)})
+            if args.json:  # the target was checked by setup(): rewriting it here is ours to do
+                harness.write_json(args.json, {"runs": runs, "summary": summarize(runs)}, force=True)
     print(format_table(summarize(runs)))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparse.bench.accuracy", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"sparse.bench.accuracy: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """``sparse bench blocksparse``: BlockSparseLinear fwd+bwd vs dense ``nn.Linear`` on the CPU.
 
 Default: BERT-base FFN shapes (768->3072 and 3072->768), 4096 tokens, bf16, blocks 32 and 64,
-sparsity 50-95 %, random block masks, both CPU backends (``cpu``: the C++ kernels, ``torch``: the
+sparsity 50-95 %, random block masks, both CPU backends (``csrc-cpu``: the C++ kernels, ``torch``: the
 pure-torch gather path). Dense and every backend's runs alternate in one process (round-robin, so
 machine noise hits all sides alike) and the table reports medians and their ratio (speedup > 1:
 block-sparse is faster), plus the break-even sparsity (the lowest measured sparsity from which on
@@ -9,20 +9,20 @@ block-sparse is at least as fast) per shape, block and backend.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import statistics
-import tempfile
-import time
 
 import torch
 import torch.nn as nn
+
+from sparse.bench import harness
+
+DESCRIPTION = "BlockSparseLinear fwd+bwd vs dense nn.Linear (CPU)"
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 SHAPES = {"up": (768, 3072), "down": (3072, 768)}
+BACKENDS = ("csrc-cpu", "torch")  # the CPU block-sparse backends of sparse.ops
 
 
 def add_arguments(parser) -> None:
@@ -34,13 +34,11 @@ def add_arguments(parser) -> None:
                         help="comma list of block sparsities in [0, 1), default 0.5..0.95")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--repeats", type=int, default=5, help="timed fwd+bwd runs of each side, default 5")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads, default 2")
-    parser.add_argument("--backends", default="cpu,torch",
-                        help="comma list of block-sparse backends to force, side by side: cpu (C++ kernels), "
-                             "torch (gather path); default cpu,torch")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="comma list of block-sparse backends to force, side by side: csrc-cpu (C++ kernels), "
+                             "torch (gather path); default csrc-cpu,torch")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", dest="json_path", default=None, help="also write the results to this JSON file")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    harness.add_common_arguments(parser, threads=2)
 
 
 def _csv(text: str, cast, name: str) -> list:
@@ -69,17 +67,16 @@ def _shapes(text: str) -> list[tuple[str, int, int]]:
 
 
 def _fwd_bwd(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> float:
+    """Milliseconds of one forward + backward (gradients cleared first, outside the timed span)."""
     x.grad = None
     for p in layer.parameters():
         p.grad = None
-    t0 = time.perf_counter()
-    layer(x).backward(g)
-    return time.perf_counter() - t0
+    return harness.time_once(lambda: layer(x).backward(g)).wall_ms
 
 
 def measure(in_f: int, out_f: int, block: int, sparsity: float, tokens: int, dtype, repeats: int,
             backends: list[str], seed: int) -> list[dict]:
-    """Median fwd+bwd seconds of a dense layer and the block-sparse one on each backend, round-robin.
+    """Median fwd+bwd milliseconds of a dense layer and the block-sparse one on each backend, round-robin.
 
     Returns one row per backend; each carries the dense median of the same run. A backend that cannot
     run this case here (e.g. bf16 on a CPU with neither AMX nor AVX512-BF16) gets ``sparse_ms`` and
@@ -111,17 +108,17 @@ def measure(in_f: int, out_f: int, block: int, sparsity: float, tokens: int, dty
         for b in live:
             with use_backend(b):
                 t_sparse[b].append(_fwd_bwd(sparse_layer, x, g))
-    d = statistics.median(t_dense)
+    d = harness.summarize(t_dense).median_ms
     rows = []
     for b in backends:
         row = {"in": in_f, "out": out_f, "block": block, "sparsity": sparsity,
                "actual_sparsity": 1.0 - float(mask.float().mean()), "tokens": tokens, "dtype": str(dtype),
-               "backend": ran.get(b, b), "dense_ms": d * 1e3, "sparse_ms": None, "speedup": None}
+               "backend": ran.get(b, b), "dense_ms": d, "sparse_ms": None, "speedup": None}
         if b in unavailable:
             row["unavailable"] = unavailable[b]
         else:
-            s = statistics.median(t_sparse[b])
-            row.update(sparse_ms=s * 1e3, speedup=d / s)
+            s = harness.summarize(t_sparse[b]).median_ms
+            row.update(sparse_ms=s, speedup=d / s)
         rows.append(row)
     return rows
 
@@ -134,21 +131,6 @@ def break_even(rows: list[dict]) -> float | None:
             break
         best = r["sparsity"]
     return best
-
-
-def _write_json(path: str, payload: dict, force: bool) -> None:
-    if os.path.exists(path) and not force:
-        raise FileExistsError(f"--json: {path} exists; pass --force to overwrite it")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".blocksparse-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _native_kernels() -> list[str]:
@@ -171,33 +153,36 @@ def run(args) -> int:
         for b in blocks:
             if i % b or o % b:
                 raise ValueError(f"--shapes: {name} ({i}x{o}) is not a multiple of block {b}")
-    if args.tokens < 1 or args.repeats < 1 or args.threads < 1:
-        raise ValueError(f"--tokens/--repeats/--threads: expected positive integers, got "
-                         f"{args.tokens}/{args.repeats}/{args.threads}")
-    if args.json_path and os.path.exists(args.json_path) and not args.force:
-        raise FileExistsError(f"--json: {args.json_path} exists; pass --force to overwrite it")
+    if args.tokens < 1 or args.repeats < 1:
+        raise ValueError(f"--tokens/--repeats: expected positive integers, got {args.tokens}/{args.repeats}")
     backends = _csv(args.backends, str, "backends")
     for b in backends:
-        if b not in ("cpu", "torch"):
-            raise ValueError(f"--backends: expected a comma list of cpu, torch, got {b!r}")
-    torch.set_num_threads(args.threads)
+        if b not in BACKENDS:
+            raise ValueError(f"--backends: expected a comma list of {', '.join(BACKENDS)}, got {b!r}")
+    harness.setup(args)
     dtype = DTYPES[args.dtype]
     rows = []
     print(f"BlockSparseLinear fwd+bwd vs dense nn.Linear: {args.tokens} tokens, {args.dtype}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}, round-robin "
           f"(CPU: {torch.backends.cpu.get_cpu_capability()}; native kernels: {', '.join(_native_kernels())})")
-    head = "".join(f" {b + ' ms':>9} {b + ' x':>8}" for b in backends)
-    print(f"{'shape':>14} {'block':>5} {'sparsity':>8} {'dense ms':>9}{head}")
+    columns = [harness.Column("shape", "shape", width=14), harness.Column("block", "block", width=5),
+               harness.Column("sparsity", "sparsity", ".2f", width=8),
+               harness.Column("dense_ms", "dense ms", ".1f", width=9)]
+    for b in backends:
+        columns += [harness.Column(f"{b}_ms", f"{b} ms", ".1f", width=9, missing="n/a"),
+                    harness.Column(f"{b}_x", f"{b} x", lambda x: f"{x:.2f}x", width=8, missing="n/a")]
+    print(harness.format_table([], columns))
     for name, i, o in shapes:
         for b in blocks:
             for s in sparsities:
                 got = measure(i, o, b, s, args.tokens, dtype, args.repeats, backends, args.seed)
-                for r in got:
+                line = {"shape": f"{name} {i}x{o}", "block": b, "sparsity": s, "dense_ms": got[0]["dense_ms"]}
+                for want, r in zip(backends, got):
                     r["shape"] = name
+                    line.update({f"{want}_ms": r["sparse_ms"], f"{want}_x": r["speedup"]})
                 rows.extend(got)
-                cells = "".join(f" {'n/a':>9} {'n/a':>8}" if r["speedup"] is None else
-                                f" {r['sparse_ms']:>9.1f} {r['speedup']:>7.2f}x" for r in got)
-                print(f"{name + f' {i}x{o}':>14} {b:>5} {s:>8.2f} {got[0]['dense_ms']:>9.1f}{cells}", flush=True)
+                # one line per case as it is measured: a full run takes minutes
+                print(harness.format_table([line], columns, header=False), flush=True)
     summary = []
     for name, i, o in shapes:
         for b in blocks:
@@ -215,9 +200,9 @@ def run(args) -> int:
                 print(f"{name} block {b} backend {be_name}: break-even sparsity "
                       f"{'not reached' if be is None else f'{be:.2f}'}"
                       + (f", speedup at 90%: {at90[0]:.2f}x" if at90 else ""))
-    if args.json_path:
-        _write_json(args.json_path, {"config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-                                     "cpu": {"capability": torch.backends.cpu.get_cpu_capability(),
-                                             "native_kernels": _native_kernels()},
-                                     "rows": rows, "summary": summary}, args.force)
+    if args.json:
+        harness.write_json(args.json, {"config": harness.config(args),
+                                       "cpu": {"capability": torch.backends.cpu.get_cpu_capability(),
+                                               "native_kernels": _native_kernels()},
+                                       "rows": rows, "summary": summary}, force=args.force)
     return 0

@@ -1,6 +1,7 @@
-"""GPU benchmark of the Triton block-sparse kernels: ``python -m sparse.bench.blocksparse_gpu``.
+"""``sparse bench blocksparse-gpu``: the Triton block-sparse kernels on a CUDA device.
 
-Needs a CUDA device (exits with a message otherwise). Reports, side by side in one run:
+Needs a CUDA device (a one-line error otherwise; ``sparse bench blocksparse`` is the CPU benchmark).
+Reports, side by side in one run:
 
 * TFLOPS of ``dsd`` / ``dds`` / ``sdd`` (useful FLOPs only: 2*M*N*K*density) vs cuBLAS dense
   ``torch.matmul`` (2*M*N*K) of the same shapes, across sparsity and block size;
@@ -10,32 +11,19 @@ Times are medians of CUDA-event-timed runs after a warm-up (which also runs Trit
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
-import sys
-import tempfile
-
 import torch
 import torch.nn as nn
 
+from sparse.bench import harness
+
+DESCRIPTION = "Triton block-sparse kernels vs cuBLAS (CUDA)"
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+WARMUP = 3  # also runs Triton's autotuning
 
 
-def _time_ms(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def _time_ms(fn, repeats: int) -> float:
+    return harness.time_fn(fn, repeats=repeats, warmup=WARMUP, device="cuda").median_ms
 
 
 def _mask(r: int, c: int, sparsity: float, gen: torch.Generator) -> torch.Tensor:
@@ -100,60 +88,78 @@ def linear_rows(tokens: int, shapes, blocks, sparsities, dtype, repeats: int, se
     return rows
 
 
-def _csv(text, cast):
-    return [cast(v) for v in text.split(",") if v.strip()]
+def _csv(text: str, cast, name: str) -> list:
+    try:
+        values = [cast(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{name}: expected a comma-separated list, got {text!r}") from None
+    if not values:
+        raise ValueError(f"--{name}: expected at least one value, got {text!r}")
+    return values
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sparse.bench.blocksparse_gpu", description=__doc__.splitlines()[0])
-    p.add_argument("--mnk", default="4096,3072,768;4096,4096,4096",
-                   help="';'-separated M,N,K problems for the kernel table")
-    p.add_argument("--blocks", default="16,32,64,128")
-    p.add_argument("--sparsities", default="0.5,0.7,0.8,0.9,0.95")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    p.add_argument("--tokens", type=int, default=4096)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", dest="json_path", default=None)
-    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
-    args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("blocksparse_gpu: no CUDA device visible; this benchmark runs only on a CUDA machine "
-              "(use `sparse bench blocksparse` for the CPU path)", file=sys.stderr)
-        return 2
-    if args.json_path and os.path.exists(args.json_path) and not args.force:
-        print(f"blocksparse_gpu: --json {args.json_path} exists; pass --force to overwrite", file=sys.stderr)
-        return 2
+def _problems(text: str) -> list[tuple[int, int, int]]:
+    out = []
+    for item in text.split(";"):
+        if not item.strip():
+            continue
+        try:
+            m, n, k = (int(v) for v in item.split(","))
+        except ValueError:
+            raise ValueError(f"--mnk: expected ';'-separated M,N,K triples, got {item!r}") from None
+        out.append((m, n, k))
+    return out
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--mnk", default="4096,3072,768;4096,4096,4096",
+                        help="';'-separated M,N,K problems for the kernel table")
+    parser.add_argument("--blocks", default="16,32,64,128")
+    parser.add_argument("--sparsities", default="0.5,0.7,0.8,0.9,0.95")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    harness.add_common_arguments(parser, devices=("cuda",))
+
+
+KERNEL_COLUMNS = (
+    harness.Column("kernel", "kernel", width=6), harness.Column("mnk", "M,N,K", width=16),
+    harness.Column("block", "block", width=5), harness.Column("sparsity", "sparsity", ".2f", width=8),
+    harness.Column("ms", "ms", ".3f", width=8), harness.Column("tflops", "TFLOPS", ".1f", width=7),
+    harness.Column("dense_ms", "dense ms", ".3f", width=8), harness.Column("dense_tflops", "dense TF", ".1f", width=8),
+    harness.Column("speedup", "speedup", lambda x: f"{x:.2f}x", width=7),
+)
+LINEAR_COLUMNS = (
+    harness.Column("in_out", "in x out", width=10), harness.Column("block", "block", width=5),
+    harness.Column("sparsity", "sparsity", ".2f", width=8), harness.Column("dense_ms", "dense ms", ".3f", width=9),
+    harness.Column("sparse_ms", "sparse ms", ".3f", width=9),
+    harness.Column("speedup", "speedup", lambda x: f"{x:.2f}x", width=8),
+)
+
+
+def run(args) -> int:
+    harness.setup(args)
     dtype = DTYPES[args.dtype]
-    blocks = _csv(args.blocks, int)
-    sparsities = _csv(args.sparsities, float)
-    problems = [tuple(int(v) for v in item.split(",")) for item in args.mnk.split(";") if item.strip()]
+    blocks = _csv(args.blocks, int, "blocks")
+    sparsities = _csv(args.sparsities, float, "sparsities")
+    problems = _problems(args.mnk)
     print(f"device {torch.cuda.get_device_name()}, {args.dtype}, median of {args.repeats}")
-    print(f"{'kernel':>6} {'M,N,K':>16} {'block':>5} {'sparsity':>8} {'ms':>8} {'TFLOPS':>7} "
-          f"{'dense ms':>8} {'dense TF':>8} {'speedup':>7}")
+    print(harness.format_table([], KERNEL_COLUMNS))
     kernels = []
     for m, n, k in problems:
         for r in kernel_rows(m, n, k, blocks, sparsities, dtype, args.repeats, args.seed):
             kernels.append(r)
-            print(f"{r['kernel']:>6} {f'{m},{n},{k}':>16} {r['block']:>5} {r['sparsity']:>8.2f} {r['ms']:>8.3f} "
-                  f"{r['tflops']:>7.1f} {r['dense_ms']:>8.3f} {r['dense_tflops']:>8.1f} {r['speedup']:>6.2f}x",
-                  flush=True)
+            print(harness.format_table([{**r, "mnk": f"{m},{n},{k}"}], KERNEL_COLUMNS, header=False), flush=True)
     print(f"\nBlockSparseLinear fwd+bwd vs nn.Linear, {args.tokens} tokens")
-    print(f"{'in x out':>10} {'block':>5} {'sparsity':>8} {'dense ms':>9} {'sparse ms':>9} {'speedup':>8}")
+    print(harness.format_table([], LINEAR_COLUMNS))
     linears = []
     for r in linear_rows(args.tokens, [(768, 3072), (3072, 768)], blocks, sparsities, dtype, args.repeats,
                          args.seed):
         linears.append(r)
-        print(f"{str(r['in']) + 'x' + str(r['out']):>10} {r['block']:>5} {r['sparsity']:>8.2f} "
-              f"{r['dense_ms']:>9.3f} {r['sparse_ms']:>9.3f} {r['speedup']:>7.2f}x", flush=True)
-    if args.json_path:
-        folder = os.path.dirname(os.path.abspath(args.json_path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".blocksparse-gpu-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"config": vars(args), "kernels": kernels, "linear": linears}, f, indent=1)
-        os.replace(tmp, args.json_path)
+        print(harness.format_table([{**r, "in_out": f"{r['in']}x{r['out']}"}], LINEAR_COLUMNS, header=False),
+              flush=True)
+    if args.json:
+        harness.write_json(args.json, {"config": harness.config(args), "kernels": kernels, "linear": linears},
+                           force=args.force)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,16 +7,17 @@ what the disk/page cache allows here.
 """
 from __future__ import annotations
 
+import argparse
 import json
-import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
-log = logging.getLogger(__name__)
+from sparse.bench import harness
+
+DESCRIPTION = "checkpoint conversion speed (MB/s vs copy) and memory"
 
 
 def add_arguments(parser):
@@ -26,16 +27,10 @@ def add_arguments(parser):
     parser.add_argument("--pattern", default="2:4")
     parser.add_argument("--transposable", action="store_true", help="also time transposable conversion")
     parser.add_argument("--no-minilm", action="store_true", help="skip the real MiniLM checkpoint")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in the worker (default 2)")
     parser.add_argument("--workdir", default=None, help="folder for the temporary files (default: system temp)")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--worker", nargs=4, default=None, help=argparse_suppress())
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
+    # internal: the measured conversion runs in a child process (`sparse bench convert --worker ...`)
+    parser.add_argument("--worker", nargs=4, default=None, help=argparse.SUPPRESS)
+    harness.add_common_arguments(parser, threads=2)
 
 
 def make_synthetic(path: str, size_mb: float, largest_mb: float, density: float, seed: int = 0) -> dict:
@@ -112,9 +107,9 @@ def _worker(src: str, dst: str, options: str, threads: str) -> None:
     nm_mask(w, 2, 4), transposable_mask(w, 2, 4)
     base = _rss_bytes()
     reset = _reset_peak()
-    t0 = time.perf_counter()
-    report = convert_checkpoint(src, dst, **opts)
-    dt = time.perf_counter() - t0
+    with harness.stopwatch() as sw:
+        report = convert_checkpoint(src, dst, **opts)
+    dt = sw.wall_ms / 1e3
     # Without a peak reset, ru_maxrss also holds import-time peaks: an over-estimate.
     peak = _peak_bytes() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"seconds": dt, "bytes_read": report.bytes_read, "rss_base": base, "rss_peak": peak,
@@ -122,7 +117,7 @@ def _worker(src: str, dst: str, options: str, threads: str) -> None:
 
 
 def _measure(src: str, dst: str, options: dict, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "sparse.bench.convert", "--worker", src, dst, json.dumps(options), str(threads)]
+    cmd = [sys.executable, "-m", "sparse", "bench", "convert", "--worker", src, dst, json.dumps(options), str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"conversion worker failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -132,14 +127,14 @@ def _measure(src: str, dst: str, options: dict, threads: int) -> dict:
 
 
 def _copy_speed(src: str, dst: str) -> float:
-    t0 = time.perf_counter()
-    if os.path.isdir(src):
-        shutil.copytree(src, dst)
-    else:
-        shutil.copyfile(src, dst)
-        with open(dst, "rb+") as f:
-            os.fsync(f.fileno())
-    dt = time.perf_counter() - t0
+    with harness.stopwatch() as sw:
+        if os.path.isdir(src):
+            shutil.copytree(src, dst)
+        else:
+            shutil.copyfile(src, dst)
+            with open(dst, "rb+") as f:
+                os.fsync(f.fileno())
+    dt = sw.wall_ms / 1e3
     size = sum(os.path.getsize(os.path.join(d, n)) for d, _, fs in os.walk(dst) for n in fs) \
         if os.path.isdir(dst) else os.path.getsize(dst)
     return size / 1e6 / dt
@@ -165,10 +160,21 @@ def _rows(name: str, src: str, work: str, pattern: str, transposable: bool, thre
     return rows
 
 
+COLUMNS = (
+    harness.Column("checkpoint", "checkpoint", align="<"), harness.Column("variant", "variant", align="<"),
+    harness.Column("mb", "MB", ".1f"), harness.Column("seconds", "s", ".2f"), harness.Column("mb_s", "MB/s", ".0f"),
+    harness.Column("copy_mb_s", "copy MB/s", ".0f"), harness.Column("ratio_to_copy", "ratio", ".2f"),
+    harness.Column("largest_tensor_mb", "largest MB", ".1f"),
+    harness.Column("peak_rss_over_base_mb", "peak-base MB", ".1f"),
+    harness.Column("peak_over_largest", "x largest", ".2f"),
+)
+
+
 def run(args) -> int:
     if args.worker is not None:
         _worker(*args.worker)
         return 0
+    harness.setup(args)
     from ..convert.reader import list_tensors
 
     rows = []
@@ -183,18 +189,9 @@ def run(args) -> int:
             path = minilm_path()
             largest = max(dt.itemsize * _numel(shape) for _, dt, shape in list_tensors(path))
             rows += _rows("minilm", path, work, args.pattern, args.transposable, args.threads, largest)
-    head = f"{'checkpoint':<10} {'variant':<17} {'MB':>7} {'s':>6} {'MB/s':>7} {'copy MB/s':>9} {'ratio':>6} " \
-           f"{'largest MB':>10} {'peak-base MB':>12} {'x largest':>9}"
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(f"{r['checkpoint']:<10} {r['variant']:<17} {r['mb']:>7.1f} {r['seconds']:>6.2f} {r['mb_s']:>7.0f} "
-              f"{r['copy_mb_s']:>9.0f} {r['ratio_to_copy']:>6.2f} {r['largest_tensor_mb']:>10.1f} "
-              f"{r['peak_rss_over_base_mb']:>12.1f} {r['peak_over_largest']:>9.2f}")
+    print(harness.format_table(rows, COLUMNS))
     if args.json:
-        from ..convert.atomic import write_text_atomic
-
-        write_text_atomic(args.json, json.dumps(rows, indent=1))
+        harness.write_json(args.json, rows, force=args.force)
     return 0
 
 
@@ -203,11 +200,3 @@ def _numel(shape) -> int:
     for s in shape:
         n *= s
     return n
-
-
-if __name__ == "__main__":
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m sparse.bench.convert", description=__doc__)
-    add_arguments(p)
-    sys.exit(run(p.parse_args()))

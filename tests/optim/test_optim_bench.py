@@ -28,7 +28,7 @@ def test_bench_optimizer_tiny(tmp_path, capsys):
 
 def test_bench_optimizer_bad_pattern(capsys):
     assert main(["bench", "optimizer", "--tiny", "--pattern", "2-4"]) == 2
-    assert "--pattern: expected 'n:m'" in capsys.readouterr().err
+    assert "--pattern: expected 'N:M' (or 'N:MT' for transposable)" in capsys.readouterr().err
 
 
 def test_accuracy_summary_mean_spread_and_gap():
@@ -44,16 +44,26 @@ def test_accuracy_summary_mean_spread_and_gap():
 
 
 def test_accuracy_runner_resume_needs_json(capsys):
-    from sparse.bench.accuracy import main as acc_main
-    assert acc_main(["--recipes", os.path.join(ROOT, "recipes", "minilm-bbc-dense.yaml"), "--resume"]) == 2
+    dense = os.path.join(ROOT, "recipes", "minilm-bbc-dense.yaml")
+    assert main(["bench", "accuracy", "--recipes", dense, "--resume"]) == 2
     assert "--resume: needs --json" in capsys.readouterr().err
 
 
+def test_accuracy_resume_extends_its_own_json_without_force(tmp_path, capsys):
+    """--resume reads the existing --json (no --force needed) and skips the runs it already holds."""
+    dense = os.path.join(ROOT, "recipes", "minilm-bbc-dense.yaml")
+    out = tmp_path / "runs.json"
+    out.write_text(json.dumps({"runs": [{"recipe": "minilm-bbc-dense", "seed": 0, "accuracy": 0.9, "dense": True}]}))
+    assert main(["bench", "accuracy", "--recipes", dense, "--seeds", "0", "--resume", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "minilm-bbc-dense" in text and "90.00%" in text                 # the stored run, summarised
+    assert len(json.loads(out.read_text())["runs"]) == 1                  # nothing re-trained
+
+
 def test_accuracy_runner_bad_recipe_fails_before_training(tmp_path, capsys):
-    from sparse.bench.accuracy import main as acc_main
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\npruning: [{pattern: {type: nm, n: 2, m: 2}}]\n")
-    assert acc_main(["--recipes", str(bad)]) == 2
+    assert main(["bench", "accuracy", "--recipes", str(bad)]) == 2
     assert "pattern.n: expected n < m" in capsys.readouterr().err
 
 
@@ -92,25 +102,27 @@ def test_oneshot_after_hook_prunes_a_copy_of_the_real_dense_model(tmp_path, monk
 
 
 def test_accuracy_runner_oneshot_needs_pruning_entries(capsys):
-    from sparse.bench.accuracy import main as acc_main
     dense = os.path.join(ROOT, "recipes", "minilm-bbc-dense.yaml")
-    assert acc_main(["--recipes", dense, "--oneshot-from", dense]) == 2
+    assert main(["bench", "accuracy", "--recipes", dense, "--oneshot-from", dense]) == 2
     assert "--oneshot-from: recipe 'minilm-bbc-dense' has no pruning entries" in capsys.readouterr().err
 
 
 def test_accuracy_merge_combines_files_and_rejects_duplicates(tmp_path, capsys):
-    from sparse.bench.accuracy import main as acc_main
     a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "all.json"
     a.write_text(json.dumps({"runs": [{"recipe": "dense", "seed": 0, "accuracy": 0.98, "dense": True},
                                       {"recipe": "2of4", "seed": 0, "accuracy": 0.97, "dense": False}]}))
     b.write_text(json.dumps({"runs": [{"recipe": "dense", "seed": 1, "accuracy": 0.96, "dense": True},
                                       {"recipe": "2of4", "seed": 1, "accuracy": 0.97, "dense": False}]}))
-    assert acc_main(["--merge", str(a), str(b), "--json", str(out)]) == 0
+    assert main(["bench", "accuracy", "--merge", str(a), str(b), "--json", str(out)]) == 0
     rows = {r["recipe"]: r for r in json.loads(out.read_text())["summary"]}
     assert rows["dense"]["n"] == 2 and rows["dense"]["mean"] == pytest.approx(0.97)
     assert rows["2of4"]["gap_points"] == pytest.approx(0.0) and rows["2of4"]["paired_gap_points"] == pytest.approx(0.0)
     assert "2of4" in capsys.readouterr().out
-    assert acc_main(["--merge", str(a), str(a)]) == 2
+    assert main(["bench", "accuracy", "--merge", str(a), "--json", str(out)]) == 2   # exists, no --force
+    assert f"--json: {out} exists; pass --force" in capsys.readouterr().err
+    assert main(["bench", "accuracy", "--merge", str(a), "--json", str(out), "--force"]) == 0
+    assert [r["seed"] for r in json.loads(out.read_text())["runs"]] == [0, 0]
+    assert main(["bench", "accuracy", "--merge", str(a), str(a)]) == 2
     assert "appear more than once: [('2of4', 0), ('dense', 0)]" in capsys.readouterr().err
-    assert acc_main([]) == 2
+    assert main(["bench", "accuracy"]) == 2
     assert "--recipes: expected recipe YAML files" in capsys.readouterr().err
