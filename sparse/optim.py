@@ -292,7 +292,8 @@ class SparseOptimizer:
             return
         state = self._state_opt.state
         for t in self._targets:
-            t.tidy_state(state.get(t.param, {}), self._state_fill)
+            if t.tidy:  # checked here: this loop runs every step, a tidy is rarely due
+                t.tidy_state(state.get(t.param, {}), self._state_fill)
 
     # ------------------------------------------------------------------------------------ masks
     @torch.no_grad()
