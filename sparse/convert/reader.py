@@ -28,6 +28,24 @@ def iter_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
             yield from load_state_dict(shard.path).items()
 
 
+def nonzero_mask(t: torch.Tensor) -> torch.Tensor:
+    """Which elements of ``t`` are non-zero, as a bool tensor, for every dtype a checkpoint holds.
+
+    torch lacks ``count_nonzero`` for uint16/32/64 and float8 and has no arithmetic at all for
+    float4; counting through this helper works for all of them. ``float4_e2m1fn_x2`` packs two
+    values per element, so its mask has the unpacked shape (last dimension doubled, low nibble
+    first). ``-0.0`` counts as zero.
+    """
+    if t.is_quantized:
+        return t.dequantize() != 0
+    if t.dtype == torch.float4_e2m1fn_x2:
+        b = t.view(torch.uint8)
+        # e2m1 nibble: bit 3 is the sign, the value is zero iff the other three bits are.
+        nz = torch.stack(((b & 0x07) != 0, (b & 0x70) != 0), -1)
+        return nz.flatten(-2) if t.dim() else nz
+    return t != 0
+
+
 def list_tensors(path: str) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
     """``[(name, dtype, shape)]`` of every tensor, reading only headers where the format allows."""
     source = resolve_source(os.fspath(path))
