@@ -6,7 +6,6 @@ import ctypes.util
 import functools
 import logging
 import os
-import shutil
 import time
 from contextlib import ExitStack
 
@@ -19,7 +18,7 @@ from .atomic import check_destination
 from .prune import BlockBuffer, PruneStats, prune_blocks
 from .report import ConvertReport, TensorReport
 from .safetensors_io import SafetensorsReader, SafetensorsWriter, copy_raw
-from .sources import SAFETENSORS_EXT, TORCH_EXT, Shard, Source, resolve_source
+from .sources import SAFETENSORS_EXT, TORCH_EXT, Shard, Source, copy_extra_files, resolve_source
 from .targets import TargetFilter
 from .torch_io import load_state_dict, save_state_dict
 
@@ -270,10 +269,7 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
     try:
         if source.is_dir_output:
             with atomic_dir(dst, force) as tmp:
-                for rel in source.copy:
-                    out = os.path.join(tmp, rel)
-                    os.makedirs(os.path.dirname(out), exist_ok=True)
-                    shutil.copy2(os.path.join(source.root, rel), out)
+                copy_extra_files(source, tmp)  # never follows links out of the source folder
                 for shard, kind in zip(source.shards, out_kinds):
                     out = os.path.join(tmp, shard.rel)
                     os.makedirs(os.path.dirname(out), exist_ok=True)
