@@ -19,7 +19,6 @@ _LAZY = {
     "RecipeError": "sparse.recipe",
     "SparseOptimizer": "sparse.optim",
     "convert_checkpoint": "sparse.convert",
-    "mlpruning": "sparse.mlpruning",
     "nn": "sparse.nn",
     "ops": "sparse.ops",
 }
