@@ -26,159 +26,16 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .pruning.optim_state import RETIDY_EVERY, base_optimizer, state_fill_for, tidy_state
-from .pruning.patterns import SparsityPattern, pattern_from_recipe
+from .pruning.optim_state import (RETIDY_EVERY, TARGET_CLASSES, MagnitudeTarget, SRSTETarget, base_optimizer,
+                                   state_fill_for)
+from .pruning.patterns import pattern_from_recipe
 from .pruning.schedules import is_update_step, sparsity_at
 from .pruning.targets import select_modules
-from .recipe import PruningEntry, Recipe, RecipeError, load_recipe
+from .recipe import Recipe, RecipeError, load_recipe
 
 log = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
-
-
-class MagnitudeTarget:
-    """One weight pruned with hard masks: gradients and weights are multiplied by the mask.
-
-    Attributes:
-        fqn: the parameter's fully qualified name.
-        entry: the recipe entry that owns it; ``pattern`` its pattern object.
-        mask: ``torch.bool`` of the param's shape and device (True = kept); None before pruning.
-        fmask: the mask in the param's dtype: ``mul_`` by it is ~2x faster than by a bool mask.
-        sparsity: the sparsity the current mask was built for.
-        tidy: the inner optimizer's state for this mask is still to be tidied.
-        revived: entries the latest mask keeps that the one before pruned (their state is zeroed).
-    """
-    dense = None  # no shadow weight: the param itself is the weight the optimizer steps
-
-    def __init__(self, fqn: str, entry: PruningEntry, param: nn.Parameter, pattern: SparsityPattern):
-        self.fqn, self.entry, self.param, self.pattern = fqn, entry, param, pattern
-        self.mask: torch.Tensor | None = None
-        self.fmask: torch.Tensor | None = None
-        self.sparsity: float | None = None
-        self.tidy = False
-        self.revived: torch.Tensor | None = None
-
-    def mask_source(self) -> torch.Tensor:
-        """The weight new masks are computed from."""
-        return self.param.detach()
-
-    def set_mask(self, mask: torch.Tensor | None, sparsity: float | None, *, restored: bool = False) -> None:
-        """Write ``mask`` (``torch.bool``, the param's shape and device; None: not pruned) and all that
-        derives from it. ``restored``: the mask comes from a checkpoint together with the optimizer
-        state, so nothing was revived since that state was written."""
-        if restored or mask is None or self.mask is None:
-            revived = None
-        else:
-            revived = mask & ~self.mask
-            if self.revived is not None:  # two mask changes before the state existed
-                revived |= self.revived & mask
-        self.revived = revived if revived is not None and bool(revived.any()) else None
-        self.mask, self.sparsity = mask, sparsity
-        self.fmask = None if mask is None else mask.to(self.param.dtype)
-        self.tidy = mask is not None
-
-    def pre_step(self) -> None:
-        g = self.param.grad
-        if self.fmask is not None and g is not None:
-            g.mul_(self.fmask)
-
-    def post_step(self, retidy: bool) -> None:
-        if retidy and self.mask is not None:
-            self.tidy = True
-
-    def apply_mask(self) -> None:
-        """Put the weight the forward sees inside the mask."""
-        if self.fmask is not None:
-            self.param.mul_(self.fmask)
-
-    def tidy_state(self, state: dict, fill: dict[str, float] | None) -> None:
-        # masked gradients leave the pruned entries' state to decay: see sparse.pruning.optim_state
-        if fill is not None and self.tidy and tidy_state(state, fill, self.mask, self.revived):
-            self.tidy, self.revived = False, None
-
-    def state_dict(self) -> dict:
-        """``{"mask", "sparsity"}`` (and ``"dense"`` for SR-STE) of a pruned weight, else ``{}``."""
-        if self.mask is None:
-            return {}
-        return {"mask": self.mask.clone(), "sparsity": self.sparsity}
-
-    def load_state_dict(self, mask: torch.Tensor | None, sparsity: float | None,
-                        dense: torch.Tensor | None = None) -> None:
-        self.set_mask(None if mask is None else mask.to(self.param.device), sparsity, restored=True)
-        if mask is not None:
-            self.param.mul_(self.mask)
-
-
-class SRSTETarget(MagnitudeTarget):
-    """One weight trained with SR-STE (Zhou et al., 2021): the inner optimizer steps a dense shadow
-    weight with the straight-through gradient plus ``lam * (~mask) * W``; the forward sees
-    ``dense * mask``. Gradients are dense, so the inner optimizer's state is never tidied.
-
-    Attributes (besides :class:`MagnitudeTarget`'s):
-        dense: the dense shadow weight (param's dtype), created with the first mask.
-        nfmask: ``~mask`` in the param's dtype (one fused decay op).
-        masked: the storage of the masked weight the forward sees.
-    """
-
-    def __init__(self, fqn: str, entry: PruningEntry, param: nn.Parameter, pattern: SparsityPattern):
-        super().__init__(fqn, entry, param, pattern)
-        self.lam = entry.method.lam
-        self.dense: torch.Tensor | None = None
-        self.nfmask: torch.Tensor | None = None
-        self.masked: torch.Tensor | None = None
-
-    def mask_source(self) -> torch.Tensor:
-        if self.dense is None:
-            self.dense = self.param.detach().clone()
-        return self.dense
-
-    def set_mask(self, mask: torch.Tensor | None, sparsity: float | None, *, restored: bool = False) -> None:
-        self.mask, self.sparsity = mask, sparsity
-        self.fmask = None if mask is None else mask.to(self.param.dtype)
-        self.nfmask = None if mask is None else (~mask).to(self.param.dtype)
-
-    def pre_step(self) -> None:
-        if self.mask is None:
-            return
-        # The inner optimizer steps the dense shadow weight: swap storages instead of copying
-        # (two full passes over every target weight per step saved).
-        self.masked = self.param.data
-        self.param.data = self.dense
-        g = self.param.grad
-        if g is not None:
-            g.addcmul_(self.dense, self.nfmask, value=self.lam)  # g += lam * (~mask) * W, fused
-
-    def post_step(self, retidy: bool) -> None:
-        if self.dense is not None:
-            self.dense = self.param.detach()  # the dense weight the inner optimizer just updated
-
-    def apply_mask(self) -> None:
-        if self.dense is None:
-            return
-        # the forward sees dense * mask, written into its own buffer (the dense one is kept)
-        if self.masked is None or self.masked.data_ptr() == self.dense.data_ptr():
-            self.masked = torch.empty_like(self.dense)
-        self.param.data = torch.mul(self.dense, self.fmask, out=self.masked)
-
-    def tidy_state(self, state: dict, fill: dict[str, float] | None) -> None:
-        pass  # dense gradients: the state of pruned entries is live, not decaying
-
-    def state_dict(self) -> dict:
-        out = super().state_dict()
-        if self.dense is not None:
-            out["dense"] = self.dense.clone()
-        return out
-
-    def load_state_dict(self, mask: torch.Tensor | None, sparsity: float | None,
-                        dense: torch.Tensor | None = None) -> None:
-        self.dense = None if dense is None else dense.to(device=self.param.device, dtype=self.param.dtype).clone()
-        self.masked = None
-        super().load_state_dict(mask, sparsity)
-
-
-#: recipe method kind -> per-weight target class (explicit registry)
-TARGET_CLASSES: dict[str, type[MagnitudeTarget]] = {"magnitude": MagnitudeTarget, "srste": SRSTETarget}
 
 
 class SparseOptimizer:

@@ -111,7 +111,7 @@ def test_block_pattern():
 
 def test_srste_target_gradient_is_exact():
     # the fused decay: grad += lam * (~mask) * dense, on the dense shadow weight the inner optimizer steps
-    from sparse.optim import SRSTETarget
+    from sparse.pruning.optim_state import SRSTETarget
     from sparse.recipe import load_recipe
 
     entry = load_recipe(recipe(method={"type": "srste", "lambda": 0.5})).pruning[0]
