@@ -41,19 +41,9 @@ def add_arguments(parser) -> None:
     harness.add_common_arguments(parser, threads=2)
 
 
-def _csv(text: str, cast, name: str) -> list:
-    try:
-        values = [cast(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--{name}: expected a comma-separated list, got {text!r}") from None
-    if not values:
-        raise ValueError(f"--{name}: expected at least one value, got {text!r}")
-    return values
-
-
 def _shapes(text: str) -> list[tuple[str, int, int]]:
     out = []
-    for item in _csv(text, str, "shapes"):
+    for item in harness.csv_arg(text, str, "--shapes"):
         item = item.strip()
         if item in SHAPES:
             out.append((item, *SHAPES[item]))
@@ -141,8 +131,8 @@ def _native_kernels() -> list[str]:
 
 def run(args) -> int:
     shapes = _shapes(args.shapes)
-    blocks = _csv(args.blocks, int, "blocks")
-    sparsities = _csv(args.sparsities, float, "sparsities")
+    blocks = harness.csv_arg(args.blocks, int, "--blocks")
+    sparsities = harness.csv_arg(args.sparsities, float, "--sparsities")
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise ValueError(f"--sparsities: expected values in [0, 1), got {s}")
@@ -155,7 +145,7 @@ def run(args) -> int:
                 raise ValueError(f"--shapes: {name} ({i}x{o}) is not a multiple of block {b}")
     if args.tokens < 1 or args.repeats < 1:
         raise ValueError(f"--tokens/--repeats: expected positive integers, got {args.tokens}/{args.repeats}")
-    backends = _csv(args.backends, str, "backends")
+    backends = harness.csv_arg(args.backends, str, "--backends")
     for b in backends:
         if b not in BACKENDS:
             raise ValueError(f"--backends: expected a comma list of {', '.join(BACKENDS)}, got {b!r}")

@@ -8,6 +8,7 @@ Reports, side by side in one run:
 * ``BlockSparseLinear`` fwd+bwd vs ``nn.Linear`` fwd+bwd (BERT-base FFN shapes by default).
 
 Times are medians of CUDA-event-timed runs after a warm-up (which also runs Triton's autotuning).
+The kernels run through :mod:`sparse.ops` with the ``triton`` backend forced, as the library calls them.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from sparse.bench import harness
+from sparse.ops import BLOCK_SIZES, BlockLayout, use_backend
 
 DESCRIPTION = "Triton block-sparse kernels vs cuBLAS (CUDA)"
 
@@ -22,49 +24,54 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 WARMUP = 3  # also runs Triton's autotuning
 
 
-def _time_ms(fn, repeats: int) -> float:
-    return harness.time_fn(fn, repeats=repeats, warmup=WARMUP, device="cuda").median_ms
+def _time_ms(fn, repeats: int, device) -> float:
+    with use_backend("triton"):
+        return harness.time_fn(fn, repeats=repeats, warmup=WARMUP, device=device).median_ms
 
 
 def _mask(r: int, c: int, sparsity: float, gen: torch.Generator) -> torch.Tensor:
     return torch.rand(r, c, generator=gen) >= sparsity
 
 
-def kernel_rows(m: int, n: int, k: int, blocks, sparsities, dtype, repeats: int, seed: int) -> list[dict]:
-    """dsd/dds/sdd TFLOPS vs dense cuBLAS for C[m, n] = A[m, k] @ B[k, n] with the sparse operand masked."""
-    import triton_kernels as tk
+def kernel_rows(m: int, n: int, k: int, blocks, sparsities, dtype, repeats: int, seed: int,
+                device="cuda") -> list[dict]:
+    """dsd/dds/sdd TFLOPS vs dense cuBLAS for C[m, n] = A[m, k] @ B[k, n] with the sparse operand masked.
 
-    dev = torch.device("cuda")
+    ``device`` is CUDA but for tests (CPU tensors under ``TRITON_INTERPRET=1``)."""
+    from sparse.ops.block_sparse import dds, dsd, sdd
+
+    dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(m, k, device=dev, dtype=dtype)
     b = torch.randn(k, n, device=dev, dtype=dtype)
-    dense_ms = _time_ms(lambda: torch.matmul(a, b), repeats)
+    dense_ms = _time_ms(lambda: torch.matmul(a, b), repeats, dev)
     dense_tflops = 2 * m * n * k / dense_ms / 1e9
     rows = []
     for block in blocks:
         for s in sparsities:
             # dsd: sparse A [m, k]; dds: sparse B [k, n]; sdd: sparse C [m, n]
-            lay_a = tk.BlockLayout.from_mask(_mask(m // block, k // block, s, gen), block).to(dev)
-            lay_b = tk.BlockLayout.from_mask(_mask(k // block, n // block, s, gen), block).to(dev)
-            lay_c = tk.BlockLayout.from_mask(_mask(m // block, n // block, s, gen), block).to(dev)
+            lay_a = BlockLayout.from_mask(_mask(m // block, k // block, s, gen), block).to(dev)
+            lay_b = BlockLayout.from_mask(_mask(k // block, n // block, s, gen), block).to(dev)
+            lay_c = BlockLayout.from_mask(_mask(m // block, n // block, s, gen), block).to(dev)
             a_data = lay_a.from_dense(a)
             b_data = lay_b.from_dense(b)
-            for kind, lay, fn in (("dsd", lay_a, lambda: tk.dsd(a_data, lay_a, b)),
-                                  ("dds", lay_b, lambda: tk.dds(a, b_data, lay_b)),
-                                  ("sdd", lay_c, lambda: tk.sdd(a, b, lay_c))):
+            for kind, lay, fn in (("dsd", lay_a, lambda: dsd(a_data, lay_a, b)),
+                                  ("dds", lay_b, lambda: dds(a, b_data, lay_b)),
+                                  ("sdd", lay_c, lambda: sdd(a, b, lay_c))):
                 density = lay.nnz / max(1, lay.block_shape[0] * lay.block_shape[1])
-                ms = _time_ms(fn, repeats)
+                ms = _time_ms(fn, repeats, dev)
                 rows.append({"kernel": kind, "m": m, "n": n, "k": k, "block": block, "sparsity": s,
                              "density": density, "ms": ms, "tflops": 2 * m * n * k * density / ms / 1e9,
                              "dense_ms": dense_ms, "dense_tflops": dense_tflops, "speedup": dense_ms / ms})
     return rows
 
 
-def linear_rows(tokens: int, shapes, blocks, sparsities, dtype, repeats: int, seed: int) -> list[dict]:
+def linear_rows(tokens: int, shapes, blocks, sparsities, dtype, repeats: int, seed: int,
+                device="cuda") -> list[dict]:
     """BlockSparseLinear fwd+bwd vs nn.Linear fwd+bwd (input gradient included)."""
     from sparse.nn import BlockSparseLinear
 
-    dev = torch.device("cuda")
+    dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for in_f, out_f in shapes:
@@ -78,24 +85,14 @@ def linear_rows(tokens: int, shapes, blocks, sparsities, dtype, repeats: int, se
                 p.grad = None
             layer(x).backward(g)
 
-        dense_ms = _time_ms(lambda: step(dense), repeats)
+        dense_ms = _time_ms(lambda: step(dense), repeats, dev)
         for block in blocks:
             for s in sparsities:
                 layer = BlockSparseLinear.from_dense(dense, _mask(out_f // block, in_f // block, s, gen))
-                ms = _time_ms(lambda: step(layer), repeats)
+                ms = _time_ms(lambda: step(layer), repeats, dev)
                 rows.append({"in": in_f, "out": out_f, "tokens": tokens, "block": block, "sparsity": s,
                              "dense_ms": dense_ms, "sparse_ms": ms, "speedup": dense_ms / ms})
     return rows
-
-
-def _csv(text: str, cast, name: str) -> list:
-    try:
-        values = [cast(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--{name}: expected a comma-separated list, got {text!r}") from None
-    if not values:
-        raise ValueError(f"--{name}: expected at least one value, got {text!r}")
-    return values
 
 
 def _problems(text: str) -> list[tuple[int, int, int]]:
@@ -139,11 +136,22 @@ LINEAR_COLUMNS = (
 
 
 def run(args) -> int:
-    harness.setup(args)
     dtype = DTYPES[args.dtype]
-    blocks = _csv(args.blocks, int, "blocks")
-    sparsities = _csv(args.sparsities, float, "sparsities")
+    blocks = harness.csv_arg(args.blocks, int, "--blocks")
+    sparsities = harness.csv_arg(args.sparsities, float, "--sparsities")
     problems = _problems(args.mnk)
+    for s in sparsities:
+        if not 0.0 <= s < 1.0:
+            raise ValueError(f"--sparsities: expected values in [0, 1), got {s}")
+    for b in blocks:
+        if b not in BLOCK_SIZES:
+            raise ValueError(f"--blocks: expected block sizes among {', '.join(map(str, BLOCK_SIZES))}, got {b}")
+        for m, n, k in problems:
+            if m % b or n % b or k % b:
+                raise ValueError(f"--mnk: {m},{n},{k} is not a multiple of block {b}")
+    if args.tokens < 1 or args.repeats < 1:
+        raise ValueError(f"--tokens/--repeats: expected positive integers, got {args.tokens}/{args.repeats}")
+    harness.setup(args)
     print(f"device {torch.cuda.get_device_name()}, {args.dtype}, median of {args.repeats}")
     print(harness.format_table([], KERNEL_COLUMNS))
     kernels = []

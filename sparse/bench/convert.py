@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -187,16 +188,9 @@ def run(args) -> int:
             from ..data import minilm_path
 
             path = minilm_path()
-            largest = max(dt.itemsize * _numel(shape) for _, dt, shape in list_tensors(path))
+            largest = max(dt.itemsize * math.prod(shape) for _, dt, shape in list_tensors(path))
             rows += _rows("minilm", path, work, args.pattern, args.transposable, args.threads, largest)
     print(harness.format_table(rows, COLUMNS))
     if args.json:
         harness.write_json(args.json, rows, force=args.force)
     return 0
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

@@ -12,7 +12,8 @@ expose ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int``; they
   machine noise hits all of them alike) call :func:`time_once` per side and :func:`summarize` the lists.
 * :func:`format_table`: rows of dicts + :class:`Column` specs -> aligned text.
 * :func:`add_common_arguments` (``--threads``, ``--json PATH``, ``--force``, ``--device``) and
-  :func:`setup` (threads set, device checked, ``--json`` target checked before any work).
+  :func:`setup` (threads set, device checked, ``--json`` target checked before any work);
+  :func:`csv_arg` for comma-list options.
 * :func:`write_json`: atomic (temporary sibling, then rename), refuses an existing file without force.
 """
 from __future__ import annotations
@@ -169,6 +170,17 @@ def setup(args: argparse.Namespace, *, json_exists_ok: bool = False) -> torch.de
     if args.json and not json_exists_ok:
         _check_target(args.json, args.force)
     return torch.device(args.device)
+
+
+def csv_arg(text: str, cast: Callable[[str], Any], name: str) -> list:
+    """A comma-separated option value as a non-empty list of ``cast`` values; errors name ``name``."""
+    try:
+        values = [cast(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name}: expected a comma-separated list, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{name}: expected at least one value, got {text!r}")
+    return values
 
 
 def config(args: argparse.Namespace) -> dict:

@@ -129,11 +129,11 @@ def run(args) -> int:
     pattern = parse_pattern(args.pattern, transposable=True, name="--pattern")
     n, m = pattern.n, pattern.m
     r, c = parse_shape(args.shape)
-    methods = [x.strip() for x in args.methods.split(",") if x.strip()]
+    methods = harness.csv_arg(args.methods, str, "--methods")
     for x in methods:
         if x not in DEFAULT_METHODS:
             raise ValueError(f"--methods: expected names from {', '.join(DEFAULT_METHODS)}, got {x!r}")
-    sources = [x.strip() for x in args.weights.split(",") if x.strip()]
+    sources = harness.csv_arg(args.weights, str, "--weights")
     for x in sources:
         if x not in ("random", "minilm"):
             raise ValueError(f"--weights: expected random and/or minilm, got {x!r}")
