@@ -334,7 +334,7 @@ def parse_pattern(text, *, transposable: bool = False, method: str = "auto",
         return text
     if isinstance(text, NMPattern):
         return TransposableNMPattern(text.n, text.m, method) if transposable else text
-    expected = f"{name}: expected 'N:M' (or 'N:MT' for transposable) with integers 1 <= N < M <= 32, e.g. '2:4'"
+    expected = f"{name}: expected N:M (or N:MT for transposable) with integers 1 <= N < M <= 32, e.g. 2:4"
     if not isinstance(text, str):
         raise ValueError(f"{expected}, got {type(text).__name__} {text!r}")
     match = _NM_TEXT.fullmatch(text)
