@@ -3,7 +3,7 @@
 In the spirit of flash-attention's ``utils/benchmark.py``: one clock, so that all figures mean the
 same thing. Benchmark modules (one per ``sparse bench NAME``, registered in :mod:`sparse.cli.bench`)
 expose ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int``; they call
-:func:`add_common_arguments` from the first and :func:`setup` at the top of the second.
+:func:`add_common_arguments` from the first and :func:`setup` in the second, before any work.
 
 * :func:`stopwatch` / :func:`time_once` time one call (wall and CPU time); on CUDA the span is
   measured with CUDA events after a synchronize, so queued kernels are neither missed nor
@@ -157,7 +157,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, threads: int | None
 def setup(args: argparse.Namespace, *, json_exists_ok: bool = False) -> torch.device:
     """Apply the common arguments: set torch threads, check the device and the ``--json`` target.
 
-    Called first thing in a benchmark's ``run`` so that bad input fails before any work. A ``--json``
+    Called by a benchmark's ``run`` before any work, so that bad input fails at once. A ``--json``
     file that already exists is refused without ``--force`` (``json_exists_ok``: the benchmark reads
     and extends it, as ``accuracy --resume`` does).
     """
@@ -167,8 +167,8 @@ def setup(args: argparse.Namespace, *, json_exists_ok: bool = False) -> torch.de
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device visible (torch.cuda.is_available() is False)")
-    if args.json and not json_exists_ok:
-        _check_target(args.json, args.force)
+    if args.json:
+        _check_target(args.json, args.force or json_exists_ok)
     return torch.device(args.device)
 
 

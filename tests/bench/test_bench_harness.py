@@ -95,6 +95,8 @@ def test_common_arguments_and_setup(tmp_path):
         harness.setup(_common(["--json", str(existing)]))
     harness.setup(_common(["--json", str(existing), "--force"]))
     harness.setup(_common(["--json", str(existing)]), json_exists_ok=True)
+    with pytest.raises(FileNotFoundError, match="--json: folder"):     # found before the work, not after
+        harness.setup(_common(["--json", str(tmp_path / "no" / "x.json")]), json_exists_ok=True)
     with pytest.raises(SystemExit):                          # a CPU-only benchmark has no --device cuda
         _common(["--device", "cuda"])
     assert harness.config(argparse.Namespace(a=1, _run=print)) == {"a": 1}
