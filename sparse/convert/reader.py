@@ -34,7 +34,7 @@ def nonzero_mask(t: torch.Tensor) -> torch.Tensor:
     torch lacks ``count_nonzero`` for uint16/32/64 and float8 and has no arithmetic at all for
     float4; counting through this helper works for all of them. ``float4_e2m1fn_x2`` packs two
     values per element, so its mask has the unpacked shape (last dimension doubled, low nibble
-    first). ``-0.0`` counts as zero.
+    first). ``-0.0`` counts as zero; float8_e8m0fnu has no zero.
     """
     if t.is_quantized:
         return t.dequantize() != 0
@@ -43,6 +43,9 @@ def nonzero_mask(t: torch.Tensor) -> torch.Tensor:
         # e2m1 nibble: bit 3 is the sign, the value is zero iff the other three bits are.
         nz = torch.stack(((b & 0x07) != 0, (b & 0x70) != 0), -1)
         return nz.flatten(-2) if t.dim() else nz
+    if t.dtype == torch.float8_e8m0fnu:
+        # a power-of-two scale format without a zero (``t != 0`` casts 0 to its smallest value, 2**-127)
+        return torch.ones(t.shape, dtype=torch.bool)
     return t != 0
 
 

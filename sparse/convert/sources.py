@@ -57,24 +57,42 @@ def _kind_of(path: str) -> str:
                      f"folder, got {path!r}")
 
 
+_MAX_INDEX = 100_000_000  # bytes; real indexes are kilobytes, this only bounds memory
+
+
 def _read_index(path: str) -> list[str]:
+    """The shard files of a sharded index, normalised, each once; ``ValueError`` naming the index
+    for anything but a JSON object with a non-empty ``weight_map`` of relative file names."""
+    def corrupt(why: str) -> ValueError:
+        return ValueError(f"{path}: corrupt shard index ({why})")
+
+    size = os.path.getsize(path)
+    if size > _MAX_INDEX:
+        raise corrupt(f"{size} bytes, over the {_MAX_INDEX}-byte limit")
     try:
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise TypeError
-        files = sorted(set(weight_map.values()))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: corrupt shard index (expected JSON with a non-empty 'weight_map'): "
-                         f"{type(exc).__name__}") from None
+        with open(path, "rb") as f:
+            index = json.loads(f.read().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise corrupt(f"not UTF-8: {exc}") from None
+    except RecursionError:
+        raise corrupt("JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, integers with too many digits
+        raise corrupt(f"not valid JSON: {str(exc)[:200]}") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise corrupt("expected a JSON object with a non-empty 'weight_map' object")
+    files = set()
+    for tensor, rel in weight_map.items():
+        if (not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in rel.split("/")
+                or os.path.normpath(rel) == "."):
+            raise ValueError(f"{path}: shard name {str(rel)[:200]!r} of tensor {tensor[:200]!r} must be a "
+                             f"relative path (a file name) inside the index's folder")
+        files.add(os.path.normpath(rel))  # "a.safetensors" and "./a.safetensors" are one shard
     base = os.path.dirname(os.path.abspath(path))
-    for rel in files:
-        if not isinstance(rel, str) or os.path.isabs(rel) or ".." in rel.split("/"):
-            raise ValueError(f"{path}: shard name {rel!r} must be a relative path inside the index's folder")
+    for rel in sorted(files):
         if not os.path.isfile(os.path.join(base, rel)):
             raise FileNotFoundError(f"{path}: shard {rel!r} listed in the index does not exist")
-    return files
+    return sorted(files)
 
 
 def _sharded(index_path: str) -> list[Shard]:
@@ -172,11 +190,13 @@ def resolve_source(path: str) -> Source:
     if os.path.isdir(path):
         found = next((w for w in HF_WEIGHTS if os.path.isfile(os.path.join(path, w))), None)
         if found is None:
-            raise ValueError(f"src: folder {path!r} holds none of {', '.join(HF_WEIGHTS)} (expected an HF model folder)")
+            raise ValueError(f"src: folder {path!r} holds none of {', '.join(HF_WEIGHTS)} "
+                             f"(expected an HF model folder)")
         weights = os.path.join(path, found)
         shards = _sharded(weights) if found.endswith(".json") else [Shard(weights, found, _kind_of(found))]
         copy, links, skipped, follow = _folder_files(path, {os.path.normpath(s.rel) for s in shards})
-        return Source("hf", path, shards, True, root=path, copy=copy, links=links, skipped=skipped, follow=follow)
+        return Source("hf", path, shards, True, root=path, copy=copy, links=links, skipped=skipped,
+                      follow=follow)
     if not os.path.isfile(path):
         raise ValueError(f"src: {path!r} is not a regular file or folder")
     if path.lower().endswith(".json"):

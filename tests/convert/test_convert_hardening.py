@@ -275,6 +275,43 @@ def test_not_a_regular_file(tmp_path):
         convert_checkpoint(tmp_path / "dir.safetensors", tmp_path / "o.safetensors")
 
 
+BAD_INDEX = [
+    ("deep", "[" * 100000 + "]" * 100000, r"corrupt shard index.*nested"),
+    ("digits", '{"weight_map": {"a": ' + "9" * 5000 + "}}", r"corrupt shard index.*not valid JSON"),
+    ("not_object", "[1, 2]", r"corrupt shard index.*weight_map"),
+    ("map_list", '{"weight_map": ["a.safetensors"]}', r"corrupt shard index.*weight_map"),
+    ("map_empty", '{"weight_map": {}}', r"corrupt shard index.*non-empty"),
+    ("name_int", '{"weight_map": {"a": 3}}', r"shard name '3' of tensor 'a'"),
+    ("name_list", '{"weight_map": {"a": ["x.safetensors"]}}', r"shard name .* of tensor 'a'"),
+    ("name_mixed", '{"weight_map": {"a": "s.safetensors", "b": 1}}', r"shard name '1' of tensor 'b'"),
+    ("name_empty", '{"weight_map": {"a": ""}}', r"shard name '' of tensor 'a'"),
+    ("name_dot", '{"weight_map": {"a": "."}}', r"shard name '\.' of tensor 'a'"),
+    ("name_absolute", '{"weight_map": {"a": "/etc/passwd"}}', r"relative path"),
+    ("name_dotdot_inside", '{"weight_map": {"a": "sub/../../s.safetensors"}}', r"relative path"),
+    ("not_utf8", b'{"weight_map": {"a": "\xff"}}', r"corrupt shard index.*UTF-8"),
+]
+
+
+@pytest.mark.parametrize("case_id,text,match", BAD_INDEX, ids=[c[0] for c in BAD_INDEX])
+def test_bad_shard_index_clear_error(tmp_path, case_id, text, match):
+    save_file({"l.weight": torch.randn(4, 8)}, str(tmp_path / "s.safetensors"))
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=match):
+        convert_checkpoint(index, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_shard_named_twice_is_one_shard(tmp_path):
+    save_file({"a.weight": torch.randn(4, 8)}, str(tmp_path / "s1.safetensors"))
+    save_file({"b.weight": torch.randn(4, 8)}, str(tmp_path / "s2.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a.weight": "s1.safetensors", "b.weight": "./s2.safetensors", "c": "s2.safetensors"}}))
+    report = convert_checkpoint(tmp_path / "model.safetensors.index.json", tmp_path / "out")
+    assert sorted(t.name for t in report.tensors) == ["a.weight", "b.weight"]
+    assert [n for n, _ in iter_tensors(tmp_path / "model.safetensors.index.json")] == ["a.weight", "b.weight"]
+
+
 # ---------------------------------------------------------------------------------------------
 # every dtype
 
@@ -306,9 +343,9 @@ def test_every_dtype_reads_inspects_and_copies(tmp_path, tag, capsys):
     dtype = TORCH_DTYPES[tag]
     t = _dtype_tensor(dtype)
     raw = _bits(t).numpy().tobytes()
-    src = _write(tmp_path / "in.safetensors", {"x.weight": F(0, len(raw), t.shape, tag)}, raw)
-    ref = _lib_read(src)["x.weight"]
-    got = _ours(src)["x.weight"]
+    src = _write(tmp_path / "in.safetensors", {"x.table": F(0, len(raw), t.shape, tag)}, raw)
+    ref = _lib_read(src)["x.table"]
+    got = _ours(src)["x.table"]
     assert _same(got, ref) and got.dtype == dtype
     # inspect: density for every dtype; N:M analysis only for real floating dtypes
     assert main(["inspect", src, "--json"]) == 0
@@ -323,13 +360,13 @@ def test_every_dtype_reads_inspects_and_copies(tmp_path, tag, capsys):
     capsys.readouterr()
     # convert: a non-target copied bit-identically, to safetensors (raw) and to .pt (via tensors)
     convert_checkpoint(src, tmp_path / "out.safetensors")
-    assert _same(_lib_read(str(tmp_path / "out.safetensors"))["x.weight"], ref)
+    assert _same(_lib_read(str(tmp_path / "out.safetensors"))["x.table"], ref)
     convert_checkpoint(src, tmp_path / "out.pt")
-    back = torch.load(tmp_path / "out.pt", weights_only=True)["x.weight"]
+    back = torch.load(tmp_path / "out.pt", weights_only=True)["x.table"]
     assert _same(back, ref)
     # and back from .pt to safetensors through the streaming writer
     convert_checkpoint(tmp_path / "out.pt", tmp_path / "again.safetensors")
-    assert _same(_lib_read(str(tmp_path / "again.safetensors"))["x.weight"], ref)
+    assert _same(_lib_read(str(tmp_path / "again.safetensors"))["x.table"], ref)
 
 
 def test_f4_packed_pairs(tmp_path, capsys):
@@ -397,6 +434,7 @@ def test_pt_tensor_kinds_without_data_refused(tmp_path, kind):
     assert not (tmp_path / "o.pt").exists()
 
 
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor", "ignore:TypedStorage is deprecated")
 def test_pt_odd_but_valid_tensors(tmp_path, capsys):
     sd = {"l.weight": torch.randn(1, 16).expand(8, 16),  # stride 0
           "t.weight": torch.randn(16, 8).t(),             # non-contiguous
