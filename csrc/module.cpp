@@ -58,10 +58,10 @@ at::Tensor nm_mask(const at::Tensor& w, int64_t n, int64_t m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   using namespace sparse_ext;
-  mod.doc() = "sparse._C: C++/OpenMP (and CUDA when built) mask solvers";
+  mod.doc() = "sparse._C: C++/OpenMP (and CUDA when built) mask solvers and block-sparse CPU matmuls";
   mod.def("with_cuda", &with_cuda, "True if the CUDA launchers were compiled in");
   mod.def("num_threads", []() { return omp_get_max_threads(); }, "OpenMP threads");
-  mod.def("transposable_exact", &transposable_exact, "exact transposable n:m mask (uint8) of float32 W [R,C]",
+  mod.def("transposable_exact", &transposable_exact, "exact transposable n:m mask (bool) of float32 W [R,C]",
           pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("m"));
   mod.def("transposable_greedy", &transposable_greedy, "greedy 2-approximation + augmenting-path repair",
           pybind11::arg("w"), pybind11::arg("n"), pybind11::arg("m"));
@@ -84,11 +84,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("bsr_cpu_kernels", &bsr_cpu_kernels,
           "kernel families of the native block-sparse CPU path on this CPU ('amx', 'avx512bf16', 'brgemm'); "
           "SPARSE_BSR_ISA=<one of them> restricts the bf16 choice");
-  mod.def("bsr_dds", &bsr_dds_cpu, "block-sparse out[T, J*B] = sum a[:, i-block] @ op(data[d]) via brgemm (CPU)",
+  mod.def("bsr_dds", &bsr_dds_cpu,
+          "block-sparse out[T, J*B] = sum a[:, i-block] @ op(data[d]) (CPU: bf16 tile kernels or ATen brgemm)",
           pybind11::arg("a"), pybind11::arg("data"), pybind11::arg("seg"), pybind11::arg("idx"),
-          pybind11::arg("dptr"), pybind11::arg("trans_w"), pybind11::arg("m_tile") = 256,
+          pybind11::arg("dptr"), pybind11::arg("trans_w"), pybind11::arg("m_tile") = 64,
           pybind11::arg("bias") = pybind11::none());
-  mod.def("bsr_sdd", &bsr_sdd_cpu, "kept blocks [nnz, B, B] of op(a) @ op(b) via brgemm (CPU)",
+  mod.def("bsr_sdd", &bsr_sdd_cpu, "kept blocks [nnz, B, B] of op(a) @ op(b) (CPU: bf16 tile kernels or ATen brgemm)",
           pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("crow"), pybind11::arg("col"),
           pybind11::arg("ccol"), pybind11::arg("row_t"), pybind11::arg("perm_t"), pybind11::arg("block"),
           pybind11::arg("trans_a"), pybind11::arg("trans_b"), pybind11::arg("k_tile") = 256,

@@ -1,5 +1,7 @@
-// Block-sparse (BSR) matmuls on the CPU through ATen's brgemm (oneDNN ukernels: AMX / AVX-512).
-// Blocks are fed to brgemm straight from their place in the dense operand: no gathers.
+// Block-sparse (BSR) matmuls on the CPU, the entry points of sparse._C (csrc/cpu/bsr_ops.cpp). bf16 with
+// blocks a multiple of 32 runs hand-written tile kernels (AMX or AVX512-BF16, csrc/cpu/bsr_tiles_*.cpp);
+// everything else ATen's cpublas::brgemm (oneDNN ukernels, csrc/cpu/bsr_brgemm.cpp). Every kept block is
+// multiplied where it lies in the dense operand: no gathers.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -9,7 +9,7 @@
 
 namespace sparse_ext {
 
-// Largest m supported by the per-tile solvers (DESIGN.md: 1 <= n < m <= 32).
+// Largest m supported by the per-tile solvers (the Python API accepts 1 <= n < m <= 32).
 constexpr int kMaxM = 32;
 constexpr int kMaxNodes = 2 * kMaxM + 2;
 

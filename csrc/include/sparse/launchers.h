@@ -6,7 +6,7 @@
 namespace sparse_ext {
 
 // All take a contiguous float32 matrix W [R, C] with R, C multiples of m (for nm: C multiple of m)
-// and return a uint8 mask of the same shape (1 = kept).
+// and return a torch.bool mask of the same shape (true = kept).
 at::Tensor transposable_exact_cpu(const at::Tensor& w, int64_t n, int64_t m);
 at::Tensor transposable_greedy_cpu(const at::Tensor& w, int64_t n, int64_t m);
 at::Tensor transposable_approx_cpu(const at::Tensor& w, int64_t n, int64_t m, int64_t max_passes);
