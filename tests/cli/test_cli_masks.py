@@ -39,8 +39,8 @@ def test_bench_masks_real_minilm(tmp_path):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["bench", "masks", "--pattern", "4:4"], "--pattern: expected 'N:M'"),
-    (["bench", "masks", "--pattern", "four"], "--pattern: expected 'N:M'"),
+    (["bench", "masks", "--pattern", "4:4"], "--pattern: expected N:M"),
+    (["bench", "masks", "--pattern", "four"], "--pattern: expected N:M"),
     (["bench", "masks", "--threads", "0"], "--threads: expected an integer >= 1, got 0"),
     (["bench", "masks", "--shape", "10x8"], "--shape: expected sides divisible by m=8"),
     (["bench", "masks", "--methods", "exact,magic"], "--methods: expected names"),

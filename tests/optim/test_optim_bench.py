@@ -28,7 +28,7 @@ def test_bench_optimizer_tiny(tmp_path, capsys):
 
 def test_bench_optimizer_bad_pattern(capsys):
     assert main(["bench", "optimizer", "--tiny", "--pattern", "2-4"]) == 2
-    assert "--pattern: expected 'N:M' (or 'N:MT' for transposable)" in capsys.readouterr().err
+    assert "--pattern: expected N:M (or N:MT for transposable)" in capsys.readouterr().err
 
 
 def test_accuracy_summary_mean_spread_and_gap():
