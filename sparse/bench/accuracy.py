@@ -115,7 +115,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args) -> int:
-    from ..finetune import finetune
+    from ..finetune import finetune, resolve_teacher
     from ..recipe import load_recipe
 
     if args.resume and not args.json:
@@ -153,8 +153,10 @@ def run(args) -> int:
             if (recipe.name, seed) in done:
                 continue
             out_dir = os.path.join(args.save_dir, f"{recipe.name}-seed{seed}") if args.save_dir else None
+            teacher = resolve_teacher(recipe, seed=seed, max_steps=args.max_steps, epochs=args.epochs,
+                                      progress=not args.no_progress)
             res = finetune(recipe, seed=seed, max_steps=args.max_steps, epochs=args.epochs,
-                           progress=not args.no_progress, out_dir=out_dir,
+                           progress=not args.no_progress, out_dir=out_dir, teacher=teacher,
                            after=oneshot_after(oneshot) if oneshot and not recipe.pruning else None)
             log.info("%s seed %d: %.4f", recipe.name, seed, res.accuracy)
             print(f"{recipe.name} seed {seed}: accuracy {100 * res.accuracy:.2f}% "
