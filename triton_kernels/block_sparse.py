@@ -111,24 +111,26 @@ def _check_operand(t, name: str, dtype=None, min_dim: int = 2) -> None:
             f"{name}: expected a CUDA tensor (CPU tensors only with TRITON_INTERPRET=1), got a tensor on {t.device}")
 
 
-def _check_index(device, **index) -> None:
-    for name, t in index.items():
-        _expect(isinstance(t, torch.Tensor) and t.dtype == torch.int32 and t.dim() == 1 and t.is_contiguous()
-                and t.device == device,
-                f"{name}: expected a contiguous 1-D torch.int32 tensor on {device}, got "
-                + (f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__))
-
-
-def _check_sparse(shape, block: int, nnz: int, data, name: str, lead: tuple) -> tuple[int, int]:
+def _check_sparse(shape, block: int, device, index: dict, data=None, name: str = "", lead: tuple = ()):
+    """Sizes, dtypes and device of a sparse operand's index tensors (and data); returns (rows, cols, nnz)."""
     _expect(isinstance(block, int) and block in BLOCKS, f"block: expected one of {BLOCKS}, got {block!r}")
     rows, cols = (int(v) for v in shape)
     _expect(rows % block == 0 and cols % block == 0, f"shape: expected multiples of block={block}, got {shape}")
+    nnz = index["col"].numel() if isinstance(index["col"], torch.Tensor) else -1
+    sizes = {"crow": rows // block + 1, "ccol": cols // block + 1}
+    for key, t in index.items():
+        _expect(isinstance(t, torch.Tensor) and t.dtype == torch.int32 and t.dim() == 1 and t.is_contiguous()
+                and t.device == device and t.numel() == sizes.get(key, nnz),
+                f"{key}: expected a contiguous 1-D torch.int32 tensor of {sizes.get(key, nnz)} entries on {device}, "
+                "got " + (f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor)
+                          else type(t).__name__))
     if data is not None:
+        _expect(data.device == device, f"{name}: expected a tensor on {device}, got {data.device}")
         _expect(tuple(data.shape[-3:]) == (nnz, block, block),
                 f"{name}: expected [..., nnz={nnz}, {block}, {block}], got {tuple(data.shape)}")
         _expect(data.dim() == 3 or tuple(data.shape[:-3]) == tuple(lead),
                 f"{name}: expected leading dims () or {tuple(lead)}, got {tuple(data.shape[:-3])}")
-    return rows, cols
+    return rows, cols, nnz
 
 
 def _dims(t: torch.Tensor, trans: bool) -> tuple[int, int]:
@@ -164,16 +166,16 @@ def dsd(a_data: torch.Tensor, shape: tuple[int, int], block: int, crow: torch.Te
     """
     _check_operand(b, "b")
     _check_operand(a_data, "a_data", b.dtype, min_dim=3)
-    _check_index(b.device, crow=crow, col=col, ccol=ccol, row_t=row_t, perm_t=perm_t)
     lead = tuple(b.shape[:-2])
-    rows, cols = _check_sparse(shape, block, col.numel(), a_data, "a_data", lead)
+    index = {"crow": crow, "col": col, "ccol": ccol, "row_t": row_t, "perm_t": perm_t}
+    rows, cols, nnz = _check_sparse(shape, block, b.device, index, a_data, "a_data", lead)
     m, k = (cols, rows) if trans_a else (rows, cols)
     kb, n = _dims(b, trans_b)
     _expect(kb == k, f"b: expected inner dim K={k} (op(S) is {m}x{k}), got shape {tuple(b.shape)}")
     b3, (sbz, sbk, sbn) = _as3d(b, trans_b)
     z = b3.shape[0]
     c = torch.zeros(z, m, n, dtype=b.dtype, device=b.device)
-    if col.numel() == 0 or c.numel() == 0:
+    if nnz == 0 or c.numel() == 0:
         return c.reshape(*lead, m, n)
     d4, (sdz, sdp, sd0, sd1) = _data_strides(a_data, trans_a)
     seg, idx, dptr = (ccol, row_t, perm_t) if trans_a else (crow, col, crow)
@@ -193,16 +195,16 @@ def dds(a: torch.Tensor, b_data: torch.Tensor, shape: tuple[int, int], block: in
     """
     _check_operand(a, "a")
     _check_operand(b_data, "b_data", a.dtype, min_dim=3)
-    _check_index(a.device, crow=crow, col=col, ccol=ccol, row_t=row_t, perm_t=perm_t)
     lead = tuple(a.shape[:-2])
-    rows, cols = _check_sparse(shape, block, col.numel(), b_data, "b_data", lead)
+    index = {"crow": crow, "col": col, "ccol": ccol, "row_t": row_t, "perm_t": perm_t}
+    rows, cols, nnz = _check_sparse(shape, block, a.device, index, b_data, "b_data", lead)
     k, n = (cols, rows) if trans_b else (rows, cols)
     m, ka = _dims(a, trans_a)
     _expect(ka == k, f"a: expected inner dim K={k} (op(S) is {k}x{n}), got shape {tuple(a.shape)}")
     a3, (saz, sam, sak) = _as3d(a, trans_a)
     z = a3.shape[0]
     c = torch.zeros(z, m, n, dtype=a.dtype, device=a.device)
-    if col.numel() == 0 or c.numel() == 0:
+    if nnz == 0 or c.numel() == 0:
         return c.reshape(*lead, m, n)
     d4, (sdz, sdp, sd0, sd1) = _data_strides(b_data, trans_b)
     seg, idx, dptr = (crow, col, crow) if trans_b else (ccol, row_t, perm_t)
@@ -221,9 +223,7 @@ def sdd(a: torch.Tensor, b: torch.Tensor, shape: tuple[int, int], block: int, ro
     """
     _check_operand(a, "a")
     _check_operand(b, "b", a.dtype)
-    _check_index(a.device, row=row, col=col)
-    _expect(row.numel() == col.numel(), f"row, col: expected nnz entries each, got {row.numel()} and {col.numel()}")
-    _check_sparse(shape, block, col.numel(), None, "", ())
+    _, _, nnz = _check_sparse(shape, block, a.device, {"col": col, "row": row})
     m, k = _dims(a, trans_a)
     kb, n = _dims(b, trans_b)
     _expect((m, n) == tuple(shape) and kb == k,
@@ -231,7 +231,7 @@ def sdd(a: torch.Tensor, b: torch.Tensor, shape: tuple[int, int], block: int, ro
     _expect(a.shape[:-2] == b.shape[:-2], f"a, b: expected the same leading dims, got {tuple(a.shape[:-2])} "
                                           f"and {tuple(b.shape[:-2])}")
     _expect(b.device == a.device, f"b: expected a tensor on {a.device}, got {b.device}")
-    lead, nnz = tuple(a.shape[:-2]), col.numel()
+    lead = tuple(a.shape[:-2])
     a3, (saz, sam, sak) = _as3d(a, trans_a)
     b3, (sbz, sbk, sbn) = _as3d(b, trans_b)
     z = a3.shape[0]
