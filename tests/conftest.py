@@ -1,8 +1,13 @@
 import os
 import shutil
+import sys
 
 import pytest
 import torch
+
+# Shared helpers live in tests/testkit.py: importable from every test folder.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testkit import TOKENIZER_FILES  # noqa: E402
 
 # Reproducible and fast on a 2-core machine.
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -15,22 +20,6 @@ try:
     settings.load_profile("ci" if os.environ.get("CI") else "dev")
 except ImportError:  # hypothesis is a test extra
     pass
-
-
-def has_ext() -> bool:
-    from sparse._backends import ext
-
-    return ext() is not None
-
-
-requires_ext = pytest.mark.skipif(not has_ext(), reason="sparse._C not built")
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-
-
-# Tiny random BERT folders with the real MiniLM tokenizer (conversion tests). Here, not in a
-# tests/convert/conftest.py: test modules import this file as `conftest`, and a second conftest module
-# collected first would shadow it.
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import has_ext
+from testkit import has_ext
 
 CODE = textwrap.dedent("""
     import json, sys

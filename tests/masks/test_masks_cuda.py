@@ -4,7 +4,7 @@ import torch
 
 from sparse.masks import is_transposable, nm_mask, transposable_mask
 
-from conftest import requires_cuda
+from testkit import requires_cuda
 
 
 @requires_cuda

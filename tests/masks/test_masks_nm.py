@@ -4,9 +4,9 @@ import torch
 from sparse.masks import is_nm, nm_mask
 from sparse.ops import use_backend
 
-from conftest import requires_ext
+from testkit import requires_ext
 
-BACKENDS = ["torch", pytest.param("cpu", marks=requires_ext)]
+BACKENDS = ["torch", pytest.param("csrc-cpu", marks=requires_ext)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -45,7 +45,7 @@ def test_ties_break_towards_lower_index(backend):
 def test_csrc_and_torch_agree_including_ties():
     g = torch.Generator().manual_seed(3)
     w = torch.randint(-2, 3, (64, 64), generator=g).float()
-    with use_backend("cpu"):
+    with use_backend("csrc-cpu"):
         a = nm_mask(w, 2, 4)
     with use_backend("torch"):
         b = nm_mask(w, 2, 4)

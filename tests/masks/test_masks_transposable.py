@@ -6,8 +6,8 @@ from sparse.masks.tiles import from_tiles, to_tiles
 from sparse.masks.transposable import resolve_method
 from sparse.ops import last_backend, use_backend
 
-from conftest import requires_ext
-from helpers import kept, tie_heavy
+from testkit import requires_ext
+from testkit import kept, tie_heavy
 
 FAST = ["exact", "approx", "greedy", "auto"]
 
@@ -32,7 +32,7 @@ def test_exact_matches_networkx_on_many_tiles(n, m, kind):
     torch.testing.assert_close(per_tile_got, per_tile_ref, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("cpu", marks=requires_ext)])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("csrc-cpu", marks=requires_ext)])
 @pytest.mark.parametrize("n,m", [(4, 8), (2, 8), (6, 12), (8, 16)])
 def test_ssp_exact_backends_reach_optimum(backend, n, m):
     w = torch.randn(2 * m, 3 * m, generator=torch.Generator().manual_seed(m))
@@ -140,7 +140,7 @@ def test_enum_csrc_matches_torch(n, m):
     w = torch.randn(8 * m, 8 * m, generator=torch.Generator().manual_seed(m))
     from sparse.masks.transposable import enum_op
 
-    with use_backend("cpu"):
+    with use_backend("csrc-cpu"):
         a = enum_op(w, n, m)
     with use_backend("torch"):
         b = enum_op(w, n, m)
@@ -165,7 +165,7 @@ def test_exact_extreme_m(n, m):
     assert is_transposable(transposable_mask(w, n, m, "approx"), n, m)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("cpu", marks=requires_ext)])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("csrc-cpu", marks=requires_ext)])
 @pytest.mark.parametrize("method,op", [("greedy", "transposable_greedy"), ("approx", "transposable_approx")])
 def test_heuristics_on_each_backend(backend, method, op):
     w = torch.randn(64, 64, generator=torch.Generator().manual_seed(9))

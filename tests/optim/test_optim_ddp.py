@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(r'''
         dist.init_process_group("gloo", rank=rank, world_size=world)
         torch.set_num_threads(1)
         sys.path.insert(0, helpers)
-        from conftest import make_tiny_bert, batch, loss_of
+        from testkit import make_tiny_bert, batch, loss_of
         from sparse.optim import SparseOptimizer
         model = torch.nn.parallel.DistributedDataParallel(make_tiny_bert())
         opt = SparseOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), model, {"name": "ddp", "pruning": [{
@@ -53,7 +53,7 @@ SCRIPT = textwrap.dedent(r'''
 
 
 def test_ddp_ranks_agree_on_masks(tmp_path):
-    here = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/: testkit.py
     script = tmp_path / "ddp_script.py"
     script.write_text(SCRIPT)
     res = tmp_path / "result"

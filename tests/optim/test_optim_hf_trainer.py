@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import make_tiny_bert
+from testkit import make_tiny_bert
 
 transformers = pytest.importorskip("transformers")
 

@@ -10,7 +10,7 @@ from sparse.optim import SparseOptimizer, format_report
 from sparse.pruning import NMPattern
 from sparse.recipe import RecipeError
 
-from conftest import batch, loss_of, make_tiny_bert
+from testkit import batch, loss_of, make_tiny_bert
 
 
 def recipe(pattern=None, schedule=None, method=None, refresh=0, name="r", **targets):

@@ -8,7 +8,7 @@ import sparse.optim as sparse_optim
 from sparse.optim import SparseOptimizer
 from sparse.pruning.optim_state import STATE_FILL, state_fill_for, tidy_state
 
-from conftest import batch, loss_of, make_tiny_bert
+from testkit import batch, loss_of, make_tiny_bert
 
 
 def _recipe(at_step):
