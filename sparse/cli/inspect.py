@@ -5,6 +5,7 @@ import json
 
 import torch
 
+from ..convert.reader import nonzero_mask
 from ..pruning.patterns import NMPattern, TransposableNMPattern
 
 # the N:M patterns every tensor is checked against
@@ -21,10 +22,13 @@ def describe(name: str, t: torch.Tensor) -> dict:
     """Facts about one tensor; ``nm`` / ``transposable`` list the patterns the tensor already has
     (at most N non-zeros per group / per tile row and column: a zero may stand for a kept weight)."""
     info = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""), "numel": t.numel()}
-    info["density"] = int(torch.count_nonzero(t)) / t.numel() if t.numel() else 0.0
+    # nonzero_mask: torch has no count_nonzero for float8/uint16-64 and nothing at all for float4
+    nonzero = nonzero_mask(t)
+    info["density"] = int(torch.count_nonzero(nonzero)) / nonzero.numel() if nonzero.numel() else 0.0
     info["nm"], info["transposable"] = [], []
-    if t.dim() >= 2 and t.is_floating_point() and t.numel():
-        nonzero = t != 0
+    if t.dim() >= 2 and t.numel() and not t.is_floating_point():
+        info["note"] = f"N:M analysis skipped: {info['dtype']} is not a floating-point weight"
+    elif t.dim() >= 2 and t.numel():
         for p in PATTERNS:
             if p.conforms(nonzero):
                 info["nm"].append(p.describe())
