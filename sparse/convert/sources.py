@@ -108,17 +108,21 @@ def _walk(root: str) -> tuple[list[str], list[str], dict[str, str]]:
     stack = [""]
     while stack:
         reldir = stack.pop()
-        with os.scandir(os.path.join(root, reldir)) as entries:
-            for e in entries:
-                rel = os.path.join(reldir, e.name) if reldir else e.name
-                if e.is_symlink():
-                    links.append(rel)
-                elif e.is_dir(follow_symlinks=False):
-                    stack.append(rel)
-                elif e.is_file(follow_symlinks=False):
-                    files.append(rel)
-                else:
-                    special[rel] = "not a regular file (FIFO, socket or device)"
+        try:
+            entries = list(os.scandir(os.path.join(root, reldir)))
+        except OSError as exc:
+            special[reldir] = f"unreadable folder ({exc.strerror})"
+            continue
+        for e in entries:
+            rel = os.path.join(reldir, e.name) if reldir else e.name
+            if e.is_symlink():
+                links.append(rel)
+            elif e.is_dir(follow_symlinks=False):
+                stack.append(rel)
+            elif e.is_file(follow_symlinks=False):
+                files.append(rel)
+            else:
+                special[rel] = "not a regular file (FIFO, socket or device)"
     return sorted(files), sorted(links), special
 
 
