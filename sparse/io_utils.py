@@ -39,8 +39,10 @@ def atomic_file(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
     path = os.fspath(path)
     _refuse_existing(path, force)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
     try:
+        # inside the try: an interrupt (SIGINT, or SIGTERM turned into one) right after mkstemp
+        # must not leave the temporary behind
+        os.close(fd)
         yield tmp
         _refuse_existing(path, force)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -50,6 +52,15 @@ def atomic_file(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def _remove(path: str) -> None:
+    """Remove a file, link or folder tree; errors ignored (only used on our own temporaries)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 @contextlib.contextmanager
@@ -64,27 +75,34 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
     _refuse_existing(path, force)
     parent = os.path.dirname(os.path.abspath(path))
     tmp = tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=parent)
+    old = None
+    swapped = False
     try:
         yield tmp
         _refuse_existing(path, force)
-        old = None
         if os.path.lexists(path):
             old = tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=parent)
             os.rmdir(old)  # only the unique name is wanted: rename needs a free one
             os.rename(path, old)
         try:
             os.rename(tmp, path)
+            swapped = True
         except OSError as e:  # another process created a non-empty ``path`` after the last check
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise FileExistsError(f"{path!r} appeared while writing it; not replacing it") from e
             raise
         if old is not None:
-            if os.path.isdir(old) and not os.path.islink(old):
-                shutil.rmtree(old)
-            else:
-                os.remove(old)
+            _remove(old)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not swapped:
+            shutil.rmtree(tmp, ignore_errors=True)
+            # Failed (or interrupted) between moving the previous version aside and moving the
+            # new one in: put the previous version back rather than leave it under a hidden name.
+            if old is not None and os.path.lexists(old) and not os.path.lexists(path):
+                with contextlib.suppress(OSError):
+                    os.rename(old, path)
+        elif old is not None:  # the new folder is in place; finish removing the previous one
+            _remove(old)
         raise
 
 

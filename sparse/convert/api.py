@@ -14,7 +14,7 @@ import torch
 from ..io_utils import atomic_dir, atomic_file, atomic_write_text
 # parse_pattern is re-exported as sparse.convert.parse_pattern: the one parser of "N:M" strings
 from ..pruning.patterns import NMPattern, TransposableNMPattern, as_2d, parse_pattern
-from .atomic import check_destination
+from .atomic import check_paths
 from .prune import BlockBuffer, PruneStats, prune_blocks
 from .report import ConvertReport, TensorReport
 from .safetensors_io import SafetensorsReader, SafetensorsWriter, copy_raw
@@ -204,9 +204,69 @@ def _convert_one(name, weight, pattern, override, sink, consumed=None) -> Tensor
                         created_nonzero=created)
 
 
+# How the path arguments are named in messages: the API's name, then the CLI's where it differs.
+REPORT_ARG = "report_path (--report)"
+CALIBRATION_ARG = "calibration_file (--calibration-file)"
+_MAX_LINE = 1 << 20  # characters per calibration line; a text file has no longer lines
+
+
+def _path_arg(name: str, value) -> str:
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        raise ValueError(f"{name}: expected a path (str or os.PathLike), got {type(value).__name__} {repr(value)[:100]}")
+    return os.fsdecode(os.fspath(value))
+
+
+def read_calibration_file(path: str, limit: int | None = None) -> list[str]:
+    """The non-empty lines (stripped) of the UTF-8 text file ``path``, at most ``limit`` of them.
+
+    Reads only as far as needed, so a huge file costs nothing; ``ValueError``/``FileNotFoundError``
+    naming ``--calibration-file`` for a missing, non-regular, binary, non-UTF-8 or empty file.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{CALIBRATION_ARG}: {path!r} does not exist")
+    if not os.path.isfile(path):  # a folder, or a FIFO that would block the read forever
+        raise ValueError(f"{CALIBRATION_ARG}: expected a UTF-8 text file, got {path!r}, which is not a regular file")
+    texts: list[str] = []
+    with open(path, encoding="utf-8", newline=None) as f:
+        lineno = 0
+        try:
+            while limit is None or len(texts) < limit:
+                line = f.readline(_MAX_LINE)
+                if not line:
+                    break
+                lineno += 1
+                if "\0" in line:
+                    raise ValueError(f"{CALIBRATION_ARG}: expected a UTF-8 text file, got binary data "
+                                     f"(a NUL byte on line {lineno}) in {path!r}")
+                if line.strip():
+                    texts.append(line.strip())
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{CALIBRATION_ARG}: expected a UTF-8 text file, got undecodable bytes near line "
+                             f"{lineno + 1} of {path!r} ({exc.reason})") from None
+    if not texts:
+        raise ValueError(f"{CALIBRATION_ARG}: expected at least one non-empty line, got none in {path!r}")
+    return texts
+
+
+def _check_selection(src: str, targets: TargetFilter, include: list[str], exclude: list[str]) -> None:
+    """An explicit ``include`` that selects nothing is a mistake (a typo in the regex, the wrong
+    checkpoint): refuse it before writing a plain copy. Reads only headers for safetensors."""
+    from .reader import list_tensors
+
+    tensors = list_tensors(src)
+    if any(targets.wanted(name, dtype, shape) for name, dtype, shape in tensors):
+        return
+    arg = "include, exclude" if exclude else "include"
+    sample = ", ".join(repr(name[:80]) for name, _, _ in tensors[:3]) + (", ..." if len(tensors) > 3 else "")
+    raise ValueError(f"{arg}: expected a selection of at least one floating-point weight with 2 to 4 dims, "
+                     f"got none for include={include!r}" + (f" exclude={exclude!r}" if exclude else "")
+                     + f" among the {len(tensors)} tensors of {src!r}" + (f" ({sample})" if tensors else ""))
+
+
 def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: bool = False, method: str = "auto",
                        *, include: list[str] | None = None, exclude: list[str] | None = None,
                        calibrate: bool = False, calibration=None, calibration_texts: list[str] | None = None,
+                       calibration_file: str | None = None,
                        force: bool = False, report_path: str | None = None,
                        progress: bool = False) -> ConvertReport:
     """Convert an (unstructured-sparse) checkpoint's Linear/conv weights to an N:M pattern.
@@ -226,9 +286,16 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
         calibrate: AdaPrune (HF folders only): fit each pruned layer's output to the dense layer's.
         calibration: an :class:`sparse.convert.adaprune.AdaPruneConfig` (defaults if None).
         calibration_texts: calibration texts (default: a slice of the BBC News training texts).
+        calibration_file: or read them from this UTF-8 text file, one per non-empty line.
         force: replace an existing ``dst`` (and ``report_path``).
-        report_path: also write the report as JSON there.
+        report_path: also write the report as JSON there (a file outside ``dst``).
         progress: show a progress bar (bytes) on stderr.
+
+    Paths are checked before any work starts (:mod:`sparse.convert.atomic`): ``ValueError`` naming
+    both arguments when an output (``dst``, ``report_path``) is, contains or lies inside an input
+    (``src``, one of its shards, ``calibration_file``) or the other output, after resolving links
+    and relative spellings; ``FileExistsError`` for an existing output without ``force``;
+    ``FileNotFoundError`` for an output whose folder is missing.
 
     Returns:
         :class:`ConvertReport`. Every tensor keeps its name, dtype and shape; non-target tensors are
@@ -241,15 +308,27 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
         if v is not None and (isinstance(v, str) or not all(isinstance(p, str) for p in v)):
             raise ValueError(f"{arg}: expected a list of regex strings, got {v!r}")
     targets = TargetFilter(list(include or []), list(exclude or []))
-    src, dst = os.fspath(src), os.fspath(dst)
-    source = resolve_source(src)
-    check_destination(src, dst, force)
+    src, dst = _path_arg("src", src), _path_arg("dst", dst)
     if report_path is not None:
-        check_destination(src, report_path, force)
+        report_path = _path_arg(REPORT_ARG, report_path)
+    if calibration_file is not None:
+        calibration_file = _path_arg(CALIBRATION_ARG, calibration_file)
+        if not calibrate:
+            raise ValueError(f"{CALIBRATION_ARG}: only used with calibrate=True (--calibrate)")
+        if calibration_texts is not None:
+            raise ValueError(f"{CALIBRATION_ARG}: give calibration_texts or calibration_file, not both")
+    source = resolve_source(src)
+    inputs = [("src", src)] + [(f"src shard {s.rel!r}", s.path) for s in source.shards if s.path != src]
+    if calibration_file is not None:
+        inputs.append((CALIBRATION_ARG, calibration_file))
+    outputs = [("dst", dst)] + ([(REPORT_ARG, report_path)] if report_path is not None else [])
+    check_paths(inputs, outputs, force=force, folders=("dst",) if source.is_dir_output else ())
     if calibrate and source.kind != "hf":
         raise ValueError(f"calibrate: needs an HF model folder as src (the model is run on calibration text), "
                          f"got a {source.kind} checkpoint {src!r}")
     out_kinds = [_out_kind(s, source, dst) for s in source.shards]
+    if include:
+        _check_selection(src, targets, list(include), list(exclude or []))
 
     report = ConvertReport(src=src, dst=dst, pattern=f"{pattern.n}:{pattern.m}", transposable=transposable,
                            method=method)
@@ -259,6 +338,8 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
         from .adaprune import AdaPruneConfig, calibrate_hf_folder
 
         cfg = calibration if calibration is not None else AdaPruneConfig()
+        if calibration_file is not None:
+            calibration_texts = read_calibration_file(calibration_file, cfg.num_texts)
         overrides, report.calibration = calibrate_hf_folder(source, pattern, targets, cfg, calibration_texts)
     progress_bar = None
     if progress:

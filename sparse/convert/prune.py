@@ -22,7 +22,7 @@ CHUNK_ELEMS = 1 << 22  # elements per block: 16 MB of fp32; smaller blocks pay p
 
 @dataclass
 class PruneStats:
-    """Counts for one tensor; magnitudes are sums of |w| (fp32 per block, float64 across blocks)."""
+    """Counts for one tensor; magnitudes are sums of |w| (at least fp32 per block, float64 across blocks)."""
     numel: int = 0
     nnz_before: int = 0
     nnz_after: int = 0
@@ -76,6 +76,9 @@ def prune_blocks(weight: torch.Tensor, pattern: NMPattern | TransposableNMPatter
     rows, cols = w2d.shape
     step = block_rows(rows, cols, pattern)
     zero = torch.zeros((), dtype=w2d.dtype)
+    # fp16/bf16 sums overflow or lose the small terms, and vector_norm refuses to narrow fp64:
+    # accumulate in fp32, or in the weight's own dtype when that is wider.
+    acc = torch.promote_types(w2d.dtype, torch.float32)
     stats.numel += w2d.numel()
     for lo in range(0, rows, step):
         blk = w2d[lo:lo + step]
@@ -87,14 +90,14 @@ def prune_blocks(weight: torch.Tensor, pattern: NMPattern | TransposableNMPatter
             pruned = torch.where(mask, blk, zero)
         else:
             pruned = torch.where(mask, blk, zero, out=buffer.get(tuple(blk.shape), blk.dtype))
-        # One pass each, no temporaries: L1 norms give the magnitudes (fp32 partial sums of at
-        # most CHUNK_ELEMS terms, added up in float64 here), count_nonzero the densities.
+        # One pass each, no temporaries: L1 norms give the magnitudes (partial sums of at most
+        # CHUNK_ELEMS terms in at least fp32, added up in float64 here), count_nonzero the densities.
         stats.nnz_before += int(torch.count_nonzero(blk))
         kept = int(torch.count_nonzero(pruned))
         stats.nnz_after += kept
         stats.kept_nonzero += kept
-        stats.abs_before += float(torch.linalg.vector_norm(blk, ord=1, dtype=torch.float32))
-        stats.abs_kept += float(torch.linalg.vector_norm(pruned, ord=1, dtype=torch.float32))
+        stats.abs_before += float(torch.linalg.vector_norm(blk, ord=1, dtype=acc))
+        stats.abs_kept += float(torch.linalg.vector_norm(pruned, ord=1, dtype=acc))
         yield pruned, mask
 
 
