@@ -17,7 +17,7 @@ and optionally a top-level ``distill`` block (``teacher``: ``dense`` or a model 
 ``temperature``): knowledge distillation from a fine-tuned dense teacher (see :class:`DistillConfig`).
 
 Every unknown key or bad value raises :class:`RecipeError` naming the key, what is allowed and what
-was given.
+was given (values cut short: a recipe may come from anyone, see :func:`load_recipe`).
 """
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ import json
 import numbers
 import os
 import re
+import reprlib
+import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -34,7 +37,8 @@ from .policy import HEAD_REGEX
 
 __all__ = ["RecipeError", "Recipe", "PruningEntry", "Targets", "Pattern", "Method", "Schedule",
            "ModelConfig", "DataConfig", "TrainConfig", "DistillConfig", "load_recipe", "DEFAULT_EXCLUDE", "MODULE_TYPES",
-           "PATTERN_KINDS", "METHOD_KINDS", "SCHEDULE_KINDS", "SOLVERS", "MODELS", "DATASETS", "TEACHERS"]
+           "PATTERN_KINDS", "METHOD_KINDS", "SCHEDULE_KINDS", "SOLVERS", "MODELS", "DATASETS", "TEACHERS",
+           "MAX_RECIPE_BYTES", "MAX_YAML_NODES", "MAX_YAML_DEPTH", "MAX_SEED", "check_plain_name"]
 
 
 class RecipeError(ValueError):
@@ -55,15 +59,53 @@ MODELS: tuple[str, ...] = ("minilm",)  # or a path to a Hugging Face model folde
 DATASETS: tuple[str, ...] = ("bbc_news",)
 TEACHERS: tuple[str, ...] = ("dense",)  # or a path to a fine-tuned model folder
 
+# Bounds on the work an untrusted recipe file can cause. A real recipe is under 2 KiB, about 100 YAML
+# nodes and 6 levels deep; "billion laughs" alias bombs are ~500 bytes that expand to 10^9 nodes.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_YAML_NODES = 10_000      # after alias expansion
+MAX_YAML_DEPTH = 64          # PyYAML's composer recurses once per level
+MAX_SEED = 2 ** 32 - 1       # what torch, numpy and scikit-learn all accept
+MAX_ENTRY_NAME = 128
+NAME_CHARS = "A-Z a-z 0-9 . _ + -"
+# A recipe name becomes a folder name (sparse-runs/<name>-seed<S>): a plain, portable file name only.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]{0,127}")
+
 
 # --------------------------------------------------------------------------------------------- helpers
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 6
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _show(v: Any, limit: int = 80) -> str:
+    """``repr(v)`` in at most ``limit`` characters, with bounded work: a recipe value can be huge (an
+    alias bomb is 10^9 list items sharing storage) and every message shows the value it refuses."""
+    try:
+        return _cut(_REPR.repr(v), limit)
+    except Exception:  # e.g. an int past sys.get_int_max_str_digits()
+        return f"<{type(v).__name__} that cannot be shown>"
+
+
+def _got(v: Any) -> str:
+    """``"<type> <short repr>"``: what was given, for messages."""
+    return f"{type(v).__name__} {_show(v)}"
+
+
+def _key(k: Any) -> str:
+    """A mapping key as named in messages: bare when it is a short printable string."""
+    return _cut(k, 60) if isinstance(k, str) and k.isprintable() else _show(k, 60)
+
+
 def _check_keys(d: Any, allowed: tuple[str, ...], where: str, required: tuple[str, ...] = ()) -> dict:
     if not isinstance(d, Mapping):
-        raise RecipeError(f"{where}: expected a mapping with keys {', '.join(allowed)}, got "
-                          f"{type(d).__name__} {d!r}")
+        raise RecipeError(f"{where}: expected a mapping with keys {', '.join(allowed)}, got {_got(d)}")
     for k in d:
         if k not in allowed:
-            raise RecipeError(f"{where}.{k}: unknown key; allowed keys: {', '.join(allowed)}")
+            raise RecipeError(f"{where}.{_key(k)}: unknown key; allowed keys: {', '.join(allowed)}")
     for k in required:
         if k not in d:
             raise RecipeError(f"{where}.{k}: required key missing (allowed keys: {', '.join(allowed)})")
@@ -72,11 +114,11 @@ def _check_keys(d: Any, allowed: tuple[str, ...], where: str, required: tuple[st
 
 def _int(v: Any, key: str, lo: int | None = None, hi: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise RecipeError(f"{key}: expected an integer, got {type(v).__name__} {v!r}")
+        raise RecipeError(f"{key}: expected an integer, got {_got(v)}")
     v = int(v)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise RecipeError(f"{key}: expected an integer {rng}, got {v}")
+        raise RecipeError(f"{key}: expected an integer {rng}, got {_show(v)}")
     return v
 
 
@@ -87,9 +129,9 @@ def _float(v: Any, key: str, lo: float | None = None, hi: float | None = None, *
         try:
             v = float(v)
         except ValueError:
-            raise RecipeError(f"{key}: expected a number, got {v!r}") from None
+            raise RecipeError(f"{key}: expected a number, got {_show(v)}") from None
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise RecipeError(f"{key}: expected a number, got {type(v).__name__} {v!r}")
+        raise RecipeError(f"{key}: expected a number, got {_got(v)}")
     v = float(v)
     if v != v or v in (float("inf"), float("-inf")):
         raise RecipeError(f"{key}: expected a finite number, got {v}")
@@ -105,43 +147,72 @@ def _float(v: Any, key: str, lo: float | None = None, hi: float | None = None, *
 
 def _bool(v: Any, key: str) -> bool:
     if not isinstance(v, bool):
-        raise RecipeError(f"{key}: expected true or false, got {type(v).__name__} {v!r}")
+        raise RecipeError(f"{key}: expected true or false, got {_got(v)}")
     return v
 
 
 def _choice(v: Any, key: str, allowed: tuple[str, ...]) -> str:
     if not isinstance(v, str) or v not in allowed:
-        raise RecipeError(f"{key}: expected one of {', '.join(allowed)}, got {v!r}")
+        raise RecipeError(f"{key}: expected one of {', '.join(allowed)}, got {_show(v)}")
     return v
 
 
 def _name_or_path(v: Any, key: str, names: tuple[str, ...], what: str) -> str:
     """One of ``names``, or something that looks like a path (has a separator or starts with '.')."""
     v = _str(v, key)
-    if v not in names and not (os.sep in v or "/" in v or v.startswith(".")):
-        raise RecipeError(f"{key}: expected one of {', '.join(names)} or a path to {what}, got {v!r}")
+    looks_like_path = os.sep in v or "/" in v or v.startswith(".")
+    if v not in names and not (looks_like_path and v.isprintable()):
+        raise RecipeError(f"{key}: expected one of {', '.join(names)} or a path to {what} (printable characters "
+                          f"only), got {_show(v)}")
     return v
 
 
 def _str(v: Any, key: str) -> str:
     if not isinstance(v, str) or not v:
-        raise RecipeError(f"{key}: expected a non-empty string, got {type(v).__name__} {v!r}")
+        raise RecipeError(f"{key}: expected a non-empty string, got {_got(v)}")
     return v
+
+
+def check_plain_name(v: Any, key: str = "name") -> str:
+    """``v`` if it is a plain file name (see ``_PLAIN_NAME``), else ``RecipeError`` naming ``key``.
+
+    A recipe's name becomes the run folder ``sparse-runs/<name>-seed<S>``: separators, ``..``, a leading
+    ``-`` (read as an option by shell tools) or ``.`` (hidden), control characters and non-ASCII
+    (look-alike) characters are refused rather than cleaned, so the folder is always the one named."""
+    if not isinstance(v, str) or not _PLAIN_NAME.fullmatch(v):
+        raise RecipeError(f"{key}: expected a plain file name (1-128 characters of {NAME_CHARS}, not starting "
+                          f"with '.' or '-'), got {_got(v)}")
+    return v
+
+
+def _entry_name(v: Any, key: str) -> str:
+    if not isinstance(v, str) or not v or len(v) > MAX_ENTRY_NAME or not v.isprintable():
+        raise RecipeError(f"{key}: expected a non-empty string of at most {MAX_ENTRY_NAME} characters without "
+                          f"control characters, got {_got(v)}")
+    return v
+
+
+def _default_name(source: str | None) -> str:
+    """The name of a recipe that gives none: its file name, made plain (``my run.yaml`` -> ``my_run``)."""
+    if not source:
+        return "recipe"
+    stem = os.path.splitext(os.path.basename(source))[0]
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", stem)[:128].lstrip(".-") or "recipe"
 
 
 def _regex_list(v: Any, key: str) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, (list, tuple)):
-        raise RecipeError(f"{key}: expected a regex or a list of regexes, got {type(v).__name__} {v!r}")
+        raise RecipeError(f"{key}: expected a regex or a list of regexes, got {_got(v)}")
     out = []
     for i, r in enumerate(v):
         if not isinstance(r, str) or not r:
-            raise RecipeError(f"{key}[{i}]: expected a non-empty regex string, got {r!r}")
+            raise RecipeError(f"{key}[{i}]: expected a non-empty regex string, got {_show(r)}")
         try:
             re.compile(r)
-        except re.error as exc:
-            raise RecipeError(f"{key}[{i}]: invalid regex {r!r}: {exc}") from None
+        except (re.error, RecursionError, OverflowError) as exc:
+            raise RecipeError(f"{key}[{i}]: invalid regex {_show(r)}: {_cut(str(exc), 120)}") from None
         out.append(r)
     return tuple(out)
 
@@ -170,7 +241,7 @@ def _build(cls, d: Any, where: str, checks: Mapping[str, Check], *, required: tu
 def _kind(d: Any, where: str, kinds: tuple[str, ...]) -> str:
     """The ``type`` of a variant block (pattern, schedule): checked before its other keys."""
     if not isinstance(d, Mapping) or "type" not in d:
-        raise RecipeError(f"{where}: expected a mapping with 'type' one of {', '.join(kinds)}, got {d!r}")
+        raise RecipeError(f"{where}: expected a mapping with 'type' one of {', '.join(kinds)}, got {_got(d)}")
     return _choice(d["type"], f"{where}.type", kinds)
 
 
@@ -187,13 +258,13 @@ def _types(v: Any, key: str) -> tuple[str, ...]:
     if isinstance(v, str):
         v = [v]
     if not isinstance(v, (list, tuple)) or not v:
-        raise RecipeError(f"{key}: expected a non-empty list of {', '.join(MODULE_TYPES)}, got {v!r}")
+        raise RecipeError(f"{key}: expected a non-empty list of {', '.join(MODULE_TYPES)}, got {_got(v)}")
     return tuple(_choice(t, key, MODULE_TYPES) for t in v)
 
 
 def _block(v: Any, key: str) -> tuple[int, int]:
     if not isinstance(v, (list, tuple)) or len(v) != 2:
-        raise RecipeError(f"{key}: expected [rows, cols], got {v!r}")
+        raise RecipeError(f"{key}: expected [rows, cols], got {_got(v)}")
     return _int(v[0], f"{key}[0]", 1), _int(v[1], f"{key}[1]", 1)
 
 
@@ -322,7 +393,7 @@ class PruningEntry:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "PruningEntry":
-        e = _build(cls, d, where, {"name": _str, "targets": Targets.from_dict, "pattern": Pattern.from_dict,
+        e = _build(cls, d, where, {"name": _entry_name, "targets": Targets.from_dict, "pattern": Pattern.from_dict,
                                    "method": Method.from_dict, "schedule": Schedule.from_dict,
                                    "refresh_every": _check(_int, 0)},
                    required=("pattern",), **({} if isinstance(d, Mapping) and "name" in d else {"name": where}))
@@ -358,7 +429,7 @@ class DataConfig:
     def from_dict(cls, d: Any, where: str) -> "DataConfig":
         return _build(cls, d, where, {"dataset": _check(_choice, DATASETS),
                                       "test_size": _check(_float, 0.0, 1.0, lo_open=True, hi_open=True),
-                                      "split_seed": _check(_int, 0)})
+                                      "split_seed": _check(_int, 0, MAX_SEED)})
 
 
 @dataclass(frozen=True)
@@ -378,7 +449,7 @@ class TrainConfig:
         positive = _check(_float, 0.0, lo_open=True)
         return _build(cls, d, where, {"epochs": _check(_int, 1), "batch_size": _check(_int, 1), "lr": positive,
                                       "head_lr": positive, "weight_decay": _check(_float, 0.0),
-                                      "warmup_ratio": _check(_float, 0.0, 1.0), "seed": _check(_int, 0),
+                                      "warmup_ratio": _check(_float, 0.0, 1.0), "seed": _check(_int, 0, MAX_SEED),
                                       "bf16": _bool, "eval_batch_size": _check(_int, 1)})
 
 
@@ -410,10 +481,9 @@ def _entries(v: Any, key: str) -> tuple[PruningEntry, ...]:
     if not isinstance(v, (list, tuple)):
         raise RecipeError(f"{key}: expected a list of pruning entries, got {type(v).__name__}")
     entries = tuple(PruningEntry.from_dict(e, f"pruning[{i}]") for i, e in enumerate(v))
-    names = [e.name for e in entries]
-    dup = {x for x in names if names.count(x) > 1}
+    dup = sorted(name for name, n in Counter(e.name for e in entries).items() if n > 1)
     if dup:
-        raise RecipeError(f"pruning[].name: expected unique entry names, got duplicates {sorted(dup)}")
+        raise RecipeError(f"pruning[].name: expected unique entry names, got duplicates {_show(dup)}")
     return entries
 
 
@@ -432,12 +502,15 @@ class Recipe:
     distill: DistillConfig | None = None
     source: str | None = field(default=None, compare=False)  # file the recipe came from, if any
 
+    def __post_init__(self):
+        check_plain_name(self.name)  # also for Recipe(...) and .replace(name=...), not only loaded recipes
+
     @classmethod
     def from_dict(cls, d: Any, source: str | None = None) -> "Recipe":
         # a recipe without a name is named after its file
         named = isinstance(d, Mapping) and "name" in d
-        default_name = os.path.splitext(os.path.basename(source))[0] if source else "recipe"
-        return _build(cls, d, "recipe", {"name": _str, "description": _description, "model": ModelConfig.from_dict,
+        default_name = _default_name(source)
+        return _build(cls, d, "recipe", {"name": check_plain_name, "description": _description, "model": ModelConfig.from_dict,
                                          "data": DataConfig.from_dict, "train": TrainConfig.from_dict,
                                          "distill": _distill, "pruning": _entries},
                       top=True, source=source, **({} if named else {"name": default_name}))
@@ -457,12 +530,141 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
 
+class _YamlLimit(Exception):
+    """Raised inside the YAML loader; becomes ``RecipeError("... not valid YAML: ...")``."""
+
+
+def _yaml_children(node) -> list:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_expansion(root) -> None:
+    """Refuse a document whose node graph expands (aliases followed) to more than ``MAX_YAML_NODES``
+    nodes, or that contains itself. Works on the composed graph, where an alias is a shared node, so
+    the cost is the number of distinct nodes, before a single Python object exists."""
+    size: dict[int, int] = {}
+    open_: set[int] = set()  # nodes on the current path: meeting one again is a cycle
+    stack = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        k = id(node)
+        if finished:
+            open_.discard(k)
+            size[k] = 1 + sum(size[id(c)] for c in _yaml_children(node))
+            if size[k] > MAX_YAML_NODES:
+                raise _YamlLimit(f"more than {MAX_YAML_NODES} nodes once aliases are expanded (a recipe has a "
+                                 f"few hundred)")
+            continue
+        if k in size:
+            continue
+        if k in open_:
+            raise _YamlLimit("recursive alias (a node that contains itself)")
+        open_.add(k)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _yaml_children(node) if id(c) not in size)
+
+
+def _loader_class():
+    """``yaml.SafeLoader`` (no tags that run code) that also bounds depth and alias expansion while
+    composing, and refuses duplicate keys (PyYAML keeps the last one silently: a reader of the file
+    would see the first)."""
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        _depth = 0
+
+        def compose_node(self, parent, index):
+            self._depth += 1
+            try:
+                if self._depth > MAX_YAML_DEPTH:
+                    raise _YamlLimit(f"nested deeper than {MAX_YAML_DEPTH} levels "
+                                     f"(line {self.peek_event().start_mark.line + 1})")
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+        def compose_document(self):
+            node = super().compose_document()
+            _check_expansion(node)
+            return node
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                try:
+                    dup = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable: SafeConstructor reports it
+                    continue
+                if dup:
+                    raise _YamlLimit(f"duplicate key {_show(key, 60)} (line {key_node.start_mark.line + 1})")
+            return super().construct_mapping(node, deep)
+
+    return RecipeLoader
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """One short line for a YAML error (PyYAML's own messages span lines and quote the file name)."""
+    import yaml
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        text = "; ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        mark = exc.problem_mark or exc.context_mark
+        if mark is not None:
+            text += f" (line {mark.line + 1}, column {mark.column + 1})"
+    elif isinstance(exc, yaml.reader.ReaderError):
+        ch = exc.character if isinstance(exc.character, int) else int.from_bytes(exc.character, "big")
+        text = f"unacceptable character #x{ch:04x}: {exc.reason} (position {exc.position})"
+    elif isinstance(exc, RecursionError):
+        text = "nested too deeply"
+    else:
+        text = str(exc)
+    return _cut(" ".join(text.split()), 200)
+
+
+def _read_recipe_text(path: str) -> str:
+    """The file's text, after checks that need no parsing: a regular file, at most
+    ``MAX_RECIPE_BYTES``, UTF-8 (a leading byte-order mark is dropped)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"recipe file not found: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"recipe: {path} is a folder, expected a YAML file")
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device could block or never end
+        raise RecipeError(f"recipe: {path} is not a regular file")
+    base = os.path.basename(path)
+    with open(path, "rb") as f:
+        raw = f.read(MAX_RECIPE_BYTES + 1)
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{base}: larger than {MAX_RECIPE_BYTES} bytes (1 MiB); a recipe is a few hundred bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{base}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
 def load_recipe(path_or_dict: "str | os.PathLike | Mapping | Recipe") -> Recipe:
     """Load a recipe from a YAML file path, a mapping, or return a ``Recipe`` unchanged.
 
+    A recipe file may come from anyone: it is parsed with a safe loader (no YAML tag constructs
+    arbitrary objects or runs code), at most ``MAX_RECIPE_BYTES``, nesting and alias expansion are
+    bounded before any Python object is built, duplicate keys are refused, and every message shows
+    values cut short.
+
     Raises:
         FileNotFoundError: the path does not exist.
-        RecipeError: unknown keys, bad values, or YAML that is not a mapping.
+        IsADirectoryError: the path is a folder.
+        RecipeError: unknown keys, bad values, YAML that is not a mapping, or a file that is too large,
+            not UTF-8, not a regular file or not valid YAML.
     """
     if isinstance(path_or_dict, Recipe):
         return path_or_dict
@@ -474,16 +676,16 @@ def load_recipe(path_or_dict: "str | os.PathLike | Mapping | Recipe") -> Recipe:
     import yaml
 
     path = os.fspath(path_or_dict)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"recipe file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    base = os.path.basename(path)
+    text = _read_recipe_text(path)
+    try:
+        data = yaml.load(text, Loader=_loader_class())  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, _YamlLimit, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # ValueError: e.g. an integer of more than sys.get_int_max_str_digits() digits
+        raise RecipeError(f"{base}: not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:
-        raise RecipeError(f"{path}: empty recipe (expected a mapping with keys name, model, data, train, pruning)")
+        raise RecipeError(f"{base}: empty recipe (expected a mapping with keys name, model, data, train, pruning)")
     try:
         return Recipe.from_dict(data, source=path)
     except RecipeError as exc:
-        raise RecipeError(f"{os.path.basename(path)}: {exc}") from None
+        raise RecipeError(f"{base}: {exc}") from None
