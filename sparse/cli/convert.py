@@ -10,10 +10,16 @@ from __future__ import annotations
 import json
 import sys
 
+from ..convert.adaprune import FITS, AdaPruneConfig
 from ..masks import METHODS
 from .signals import exit_code, interrupts_as_exceptions, signal_name
 
 CALIBRATION_METHODS = ("adaprune",)
+CALIBRATION_DEFAULTS = {"num_texts": AdaPruneConfig.num_texts, "max_length": AdaPruneConfig.max_length,
+                        "fit": AdaPruneConfig.fit}
+# option -> argparse dest, for the options that only mean something with --calibrate
+_CALIBRATION_OPTIONS = {"--calibration-file": "calibration_file", "--calibration-texts": "calibration_texts",
+                        "--max-length": "max_length", "--fit": "fit", "--add-pruned-mean": "add_pruned_mean"}
 
 
 def add_arguments(parser):
@@ -22,7 +28,8 @@ def add_arguments(parser):
     parser.add_argument("dst", help="output file (.safetensors / .pt / .bin) or, for sharded/HF input, a folder")
     parser.add_argument("--pattern", default="2:4", help="N:M pattern, or N:MT for transposable (default 2:4)")
     parser.add_argument("--transposable", action="store_true", help="transposable N:M (W and W^T both N:M)")
-    parser.add_argument("--method", default="auto", help=f"transposable mask method: {', '.join(METHODS)}")
+    parser.add_argument("--method", default=None,
+                        help=f"transposable mask method: {', '.join(METHODS)} (default auto; transposable only)")
     parser.add_argument("--include", action="append", default=None, metavar="RE",
                         help="convert tensors whose name matches RE (repeatable; replaces the default selection "
                              "of Linear/conv weights minus embeddings, norms and heads)")
@@ -33,9 +40,12 @@ def add_arguments(parser):
                              "layer's output; HF folders only); put it after SRC DST")
     parser.add_argument("--calibration-file", default=None, metavar="TXT",
                         help="calibration texts, one per non-empty line (default: BBC News training texts)")
-    parser.add_argument("--calibration-texts", type=int, default=64, metavar="N", help="number of texts (default 64)")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per calibration text (default 128)")
-    parser.add_argument("--fit", default="lstsq", help="lstsq (default), lstsq-exact, adam or none")
+    # None: "not given", so that calibration options without --calibrate are refused, not ignored
+    parser.add_argument("--calibration-texts", type=int, default=None, metavar="N",
+                        help=f"number of texts (default {CALIBRATION_DEFAULTS['num_texts']})")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help=f"tokens per calibration text (default {CALIBRATION_DEFAULTS['max_length']})")
+    parser.add_argument("--fit", default=None, help="lstsq (default), lstsq-exact, adam or none")
     parser.add_argument("--add-pruned-mean", action="store_true",
                         help="add each group's pruned mean to its survivors before the fit")
     parser.add_argument("--report", default=None, metavar="JSON", help="write the report as JSON")
@@ -47,30 +57,46 @@ def add_arguments(parser):
 def _calibration(args):
     """The AdaPrune settings, with the CLI's own option names in messages."""
     if args.calibrate is None:
-        if args.calibration_file is not None:
-            raise ValueError("--calibration-file: only used with --calibrate")
+        for flag, dest in _CALIBRATION_OPTIONS.items():
+            if getattr(args, dest) not in (None, False):
+                raise ValueError(f"{flag}: only used with --calibrate")
         return None
     if args.calibrate not in CALIBRATION_METHODS:
-        raise ValueError(f"--calibrate: expected one of {', '.join(CALIBRATION_METHODS)}, got {args.calibrate!r}")
-    for flag, value in (("--calibration-texts", args.calibration_texts), ("--max-length", args.max_length)):
+        raise ValueError(f"--calibrate: expected one of {', '.join(CALIBRATION_METHODS)} (after SRC DST), "
+                         f"got {args.calibrate!r}")
+    num_texts = CALIBRATION_DEFAULTS["num_texts"] if args.calibration_texts is None else args.calibration_texts
+    max_length = CALIBRATION_DEFAULTS["max_length"] if args.max_length is None else args.max_length
+    fit = CALIBRATION_DEFAULTS["fit"] if args.fit is None else args.fit
+    for flag, value in (("--calibration-texts", num_texts), ("--max-length", max_length)):
         if value < 1:
             raise ValueError(f"{flag}: expected an integer >= 1, got {value}")
-    from ..convert.adaprune import FITS, AdaPruneConfig
+    if fit not in FITS:
+        raise ValueError(f"--fit: expected one of {', '.join(FITS)}, got {fit!r}")
+    return AdaPruneConfig(fit=fit, add_pruned_mean=args.add_pruned_mean, num_texts=num_texts, max_length=max_length)
 
-    if args.fit not in FITS:
-        raise ValueError(f"--fit: expected one of {', '.join(FITS)}, got {args.fit!r}")
-    return AdaPruneConfig(fit=args.fit, add_pruned_mean=args.add_pruned_mean, num_texts=args.calibration_texts,
-                          max_length=args.max_length)
+
+def _pattern(args):
+    """The pattern object, with the CLI's option names in messages."""
+    from ..pruning.patterns import parse_pattern
+
+    method = "auto" if args.method is None else args.method
+    if method not in METHODS:
+        raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+    pattern = parse_pattern(args.pattern, transposable=args.transposable, method=method, name="--pattern")
+    if args.method is not None and not pattern.transposable:
+        raise ValueError(f"--method: only used with transposable patterns (--transposable or N:MT), "
+                         f"got --pattern {args.pattern}")
+    return pattern
 
 
 def run(args) -> int:
     from ..convert import convert_checkpoint
 
+    pattern = _pattern(args)
     calibration = _calibration(args)
     try:
         with interrupts_as_exceptions():
-            report = convert_checkpoint(args.src, args.dst, pattern=args.pattern, transposable=args.transposable,
-                                        method=args.method, include=args.include, exclude=args.exclude,
+            report = convert_checkpoint(args.src, args.dst, pattern=pattern, include=args.include, exclude=args.exclude,
                                         calibrate=calibration is not None, calibration=calibration,
                                         calibration_file=args.calibration_file, force=args.force,
                                         report_path=args.report, progress=not args.no_progress)

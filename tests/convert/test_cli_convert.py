@@ -62,3 +62,19 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     assert main(["convert", str(src), str(tmp_path / "x.safetensors"), "--calibration-file", "t.txt"]) == 2
     assert "--calibration-file" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "nope.safetensors")]) == 2
+
+
+def test_report_naming_dst_or_src_is_refused_before_work(tmp_path, capsys, monkeypatch):
+    """Once exited 0 with DST holding the JSON report instead of the checkpoint."""
+    monkeypatch.chdir(tmp_path)  # for the relative spelling
+    src = _src(tmp_path)
+    before = src.read_bytes()
+    dst = tmp_path / "out.safetensors"
+    for argv in (["--report", str(dst)], ["--report", "./" + str(dst.relative_to(tmp_path)), "--force"],
+                 ["--report", str(src), "--force"]):
+        rc = main(["convert", str(src), str(dst), *argv, "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert "--report" in err and ("dst" in err or "src" in err) and "same file" in err
+        assert not dst.exists() and src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors"]
