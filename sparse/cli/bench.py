@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     "convert": "sparse.bench.convert",
     "convert-minilm": "sparse.bench.convert_minilm",
     "accuracy": "sparse.bench.accuracy",
+    "train": "sparse.bench.train",
 }
 
 

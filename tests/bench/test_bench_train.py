@@ -1,0 +1,193 @@
+"""``sparse bench train`` at tiny sizes (1-2 steps): records, the correctness gate, unavailable modes,
+the breakdown, the plot. No timing assertions: only that the numbers exist, are typed and add up."""
+import functools
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from sparse.bench import train as T
+from sparse.bench import train_modes as tm
+from sparse.cli import main
+from testkit import has_ext
+
+TINY = ["--batch", "2", "--seq", "8", "--steps", "2", "--warmup", "1", "--threads", "1"]
+
+
+@pytest.fixture
+def tiny_layer(monkeypatch):
+    """A BERT layer of hidden 64, FFN 128, 2 heads as ``--model tiny-bert-layer`` (blocks of 32 fit)."""
+    monkeypatch.setitem(tm.MODELS, "tiny-bert-layer",
+                        functools.partial(tm.build_bert_layer, hidden=64, ffn=128, heads=2))
+    return "tiny-bert-layer"
+
+
+def _run(tmp_path, argv, name="r.json"):
+    out = tmp_path / name
+    assert main(["bench", "train", *argv, "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def _by_mode(payload):
+    return {r["mode"]: r for r in payload["records"]}
+
+
+NUMBERS = ("forward_ms", "backward_ms", "optimizer_ms", "step_ms", "tokens_per_s", "speedup_vs_dense",
+           "peak_mem_mb", "state_mem_mb")
+
+
+def test_mlp_records_are_complete_and_typed(tmp_path, capsys):
+    payload = _run(tmp_path, ["--model", "mlp", "--modes", "2of4,block50", "--batch", "1", "--seq", "4",
+                              "--steps", "1", "--warmup", "0", "--threads", "1"])
+    recs = _by_mode(payload)
+    assert list(recs) == ["dense", "2of4", "block50"]          # dense added first as the baseline
+    for r in recs.values():
+        assert r["correct"] is True and r["available"] is True
+        for key in NUMBERS:
+            assert isinstance(r[key], float) and r[key] > 0, key
+        assert isinstance(r["backend"], str) and r["backend"]
+        t = r["timings"]["step"]
+        assert t["min_ms"] <= t["median_ms"] <= t["max_ms"] and len(t["times_ms"]) == 1
+        assert r["step_ms"] == pytest.approx(r["forward_ms"] + r["backward_ms"] + r["optimizer_ms"])
+        assert r["tokens_per_s"] == pytest.approx(4 / (r["step_ms"] / 1e3))
+        assert set(r["breakdown"]) == set(T.KINDS)
+        assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in r["breakdown"].values())
+        assert math.isclose(sum(r["breakdown"].values()), 1.0, rel_tol=1e-9)
+        assert r["breakdown"]["linear"] > 0
+        assert r["check"]["loss_rel_err"] <= r["check"]["tolerance"]["loss_rtol"]
+    assert recs["dense"]["speedup_vs_dense"] == 1.0                # exactly: the same measurement
+    assert recs["block50"]["speedup_vs_dense"] == pytest.approx(recs["dense"]["step_ms"] / recs["block50"]["step_ms"])
+    assert "no speed claim" in recs["2of4"]["note"]
+    if has_ext():
+        assert recs["block50"]["backend"] == "csrc-cpu" and recs["block50"]["kernel_family"]
+    m = payload["machine"]
+    assert isinstance(m["cpu_model"], str) and m["cpu_model"]
+    assert m["threads"] == 1 and m["torch"] == torch.__version__ and isinstance(m["kernel_family"], str)
+    assert payload["config"]["model"] == "mlp"
+    out = capsys.readouterr().out
+    assert "block50" in out and "step breakdown" in out and m["cpu_model"] in out
+
+
+def test_every_mode_family_on_a_tiny_bert_layer_fp32(tmp_path, tiny_layer):
+    payload = _run(tmp_path, ["--model", tiny_layer, "--modes", "dense,2of4-t,4of8-t,block90,mlpruned50",
+                              "--dtype", "fp32", *TINY])
+    recs = _by_mode(payload)
+    for name in ("dense", "2of4-t", "4of8-t", "block90"):
+        assert recs[name]["correct"] is True, recs[name]["check"]
+        assert recs[name]["check"]["tolerance"]["grad_rtol"] == T.TOLERANCES["fp32"].grad_rtol
+        assert len(recs[name]["timings"]["forward"]["times_ms"]) == 2
+    r = recs["mlpruned50"]
+    assert r["available"] is False and r["correct"] is None and r["step_ms"] is None
+    assert isinstance(r["unavailable"], str) and "mlpruning" in r["unavailable"]
+    assert r["note"].startswith("unavailable: ")
+    assert payload["model"]["targets"] == ["attention.self.query", "attention.self.key", "attention.self.value",
+                                           "attention.output.dense", "intermediate.dense", "output.dense"]
+
+
+def _perturbing(builder):
+    def build(mode, work, device):
+        prep = builder(mode, work, device)
+        with torch.no_grad():
+            for p in prep.model.parameters():
+                if p.dim() >= 2:   # dense weights and block data: noise of 20 % of the mean |w|
+                    p.add_(0.2 * p.abs().mean() * torch.randn_like(p))
+        return prep
+    return build
+
+
+@pytest.mark.parametrize("kind,mode", [("block", "block50"), ("nm", "2of4")])
+def test_a_wrong_kernel_is_reported_and_not_timed(tmp_path, tiny_layer, monkeypatch, kind, mode):
+    monkeypatch.setitem(tm.BUILDERS, kind, _perturbing(tm.BUILDERS[kind]))
+    payload = _run(tmp_path, ["--model", tiny_layer, "--modes", f"dense,{mode}", *TINY])
+    recs = _by_mode(payload)
+    bad = recs[mode]
+    assert bad["correct"] is False and bad["note"].startswith("WRONG")
+    assert bad["check"]["problems"]
+    for key in ("forward_ms", "backward_ms", "optimizer_ms", "step_ms", "timings", "speedup_vs_dense",
+                "breakdown", "peak_mem_mb"):
+        assert bad[key] is None, key
+    assert recs["dense"]["correct"] is True and recs["dense"]["step_ms"] > 0
+
+
+def test_check_passes_the_kernel_and_fails_a_perturbed_model_in_bf16(tiny_layer):
+    """Directly: the check passes the real block-sparse model and fails a perturbed one."""
+    dev = torch.device("cpu")
+    work = tm.MODELS[tiny_layer](2, 8, dev)
+    mode = tm.parse_mode("block50")
+    masks = tm.reference_masks(mode, work)
+    assert T.check_mode(tm.build(mode, work, dev), work, masks, dev, "bf16")["correct"]
+    prep = _perturbing(tm.BUILDERS["block"])(mode, work, dev)
+    assert not T.check_mode(prep, work, masks, dev, "bf16")["correct"]
+
+
+def test_unknown_mode_is_a_clear_error(capsys):
+    assert main(["bench", "train", "--model", "mlp", "--modes", "dense,block50,3of2,sparse"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown mode '3of2'" in err and "valid modes: dense" in err and "blockNN" in err
+    with pytest.raises(ValueError, match="unknown mode 'block100'"):
+        tm.parse_mode("block100")
+    assert tm.parse_mode("4of8-t") == tm.Mode("4of8-t", "nm", n=4, m=8, transposable=True)
+
+
+def test_a_mode_that_does_not_fit_the_model_is_unavailable_with_the_reason(tmp_path, tiny_layer):
+    recs = _by_mode(_run(tmp_path, ["--model", tiny_layer, "--modes", "3of5", *TINY]))
+    assert recs["3of5"]["available"] is False
+    assert "not divisible by m=5" in recs["3of5"]["unavailable"]
+    assert recs["dense"]["correct"] is True
+
+
+def test_fast_dropout_is_applied_to_every_timed_model(tmp_path, tiny_layer, monkeypatch):
+    import sparse.nn
+
+    calls = []
+    monkeypatch.setattr(sparse.nn, "use_fast_dropout", lambda model, enabled=True: calls.append(enabled),
+                        raising=False)
+    payload = _run(tmp_path, ["--model", tiny_layer, "--modes", "dense,block50", *TINY])
+    assert calls == [True, True] and payload["fast_dropout"] is True
+    calls.clear()
+    payload = _run(tmp_path, ["--model", tiny_layer, "--modes", "dense", "--no-fast-dropout", *TINY], "s.json")
+    assert calls == [] and payload["fast_dropout"] is False
+
+
+def test_fast_dropout_missing_is_reported(tmp_path, tiny_layer, monkeypatch):
+    import sparse.nn
+
+    monkeypatch.delattr(sparse.nn, "use_fast_dropout", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        functools.partial(_no_dropout_module, importlib.util.find_spec))
+    payload = _run(tmp_path, ["--model", tiny_layer, "--modes", "dense", *TINY])
+    assert payload["fast_dropout"] is False and "fast dropout unavailable" in payload["dropout"]
+
+
+def _no_dropout_module(real, name, *a, **k):
+    return None if name == "sparse.nn.dropout" else real(name, *a, **k)
+
+
+@pytest.mark.parametrize("chain,kind", [
+    (["aten::mul", "aten::dropout", "bench.forward"], "dropout"),
+    (["aten::bernoulli_", "aten::dropout"], "dropout"),
+    (["aten::copy_", "aten::_to_copy", "aten::to", "aten::linear", "bench.forward"], "copy"),
+    (["aten::mm", "AddmmBackward0", T._BW + "AddmmBackward0", "bench.backward"], "linear"),
+    (["aten::sum", "AddmmBackward0", T._BW + "AddmmBackward0"], "linear"),   # a Linear's bias gradient
+    (["sparse::bs_sdd_rowsum", "GeneratedBackwardFor_sparse_bs_linear_defaultBackward"], "linear"),
+    (["aten::bmm", "aten::matmul", "bench.forward"], "attention"),
+    (["aten::mul_", "aten::_foreach_mul_", "Optimizer.step#AdamW.step", "bench.optimizer"], "optimizer"),
+    (["aten::gelu_backward", T._BW + "GeluBackward0"], "elementwise"),
+    (["aten::view", "bench.forward"], "other"),
+])
+def test_breakdown_kinds_by_explicit_table(chain, kind):
+    assert T.classify(chain) == kind
+
+
+def test_plot_writes_a_png(tmp_path, tiny_layer):
+    png = tmp_path / "train.png"
+    argv = ["bench", "train", "--model", tiny_layer, "--modes", "dense,block50", *TINY, "--plot", str(png)]
+    if importlib.util.find_spec("matplotlib") is None:
+        assert main(argv) == 2          # refused before any work, in one line
+        assert not png.exists()
+        pytest.skip("matplotlib not installed")
+    assert main(argv) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.png"]   # no temporary left
