@@ -21,13 +21,15 @@ broadcast from rank 0. LR schedulers take the wrapped optimizer: ``LambdaLR(spar
 from __future__ import annotations
 
 import logging
+import numbers
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
 from .pruning.optim_state import (RETIDY_EVERY, TARGET_CLASSES, MagnitudeTarget, SRSTETarget, base_optimizer,
-                                   state_fill_for)
+                                   check_inner_state_dict, state_fill_for)
 from .pruning.patterns import pattern_from_recipe
 from .pruning.schedules import is_update_step, sparsity_at
 from .pruning.targets import select_modules
@@ -36,6 +38,9 @@ from .recipe import Recipe, RecipeError, load_recipe
 log = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
+# keys of state_dict()["sparse"]; "recipe_name" is only used in messages
+_SPARSE_KEYS = ("version", "recipe", "recipe_name", "step", "masks", "dense", "sparsity")
+_SPARSE_REQUIRED = ("version", "recipe", "step", "masks", "dense", "sparsity")
 
 
 class SparseOptimizer:
@@ -64,6 +69,9 @@ class SparseOptimizer:
         self._step = 0
         self._targets: list[MagnitudeTarget] = []
         self.skipped: dict[str, str] = {}  # fqn -> why a targeted layer was left dense
+        # parameter names for messages about the inner optimizer's state (load_state_dict)
+        self._param_names = {id(p): name for name, p in model.named_parameters()}
+        in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
         owner: dict[str, str] = {}
         for i, entry in enumerate(self.recipe.pruning):
             where = f"pruning[{i}] ({entry.name}).targets"
@@ -83,6 +91,7 @@ class SparseOptimizer:
                     raise RecipeError(f"{where}: layer {mod_fqn} (weight {tuple(module.weight.shape)}) does not fit "
                                       f"pattern {pattern.describe()}: {why}; set targets.on_indivisible: skip "
                                       f"to leave such layers dense, or exclude it")
+                _check_target_weight(module.weight, fqn, i, entry.name, in_optimizer)
                 self._targets.append(TARGET_CLASSES[entry.method.kind](fqn, entry, module.weight, pattern))
         self._update_masks()
 
@@ -160,7 +169,12 @@ class SparseOptimizer:
             if is_update_step(entry.schedule, self._step, entry.refresh_every, t.mask is not None):
                 s = sparsity_at(entry.schedule, t.pattern.target_sparsity, self._step)
                 if s is not None:
-                    t.set_mask(_broadcast_mask(t.pattern.mask(t.mask_source(), s)), s)
+                    try:
+                        mask = t.pattern.mask(t.mask_source(), s)
+                    except ValueError as exc:  # e.g. NaN weights: say which layer, not only "weight"
+                        i = self.recipe.pruning.index(entry)
+                        raise ValueError(f"pruning[{i}] ({entry.name}): mask of {t.fqn}: {exc}") from exc
+                    t.set_mask(_broadcast_mask(mask), s)
             t.apply_mask()
 
     # ------------------------------------------------------------------------------ state dict
@@ -182,43 +196,110 @@ class SparseOptimizer:
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore a :meth:`state_dict`; it must come from the same pruning recipe and targets."""
-        if not isinstance(state_dict, dict) or "sparse" not in state_dict or "optimizer" not in state_dict:
+        """Restore a :meth:`state_dict`; it must come from the same pruning recipe and targets.
+
+        All or nothing: the whole state dict is checked first (keys, version, recipe fingerprint,
+        schedule clock, every mask's dtype, shape and pattern, SR-STE dense weights, the inner
+        optimizer's groups and the shapes of its per-weight state), and only then is anything loaded.
+        A refused state dict raises ``ValueError`` (``RecipeError`` for another recipe) and leaves the
+        wrapped optimizer, the masks, the schedule and the weights as they were.
+        """
+        step, masks, sparsity, dense = self._checked_state(state_dict)
+        self.optimizer.load_state_dict(state_dict["optimizer"])  # raises before changing anything
+        self._step = step
+        for t in self._targets:
+            t.load_state_dict(masks.get(t.fqn), sparsity.get(t.fqn), dense.get(t.fqn))
+        self._tidy_states()
+
+    def _checked_state(self, state_dict: Any) -> tuple[int, dict, dict, dict]:
+        """``(step, masks, sparsity, dense)`` of ``state_dict`` once all of it is checked; ValueError
+        naming the first thing that is wrong otherwise. Reads only."""
+        if not isinstance(state_dict, Mapping) or "sparse" not in state_dict or "optimizer" not in state_dict:
             raise ValueError("state_dict: expected a SparseOptimizer.state_dict() with keys 'optimizer' and "
                              f"'sparse', got {type(state_dict).__name__} with keys "
-                             f"{sorted(state_dict) if isinstance(state_dict, dict) else '-'}")
+                             f"{sorted(map(str, state_dict))[:8] if isinstance(state_dict, Mapping) else '-'}")
         sp = state_dict["sparse"]
-        if sp.get("version") != _STATE_VERSION:
-            raise ValueError(f"state_dict['sparse']['version']: expected {_STATE_VERSION}, got {sp.get('version')!r}")
+        where = "state_dict['sparse']"
+        if not isinstance(sp, Mapping):
+            raise ValueError(f"{where}: expected a dict, got {type(sp).__name__}")
+        for k in _SPARSE_REQUIRED:
+            if k not in sp:
+                raise ValueError(f"{where}: missing key {k!r} (a SparseOptimizer.state_dict() has "
+                                 f"{', '.join(_SPARSE_KEYS)})")
+        for k in sp:
+            if k not in _SPARSE_KEYS:
+                raise ValueError(f"{where}: unknown key {_short(k)}; expected {', '.join(_SPARSE_KEYS)}")
+        version = sp["version"]
+        if type(version) is not int or version != _STATE_VERSION:
+            raise ValueError(f"{where}['version']: expected {_STATE_VERSION}, got {_short(version)}")
         mine = self.recipe.pruning_fingerprint()
-        if sp.get("recipe") != mine:
-            raise RecipeError(f"state_dict: saved under recipe {sp.get('recipe_name')!r} (pruning fingerprint "
-                              f"{sp.get('recipe')}), but this optimizer uses recipe {self.recipe.name!r} "
+        if sp["recipe"] != mine:
+            raise RecipeError(f"state_dict: saved under recipe {_short(sp.get('recipe_name'))} (pruning fingerprint "
+                              f"{_short(sp['recipe'])}), but this optimizer uses recipe {self.recipe.name!r} "
                               f"(fingerprint {mine}); load it with the recipe it was saved under")
+        step = sp["step"]
+        if type(step) is not int or step < 0:
+            raise ValueError(f"{where}['step']: expected an integer >= 0, got {_short(step)}")
+        masks, sparsity, dense = sp["masks"], sp["sparsity"], sp["dense"]
+        for name, d in (("masks", masks), ("sparsity", sparsity), ("dense", dense)):
+            if not isinstance(d, Mapping):
+                kind = "fqn -> number" if name == "sparsity" else "fqn -> tensor"
+                raise ValueError(f"{where}['{name}']: expected a dict {kind}, got {type(d).__name__}")
         by_fqn = {t.fqn: t for t in self._targets}
-        unknown = sorted(set(sp["masks"]) - set(by_fqn))
+        unknown = sorted(map(str, set(masks) - set(by_fqn)))
         if unknown:
-            raise ValueError(f"state_dict['sparse']['masks']: layers not targeted by this optimizer: {unknown[:5]}")
-        for fqn, mask in sp["masks"].items():
-            t = by_fqn[fqn]
-            if tuple(mask.shape) != tuple(t.param.shape) or mask.dtype != torch.bool:
-                raise ValueError(f"state_dict['sparse']['masks'][{fqn!r}]: expected a torch.bool mask of shape "
-                                 f"{tuple(t.param.shape)}, got {mask.dtype} {tuple(mask.shape)}")
-        dense = sp.get("dense", {})
+            raise ValueError(f"{where}['masks']: layers not targeted by this optimizer: {unknown[:5]}")
         for t in self._targets:
-            has_mask, has_dense = t.fqn in sp["masks"], t.fqn in dense
-            if has_dense and (not has_mask or not isinstance(t, SRSTETarget)):
-                raise ValueError(f"state_dict['sparse']['dense'][{t.fqn!r}]: only masked SR-STE targets have a "
-                                 f"dense weight; {t.fqn} is a {t.entry.method.kind} target "
-                                 f"{'with' if has_mask else 'without'} a mask")
-            if has_mask and isinstance(t, SRSTETarget) and not has_dense:
-                raise ValueError(f"state_dict['sparse']['dense'][{t.fqn!r}]: expected the dense weight of the "
-                                 f"masked SR-STE target, got none")
-        self.optimizer.load_state_dict(state_dict["optimizer"])
-        self._step = int(sp["step"])
-        for t in self._targets:
-            t.load_state_dict(sp["masks"].get(t.fqn), sp["sparsity"].get(t.fqn), dense.get(t.fqn))
-        self._tidy_states()
+            self._check_target_state(t, step, masks, sparsity, dense, where)
+        if set(sparsity) != set(masks):
+            missing, extra = sorted(map(str, set(masks) - set(sparsity))), sorted(map(str, set(sparsity) - set(masks)))
+            raise ValueError(f"{where}['sparsity']: expected the same layers as ['masks']; "
+                             + (f"missing {missing[:5]}" if missing else f"extra {extra[:5]}"))
+        stray = sorted(map(str, set(dense) - set(by_fqn)))
+        if stray:
+            raise ValueError(f"{where}['dense']: layers not targeted by this optimizer: {stray[:5]}")
+        check_inner_state_dict(self.optimizer, self._state_opt, state_dict["optimizer"], self._param_names,
+                               "state_dict['optimizer']")
+        return step, dict(masks), dict(sparsity), dict(dense)
+
+    @staticmethod
+    def _check_target_state(t: MagnitudeTarget, step: int, masks: Mapping, sparsity: Mapping, dense: Mapping,
+                            where: str) -> None:
+        """One target's saved mask, sparsity and dense weight against its parameter, pattern and schedule."""
+        sched = t.entry.schedule
+        first = sched.at_step if sched.kind == "oneshot" else sched.start_step
+        expected = sparsity_at(sched, t.pattern.target_sparsity, step) is not None
+        has_mask, has_dense = t.fqn in masks, t.fqn in dense
+        if expected and not has_mask:
+            raise ValueError(f"{where}['masks']: missing {t.fqn}: entry {t.entry.name!r} prunes from step {first} "
+                             f"and the state is at step {step}")
+        if has_mask and not expected:
+            raise ValueError(f"{where}['masks'][{t.fqn!r}]: entry {t.entry.name!r} prunes from step {first} but the "
+                             f"state is at step {step}, when it has no mask")
+        if has_dense and (not has_mask or not isinstance(t, SRSTETarget)):
+            raise ValueError(f"{where}['dense'][{t.fqn!r}]: only masked SR-STE targets have a dense weight; "
+                             f"{t.fqn} is a {t.entry.method.kind} target {'with' if has_mask else 'without'} a mask")
+        if has_mask and isinstance(t, SRSTETarget) and not has_dense:
+            raise ValueError(f"{where}['dense'][{t.fqn!r}]: expected the dense weight of the masked SR-STE target, "
+                             f"got none")
+        if not has_mask:
+            return
+        shape = tuple(t.param.shape)
+        mask = _checked_tensor(masks[t.fqn], torch.bool, shape, f"{where}['masks'][{t.fqn!r}]")
+        if t.fqn not in sparsity:
+            raise ValueError(f"{where}['sparsity']: expected the same layers as ['masks']; missing [{t.fqn!r}]")
+        s = sparsity[t.fqn]
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not 0.0 <= float(s) <= 1.0:
+            raise ValueError(f"{where}['sparsity'][{t.fqn!r}]: expected a number in [0, 1], got {_short(s)}")
+        if not t.pattern.valid(mask, float(s)):
+            fixed = getattr(t.pattern, "n", None) is not None  # N:M: the sparsity is the pattern's
+            raise ValueError(f"{where}['masks'][{t.fqn!r}]: not a valid {t.pattern.describe()} mask"
+                             + ("" if fixed else f" at sparsity {float(s):g}"))
+        if has_dense:
+            w = _checked_tensor(dense[t.fqn], t.param.dtype, shape, f"{where}['dense'][{t.fqn!r}]")
+            bad = int((~torch.isfinite(w)).sum())
+            if bad:
+                raise ValueError(f"{where}['dense'][{t.fqn!r}]: expected finite values, got {bad} NaN/Inf entries")
 
     # ---------------------------------------------------------------------------------- report
     @torch.no_grad()
@@ -247,6 +328,43 @@ class SparseOptimizer:
     def __repr__(self) -> str:
         return (f"SparseOptimizer({type(self.optimizer).__name__}, recipe={self.recipe.name!r}, "
                 f"targets={len(self._targets)}, step={self._step})")
+
+
+def _short(v: Any) -> str:
+    """``repr(v)`` cut to 80 characters: values in a checkpoint can be anything."""
+    text = repr(v) if not isinstance(v, torch.Tensor) else f"tensor {v.dtype} {tuple(v.shape)}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _checked_tensor(v: Any, dtype: torch.dtype, shape: tuple, where: str) -> torch.Tensor:
+    """``v`` if it is a dense tensor of ``dtype`` and ``shape`` with values, else ValueError naming ``where``."""
+    want = f"expected a {dtype} tensor of shape {shape}"
+    if not isinstance(v, torch.Tensor):
+        raise ValueError(f"{where}: {want}, got {type(v).__name__}")
+    if v.is_meta:
+        raise ValueError(f"{where}: a meta tensor has no values; {want}")
+    if v.layout != torch.strided:
+        raise ValueError(f"{where}: {want} (strided), got layout {v.layout}")
+    if v.dtype != dtype or tuple(v.shape) != shape:
+        raise ValueError(f"{where}: {want}, got {v.dtype} {tuple(v.shape)}")
+    return v
+
+
+def _check_target_weight(weight: torch.Tensor, fqn: str, index: int, entry: str, in_optimizer: set[int]) -> None:
+    """A targeted weight must hold values, be floating point, and (when it trains) be stepped by the
+    optimizer: a mask on a weight the optimizer never sees usually means the optimizer was built
+    over another model (or before modules were replaced) and would train that one dense."""
+    if weight.is_meta:
+        raise ValueError(f"model: weight {fqn} is a meta tensor (no values); materialise the model (e.g. "
+                         f"to_empty() and load its weights) before wrapping the optimizer")
+    if not weight.is_floating_point():
+        raise ValueError(f"pruning[{index}] ({entry}): weight {fqn} has dtype {weight.dtype}; masks need a "
+                         f"floating-point weight "
+                         f"(float32, float16, bfloat16 or float64)")
+    if weight.requires_grad and id(weight) not in in_optimizer:
+        raise ValueError(f"model: weight {fqn} (targeted by entry {entry!r}) is not among the "
+                         f"optimizer's parameters; build the optimizer over this model's parameters (a frozen "
+                         f"layer, requires_grad=False, may stay out of it)")
 
 
 def _broadcast_mask(mask: torch.Tensor) -> torch.Tensor:

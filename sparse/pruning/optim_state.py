@@ -81,6 +81,64 @@ def tidy_state(state: dict, fill: dict[str, float], mask: torch.Tensor,
     return True
 
 
+def check_inner_state_dict(optimizer: torch.optim.Optimizer, state_opt: torch.optim.Optimizer, osd, names: dict,
+                           where: str) -> None:
+    """Check ``osd`` against ``optimizer`` before ``optimizer.load_state_dict(osd)`` changes anything:
+    its structure, the number and sizes of its parameter groups, and, for the optimizers of
+    :data:`STATE_FILL` (whose per-weight state has the weight's shape), the shape of that state.
+    torch checks only the groups, and a moment of the wrong shape would fail at the next step.
+
+    Args:
+        optimizer: the wrapped optimizer (``load_state_dict`` goes to it); ``state_opt``: the one that
+            owns the state (:func:`base_optimizer`), whose class picks the shape rules.
+        osd: the candidate ``optimizer.state_dict()``; names: ``id(param) -> fqn`` for messages.
+        where: how ``osd`` is named in messages.
+
+    Raises:
+        ValueError: naming ``where`` and what is wrong.
+    """
+    from collections.abc import Mapping
+
+    if not (isinstance(osd, Mapping) and isinstance(osd.get("param_groups"), list) and "state" in osd):
+        raise ValueError(f"{where}: expected the wrapped optimizer's state_dict() (a dict with 'state' and "
+                         f"'param_groups'), got {type(osd).__name__}")
+    state, saved = osd["state"], osd["param_groups"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{where}['state']: expected a dict, got {type(state).__name__}")
+    groups = optimizer.param_groups
+    if len(saved) != len(groups):
+        raise ValueError(f"{where}['param_groups']: expected {len(groups)} parameter groups, got {len(saved)}")
+    id_map = {}
+    for i, (g, sg) in enumerate(zip(groups, saved)):
+        params = sg.get("params") if isinstance(sg, Mapping) else None
+        if not isinstance(params, list):
+            raise ValueError(f"{where}['param_groups'][{i}]: expected a dict with a 'params' list, got "
+                             f"{type(sg).__name__}")
+        if len(params) != len(g["params"]):
+            raise ValueError(f"{where}['param_groups'][{i}]: expected {len(g['params'])} parameters, got {len(params)}")
+        for key, p in zip(params, g["params"]):
+            try:
+                id_map[key] = p
+            except TypeError:
+                raise ValueError(f"{where}['param_groups'][{i}]['params']: expected integer ids, got "
+                                 f"{type(key).__name__}") from None
+    fill = state_fill_for(state_opt)
+    for key, st in state.items():
+        p = id_map.get(key) if isinstance(key, int) else None
+        if p is None:
+            continue  # state of no parameter: torch keeps it as is
+        if not isinstance(st, Mapping):
+            raise ValueError(f"{where}['state'][{key}]: expected a dict, got {type(st).__name__}")
+        for name in fill or ():
+            buf = st.get(name)
+            if buf is None:
+                continue
+            if not isinstance(buf, torch.Tensor) or tuple(buf.shape) != tuple(p.shape):
+                got = tuple(buf.shape) if isinstance(buf, torch.Tensor) else type(buf).__name__
+                raise ValueError(f"{where}['state']: {name} of {names.get(id(p), f'parameter {key}')}: expected "
+                                 f"shape {tuple(p.shape)}, got {got}")
+
+
 class MagnitudeTarget:
     """One weight pruned with hard masks: gradients and weights are multiplied by the mask.
 
