@@ -198,7 +198,8 @@ def _new_linear(cols: int, rows: int, bias: bool, device=None, dtype=None) -> nn
     """An uninitialised Linear (the caller fills it); a headless layer's output matrix has 0 columns."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        return skip_init(nn.Linear, cols, rows, bias=bias, device=device, dtype=dtype)
+        return skip_init(nn.Linear, cols, rows, bias=bias, device=device if device is not None else "cpu",
+                         dtype=dtype)
 
 
 def _dense(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:

@@ -339,6 +339,19 @@ class MLPruner(nn.Module):
         return [MatrixCount(m.rows, m.cols, m.row_unit, m.col_unit, m.block_unit) if self._pruned(m)
                 else MatrixCount(m.stored, 1) for m in self._matrices]
 
+    def _kept(self, m: _Matrix, masks: dict[str, torch.Tensor]) -> int:
+        """Weights of ``m`` the hard masks keep (products of counts unless rows/columns and blocks mix)."""
+        if not self._pruned(m):
+            return m.stored
+        if m.block_unit is not None and (m.row_unit or m.col_unit):
+            return int(self._weight_mask(m, hard=True).sum())
+        if m.block_unit is not None:
+            br, bc = self.config.block
+            return int(masks[m.block_unit].sum()) * br * bc
+        rows = int(masks[m.row_unit].sum()) * m.row_group if m.row_unit else m.rows
+        cols = int(masks[m.col_unit].sum()) * m.col_group if m.col_unit else m.cols
+        return rows * cols
+
     @staticmethod
     def _pruned(m: _Matrix) -> bool:
         return bool(m.row_unit or m.col_unit or m.block_unit)
@@ -351,8 +364,8 @@ class MLPruner(nn.Module):
         """
         if hard:
             with torch.no_grad():
-                kept = sum(int(self._weight_mask(m, hard=True).sum()) if self._pruned(m) else m.stored
-                           for m in self._matrices)
+                masks = self.hard_masks()
+                kept = sum(self._kept(m, masks) for m in self._matrices)
             return kept / max(self.reference_weights, 1)
         ratios = {k: u.topk.keep_ratio() for k, u in self.units.items()}
         return expected_weights(self._counts(), ratios) / max(self.reference_weights, 1)
