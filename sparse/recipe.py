@@ -13,6 +13,9 @@ hyper-parameters, and one or more pruning entries, each with:
   pattern's sparsity over ``[start_step, end_step]`` every ``frequency`` steps.
 * ``refresh_every``: recompute masks from the current weights every k optimizer steps (0: never).
 
+or an ``mlpruning`` block instead of pruning entries (:class:`sparse.mlpruning.MLPruningConfig`: head,
+row and block pruning with learnable thresholds, packed into a smaller model at the end),
+
 and optionally a top-level ``distill`` block (``teacher``: ``dense`` or a model folder, ``alpha``,
 ``temperature``): knowledge distillation from a fine-tuned dense teacher (see :class:`DistillConfig`).
 
@@ -491,6 +494,12 @@ def _distill(v: Any, key: str) -> "DistillConfig | None":
     return None if v is None else DistillConfig.from_dict(v, key)
 
 
+def _mlpruning(v: Any, key: str):
+    from .mlpruning.config import MLPruningConfig  # torch-free: sparse.mlpruning resolves names lazily
+
+    return None if v is None else MLPruningConfig.from_dict(v, key)
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -500,10 +509,14 @@ class Recipe:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     distill: DistillConfig | None = None
+    mlpruning: "MLPruningConfig | None" = None  # sparse.mlpruning.MLPruningConfig: heads/rows/blocks
     source: str | None = field(default=None, compare=False)  # file the recipe came from, if any
 
     def __post_init__(self):
         check_plain_name(self.name)  # also for Recipe(...) and .replace(name=...), not only loaded recipes
+        if self.mlpruning is not None and self.pruning:
+            raise RecipeError("mlpruning: cannot be combined with pruning entries (both would mask the same "
+                              "Linear weights); use one or the other")
 
     @classmethod
     def from_dict(cls, d: Any, source: str | None = None) -> "Recipe":
@@ -512,7 +525,7 @@ class Recipe:
         default_name = _default_name(source)
         return _build(cls, d, "recipe", {"name": check_plain_name, "description": _description, "model": ModelConfig.from_dict,
                                          "data": DataConfig.from_dict, "train": TrainConfig.from_dict,
-                                         "distill": _distill, "pruning": _entries},
+                                         "distill": _distill, "pruning": _entries, "mlpruning": _mlpruning},
                       top=True, source=source, **({} if named else {"name": default_name}))
 
     def to_dict(self) -> dict:
