@@ -23,13 +23,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..io_utils import atomic_dir
+from ..io_utils import atomic_dir, atomic_file
 from ..ops.layout import BlockLayout
 from .families import encoder_layers, family_for_config, layer_prefixes
 from .pack import rebuild_layer
 from .pruner import FORMAT_VERSION, PACKED_KEY
 
-__all__ = ["save_packed", "load_packed", "TOKENIZER_FILES", "is_packed_folder"]
+__all__ = ["save_packed", "write_packed", "load_packed", "TOKENIZER_FILES", "is_packed_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -58,41 +58,58 @@ def _copy_tokenizer(src: str, dst: str) -> list[str]:
     return copied
 
 
+def _check_packed(model: nn.Module) -> dict:
+    record = getattr(getattr(model, "config", None), PACKED_KEY, None)
+    if not isinstance(record, dict):
+        raise ValueError(f"model: not a packed MLPruning model (its config has no {PACKED_KEY!r} record); "
+                         f"save pruner.pack() or call pruner.save_packed(path)")
+    return record
+
+
+def write_packed(model: nn.Module, folder: str | os.PathLike, *, tokenizer: Any = None) -> None:
+    """Write ``config.json``, ``model.safetensors`` and the tokenizer of a packed model into the existing
+    ``folder``, replacing those files (each written atomically). :func:`save_packed` is the whole-folder,
+    all-or-nothing version; this one serves callers that put more files next to the model (a fine-tuning
+    run's ``result.json``)."""
+    from safetensors.torch import save_model
+
+    record = _check_packed(model)
+    folder = os.fspath(folder)
+    cfg = copy.deepcopy(model.config)
+    cfg.architectures = [type(model).__name__]
+    with atomic_file(os.path.join(folder, "config.json"), force=True) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(cfg.to_json_string())
+    with atomic_file(os.path.join(folder, WEIGHTS), force=True) as tmp:
+        save_model(model, tmp, metadata={"format": "pt", "mlpruning": str(FORMAT_VERSION)})
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(folder)
+    else:
+        src = os.fspath(tokenizer) if tokenizer is not None else getattr(model, "name_or_path", "")
+        copied = _copy_tokenizer(src, folder) if src and os.path.isdir(src) else []
+        if tokenizer is not None and not copied:
+            raise ValueError(f"tokenizer: no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...) in {src!r}")
+        if not copied:
+            log.info("no tokenizer saved with the packed model (pass tokenizer=... to include one)")
+    log.info("saved the packed model (%.1f%% of the dense encoder weights) to %s",
+             100 * record.get("remaining_fraction", float("nan")), folder)
+
+
 def save_packed(model: nn.Module, path: str | os.PathLike, *, tokenizer: Any = None, force: bool = False) -> str:
-    """Write a packed model (from :meth:`MLPruner.pack`) to the folder ``path``.
+    """Write a packed model (from :meth:`MLPruner.pack`) to the new folder ``path``, all or nothing.
 
     Args:
         tokenizer: a tokenizer object (``save_pretrained``), a folder to copy tokenizer files from, or
             None: copied from the model's ``name_or_path`` folder when it holds them.
         force: replace an existing ``path``.
 
-    Returns the folder. Raises ``ValueError`` for a model that is not packed, ``FileExistsError`` for an
-    existing ``path`` without ``force``.
+    Returns the folder. Raises ``ValueError`` for a model that is not packed (or a ``tokenizer`` folder
+    without tokenizer files), ``FileExistsError`` for an existing ``path`` without ``force``.
     """
-    from safetensors.torch import save_model
-
-    config = getattr(model, "config", None)
-    record = getattr(config, PACKED_KEY, None)
-    if not isinstance(record, dict):
-        raise ValueError(f"model: not a packed MLPruning model (its config has no {PACKED_KEY!r} record); "
-                         f"save pruner.pack() or call pruner.save_packed(path)")
+    _check_packed(model)
     path = os.fspath(path)
     with atomic_dir(path, force=force) as tmp:
-        cfg = copy.deepcopy(config)
-        cfg.architectures = [type(model).__name__]
-        cfg.save_pretrained(tmp)
-        save_model(model, os.path.join(tmp, WEIGHTS), metadata={"format": "pt", "mlpruning": str(FORMAT_VERSION)})
-        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(tmp)
-        else:
-            src = os.fspath(tokenizer) if tokenizer is not None else getattr(model, "name_or_path", "")
-            copied = _copy_tokenizer(src, tmp) if src and os.path.isdir(src) else []
-            if tokenizer is not None and not copied:
-                raise ValueError(f"tokenizer: no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...) in {src!r}")
-            if not copied:
-                log.info("save_packed: no tokenizer saved (pass tokenizer=... to include one)")
-    log.info("saved the packed model (%.1f%% of the dense encoder weights) to %s",
-             100 * record.get("remaining_fraction", float("nan")), path)
+        write_packed(model, tmp, tokenizer=tokenizer)
     return path
 
 
@@ -174,6 +191,7 @@ def load_packed(path: str | os.PathLike, *, dtype: torch.dtype | None = None) ->
     if suffix not in autos:
         raise ValueError(f"config.json: architectures: expected {family.class_prefix} + one of {', '.join(autos)}, "
                          f"got {arch!r}")
+    config._name_or_path = path  # the model's name_or_path: where it came from (messages, tokenizer)
     model = autos[suffix].from_config(config)
     if type(model).__name__ != arch:
         raise ValueError(f"config.json: architectures: {arch!r} builds {type(model).__name__}")
