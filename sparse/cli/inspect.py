@@ -1,4 +1,5 @@
-"""``sparse inspect CKPT``: per tensor shape, dtype, density and which N:M patterns it satisfies."""
+"""``sparse inspect CKPT``: per tensor shape, dtype, density and which N:M patterns it satisfies; for a packed
+MLPruning folder also its per-layer heads, widths and block-sparse matrices."""
 from __future__ import annotations
 
 import json
@@ -41,9 +42,12 @@ def run(args) -> int:
     from ..convert import iter_tensors
 
     rows = [describe(name, t) for name, t in iter_tensors(args.ckpt)]
+    packed = _packed_summary(args.ckpt)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(rows if packed is None else {"mlpruning": packed, "tensors": rows}, indent=1))
         return 0
+    if packed is not None:
+        _print_packed(packed)
     head = f"{'tensor':<56} {'shape':>14} {'dtype':>8} {'density':>8}  n:m         transposable"
     print(head)
     print("-" * len(head))
@@ -52,3 +56,28 @@ def run(args) -> int:
         print(f"{r['name'][-56:]:<56} {shape:>14} {r['dtype']:>8} {r['density']:>8.4f}  "
               f"{','.join(r['nm']) or '-':<11} {','.join(r['transposable']) or '-'}")
     return 0
+
+
+def _packed_summary(path) -> dict | None:
+    """The MLPruning record of a packed model folder (heads, widths, block-sparse matrices), else None."""
+    import os
+
+    if not os.path.isdir(path):
+        return None
+    from ..mlpruning.io import describe_packed
+
+    return describe_packed(path)
+
+
+def _print_packed(s: dict) -> None:
+    print(f"MLPruning packed {s['family']} model: {s['encoder_weights']:,} of {s['dense_encoder_weights']:,} encoder "
+          f"Linear weights remain ({100 * s['remaining_fraction']:.1f}%)")
+    head = f"{'layer':>5} {'heads':>7} {'ffn':>11} {'attn_out rows':>13} {'ffn_out rows':>12}  block-sparse"
+    print(head)
+    for lr in s["layers"]:
+        print(f"{lr['layer']:>5} {lr['heads']:>3}/{lr['of_heads']:<3} {lr['intermediate_size']:>5}/{lr['of_intermediate']:<5} "
+              f"{lr['attn_out_rows']:>6}/{lr['hidden']:<6} {lr['ffn_out_rows']:>5}/{lr['hidden']:<6}  "
+              f"{','.join(lr['block_sparse']) or '-'}")
+    for note in s["notes"]:
+        print(f"note: {note}")
+    print()

@@ -25,11 +25,12 @@ import torch.nn as nn
 
 from ..io_utils import atomic_dir, atomic_file
 from ..ops.layout import BlockLayout
+from .config import MATRICES
 from .families import encoder_layers, family_for_config, layer_prefixes
 from .pack import rebuild_layer
 from .pruner import FORMAT_VERSION, PACKED_KEY
 
-__all__ = ["save_packed", "write_packed", "load_packed", "TOKENIZER_FILES", "is_packed_folder"]
+__all__ = ["save_packed", "write_packed", "load_packed", "describe_packed", "TOKENIZER_FILES", "is_packed_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -219,3 +220,36 @@ def load_packed(path: str | os.PathLike, *, dtype: torch.dtype | None = None) ->
     model.to(dtype)
     missing, unexpected = load_model(model, weights, strict=True)
     return model.eval()
+
+
+def describe_packed(path: str | os.PathLike) -> dict | None:
+    """Summary of a packed folder's ``config.json`` record, or None when ``path`` is not one.
+
+    Returns ``{family, dense_encoder_weights, encoder_weights, remaining_fraction, notes, layers: [{layer,
+    heads, of_heads, intermediate_size, of_intermediate, attn_out_rows, ffn_out_rows, hidden,
+    block_sparse: [roles]}]}``.
+    """
+    import json
+
+    path = os.fspath(path)
+    if not is_packed_folder(path):
+        return None
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    record = cfg[PACKED_KEY]
+    family = family_for_config(type("Config", (), {"model_type": cfg.get("model_type")})(), "path")
+    hidden = cfg.get(family.hidden_config)
+    layers = []
+    for i, lr in enumerate(record.get("layers", [])):
+        mats = lr.get("matrices", {})
+
+        def rows(role):
+            spec = mats.get(role) or {}
+            return spec.get("out") if spec.get("scatter_to") is not None else hidden
+        layers.append({"layer": i, "heads": lr.get("heads"), "of_heads": cfg.get(family.heads_config),
+                       "intermediate_size": lr.get("intermediate_size"), "of_intermediate": cfg.get(family.ffn_config),
+                       "attn_out_rows": rows("attn_out"), "ffn_out_rows": rows("ffn_out"), "hidden": hidden,
+                       "block_sparse": [r for r in MATRICES if (mats.get(r) or {}).get("block")]})
+    return {"family": record.get("family"), "dense_encoder_weights": record.get("dense_encoder_weights"),
+            "encoder_weights": record.get("encoder_weights"), "remaining_fraction": record.get("remaining_fraction"),
+            "notes": list(record.get("notes", [])), "layers": layers}

@@ -270,7 +270,7 @@ def pack_layer(layer: nn.Module, family: Family, plan: LayerPlan, head_dim: int,
         plan.heads is not None and plan.heads.numel() == 0)
     if headless:
         if not isinstance(get_module(layer, family.attention), HeadlessAttention):
-            notes.append(f"{where}: all attention heads pruned: attention removed, the block adds the "
+            notes.append(f"{where.rstrip('.')}: all attention heads pruned: attention removed, the block adds the "
                          f"attention-output bias only")
             log.info(notes[-1])
         if family.out_in_attention:

@@ -104,3 +104,23 @@ def test_malformed_record_is_a_clear_error(tmp_path, tiny):
         json.dump(cfg, f)
     with pytest.raises(ValueError, match=r"mlpruning.layers\[0\].heads"):
         load_packed(out)
+
+
+def test_sparse_inspect_describes_a_packed_folder(tmp_path, tiny, randomise, capsys):
+    from sparse.cli import main
+
+    pruner = MLPruner(tiny("bert"), {"levels": ["heads", "rows"], "rows": ["ffn_in"]})
+    randomise(pruner)
+    pruner.units["layer0_heads"].topk.set_count(3)
+    pruner.units["layer1_heads"].topk.set_count(0)
+    pruner.units["layer0_ffn_in_rows"].topk.set_count(100)
+    out = pruner.save_packed(str(tmp_path / "p"))
+    assert main(["inspect", out]) == 0
+    text = capsys.readouterr().out
+    assert "MLPruning packed bert model" in text and "3/4" in text and "100/128" in text
+    assert "all attention heads pruned" in text
+    assert main(["inspect", out, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [lr["heads"] for lr in got["mlpruning"]["layers"]] == [3, 0]
+    assert got["mlpruning"]["layers"][0]["intermediate_size"] == 100
+    assert any(t["name"].endswith("intermediate.dense.weight") and t["shape"] == [100, 64] for t in got["tensors"])
