@@ -290,18 +290,30 @@ def check_mode(prep: tm.Prepared, work: tm.Workload, masks: dict[str, torch.Tens
     discards them (masked dense) or they do not exist (block-sparse).
     """
     tol = TOLERANCES[dtype]
-    ref = copy.deepcopy(work.model)
-    with torch.no_grad():
-        for fqn, mk in masks.items():
-            ref.get_parameter(fqn).mul_(mk)
+    if prep.reference is not None:
+        ref, masks = prep.reference, {}
+    else:
+        ref = copy.deepcopy(work.model)
+        with torch.no_grad():
+            for fqn, mk in masks.items():
+                ref.get_parameter(fqn).mul_(mk)
     ref_loss, ref_grads = _loss_and_grads(ref, work, device, dtype)
     loss, grads = _loss_and_grads(prep.model, work, device, dtype)
     del ref
+    prep.reference = None  # checked once; its memory is not the mode's
     result = {"loss": loss, "loss_ref": ref_loss, "loss_rel_err": abs(loss - ref_loss) / max(abs(ref_loss), 1e-12),
               "max_grad_rel_err": 0.0, "worst_grad": None, "tolerance": asdict(tol), "problems": []}
-    if set(grads) != set(ref_grads):
+    if prep.compare == "shared":
+        shared = {n for n in set(grads) & set(ref_grads) if grads[n] is None or ref_grads[n] is None
+                  or grads[n].shape == ref_grads[n].shape}
+        grads = {n: grads[n] for n in shared}
+        ref_grads = {n: ref_grads[n] for n in shared}
+        if not any(g is not None for g in grads.values()):
+            result["problems"].append("no gradient shared with the masked-dense model to compare")
+    elif set(grads) != set(ref_grads):
         result["problems"].append(f"parameters differ from the dense model's: "
                                   f"{sorted(set(grads) ^ set(ref_grads))[:6]}")
+    result["compared_grads"] = sum(g is not None for g in grads.values())
     rms = [float(r.float().norm()) / math.sqrt(r.numel()) for r in ref_grads.values()
            if r is not None and r.numel()]
     typical = statistics.median(rms) if rms else 0.0

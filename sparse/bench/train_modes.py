@@ -14,7 +14,9 @@ Modes (:func:`parse_mode`, an explicit registry of families that raises on unkno
   kernel, so the step runs dense matmuls on zeros: "masked dense, no speed claim".
 * ``blockNN``: every target Linear at NN % block sparsity (32 x 32 blocks, L1 norm, through
   :class:`sparse.pruning.patterns.BlockPattern`) swapped to :class:`sparse.nn.BlockSparseLinear`.
-* ``mlprunedNN``: MLPruning at NN % — unavailable until :mod:`sparse.mlpruning` exists.
+* ``mlprunedNN``: :class:`sparse.mlpruning.MLPruner` one-shot (heads and rows, magnitude scores) to
+  NN % of the encoder Linear weights pruned, then packed (pruned heads and rows physically removed);
+  whole Hugging Face encoders only (``--model minilm``), unavailable elsewhere with the reason.
 
 :func:`reference_masks` gives the masks of the masked-dense computation that every mode is checked
 against, built from the original weights by the pattern API, independently of the mode's own build.
@@ -258,14 +260,14 @@ class Mode:
             return f"{self.n}:{self.m}{' transposable' if self.transposable else ''} masked dense"
         if self.kind == "block":
             return f"BlockSparseLinear, {BLOCK}x{BLOCK} blocks {100 * self.sparsity:g}% pruned"
-        return f"MLPruning {100 * self.sparsity:g}%"
+        return f"MLPruning heads+rows, {100 * self.sparsity:g}% of the encoder weights pruned, packed"
 
 
 _NM = re.compile(r"(?P<n>\d+)of(?P<m>\d+)(?P<t>-t)?")
 _PCT = re.compile(r"(?P<family>block|mlpruned)(?P<pct>\d+)")
 MODE_FORMS = ("dense", "NofM (masked dense N:M, e.g. 2of4)", "NofM-t (transposable, e.g. 2of4-t, 4of8-t)",
               "blockNN (NN% of 32x32 blocks pruned, BlockSparseLinear; e.g. block50, block90)",
-              "mlprunedNN (MLPruning to NN%, e.g. mlpruned50)")
+              "mlprunedNN (MLPruning heads+rows, NN% of encoder weights pruned, packed; e.g. mlpruned50)")
 
 
 def parse_mode(name: str) -> Mode:
@@ -293,7 +295,11 @@ def unavailable(mode: Mode, work: Workload, device: torch.device) -> str | None:
             return f"sparse.mlpruning is not importable ({type(exc).__name__}: {exc})"
         if not hasattr(mlp, "MLPruner"):
             return "sparse.mlpruning has no MLPruner (MLPruning has not landed)"
-        return "sparse bench train does not drive sparse.mlpruning.MLPruner yet (one_shot + pack)"
+        try:
+            mlp.family_of(work.model)
+        except ValueError as exc:
+            return f"MLPruner prunes whole Hugging Face encoders (--model minilm): {exc}"
+        return None
     pattern = mode.pattern()
     if pattern is not None:
         for fqn in work.targets:
@@ -312,6 +318,13 @@ class Prepared:
     backend: str
     note: str = ""
     block_masks: dict[str, torch.Tensor] = field(default_factory=dict)  # fqn -> [out/B, in/B] bool
+    # The masked-dense computation to check against when the masks are the mode's own (MLPruning's
+    # learned heads/rows), else None: the checker masks the original weights by the pattern itself.
+    reference: nn.Module | None = None
+    # "all": every gradient of the dense model has its counterpart; "shared": only the parameters that
+    # kept their name and shape (a packed model lost rows; its embeddings' gradients still pass
+    # through every packed layer)
+    compare: str = "all"
 
 
 def _adamw(model: nn.Module) -> torch.optim.Optimizer:
@@ -354,21 +367,34 @@ def build_block(mode: Mode, work: Workload, device) -> Prepared:
     return Prepared(mode, model, _adamw(model), "", block_masks=block_masks)
 
 
-def build_unavailable(mode: Mode, work: Workload, device) -> Prepared:
-    raise RuntimeError(f"mode {mode.name} is unavailable: {unavailable(mode, work, device)}")
+def build_mlpruned(mode: Mode, work: Workload, device) -> Prepared:
+    """MLPruning one-shot to ``1 - sparsity`` of the encoder Linear weights (heads and rows, magnitude
+    scores), packed: a physically smaller dense model. The pruner's masked model is the reference."""
+    from sparse.mlpruning import MLPruner
+
+    masked = copy.deepcopy(work.model)
+    keep = 1.0 - mode.sparsity
+    pruner = MLPruner(masked, {"levels": ["heads", "rows"], "target": keep})
+    kept = pruner.one_shot(keep)
+    packed = pruner.pack()
+    return Prepared(mode, packed, _adamw(packed), "torch (packed: heads and rows removed)",
+                    f"{100 * kept:.1f}% of the encoder weights remain", reference=masked, compare="shared")
 
 
 BUILDERS: dict[str, Callable[[Mode, Workload, Any], Prepared]] = {
     "dense": build_dense,
     "nm": build_nm,
     "block": build_block,
-    "mlpruned": build_unavailable,
+    "mlpruned": build_mlpruned,
 }
 
 
 def build(mode: Mode, work: Workload, device) -> Prepared:
-    """Apply ``mode`` to a copy of ``work.model`` (through :data:`BUILDERS`, looked up at call time)."""
-    return BUILDERS[mode.kind](mode, work, device)
+    """Apply ``mode`` to a copy of ``work.model`` (through :data:`BUILDERS`, looked up at call time),
+    in train mode (``from_pretrained`` hands models over in eval mode: no dropout)."""
+    prep = BUILDERS[mode.kind](mode, work, device)
+    prep.model.train()
+    return prep
 
 
 def reference_masks(mode: Mode, work: Workload) -> dict[str, torch.Tensor]:

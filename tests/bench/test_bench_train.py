@@ -78,9 +78,9 @@ def test_every_mode_family_on_a_tiny_bert_layer_fp32(tmp_path, tiny_layer):
         assert recs[name]["correct"] is True, recs[name]["check"]
         assert recs[name]["check"]["tolerance"]["grad_rtol"] == T.TOLERANCES["fp32"].grad_rtol
         assert len(recs[name]["timings"]["forward"]["times_ms"]) == 2
-    r = recs["mlpruned50"]
+    r = recs["mlpruned50"]   # MLPruner takes whole HF encoders, not a lone layer
     assert r["available"] is False and r["correct"] is None and r["step_ms"] is None
-    assert isinstance(r["unavailable"], str) and "mlpruning" in r["unavailable"]
+    assert isinstance(r["unavailable"], str) and "--model minilm" in r["unavailable"]
     assert r["note"].startswith("unavailable: ")
     assert payload["model"]["targets"] == ["attention.self.query", "attention.self.key", "attention.self.value",
                                            "attention.output.dense", "intermediate.dense", "output.dense"]
@@ -191,3 +191,25 @@ def test_plot_writes_a_png(tmp_path, tiny_layer):
     assert main(argv) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.png"]   # no temporary left
+
+
+def test_minilm_dense_block_and_mlpruned(tmp_path, minilm_dir, monkeypatch):
+    """The real MiniLM: block90 and the packed MLPruning model pass the check (mlpruned against the
+    pruner's masked model, on the gradients that kept their shape: embeddings, norms, head)."""
+    argv = ["--model", "minilm", "--modes", "dense,block90,mlpruned50", "--batch", "1", "--seq", "8",
+            "--steps", "1", "--warmup", "0", "--threads", "1"]
+    recs = _by_mode(_run(tmp_path, argv))
+    for name in ("dense", "block90", "mlpruned50"):
+        assert recs[name]["correct"] is True, recs[name]["check"]
+        assert recs[name]["step_ms"] > 0 and recs[name]["breakdown"]["linear"] > 0
+    ml = recs["mlpruned50"]
+    assert 0 < ml["check"]["compared_grads"] < recs["dense"]["check"]["compared_grads"]
+    assert "remain" in ml["note"]
+    # from_pretrained hands over an eval-mode model; the timed steps must train (dropout on)
+    work = tm.MODELS["minilm"](1, 8, torch.device("cpu"))
+    assert not work.model.training
+    assert all(tm.build(tm.parse_mode(m), work, "cpu").model.training for m in ("dense", "block90", "mlpruned50"))
+    monkeypatch.setitem(tm.BUILDERS, "mlpruned", _perturbing(tm.BUILDERS["mlpruned"]))
+    argv[3] = "dense,mlpruned50"
+    bad = _by_mode(_run(tmp_path, argv, "bad.json"))["mlpruned50"]
+    assert bad["correct"] is False and bad["step_ms"] is None
