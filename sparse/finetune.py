@@ -151,11 +151,30 @@ def check_args(recipe: Recipe, teacher: torch.nn.Module | None, **overrides) -> 
                          f"how to use a teacher); add one or pass no teacher")
 
 
-def check_out_dir(out_dir: str | None, overwrite: bool) -> None:
-    """Refuse an ``out_dir`` that already holds a run unless ``overwrite`` (checked before any work)."""
-    if out_dir is not None and os.path.exists(os.path.join(out_dir, "model.safetensors")) and not overwrite:
-        raise FileExistsError(f"out_dir: {out_dir} already holds a run (model.safetensors); pass overwrite=True "
+def nearest_existing(path: str) -> str:
+    """``path`` or its closest ancestor that exists (the folder a new path would be created in)."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def check_out_dir(out_dir: str | None, overwrite: bool, name: str = "out_dir") -> None:
+    """Refuse, before any work, an ``out_dir`` the run could not be saved to: a file, a path under a file
+    or in a folder that is not writable, or a folder that already holds a run (unless ``overwrite``).
+    ``name``: the argument named in messages (``--out`` for the CLI)."""
+    if out_dir is None:
+        return
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"{name}: {out_dir} is a file, expected a folder")
+    if os.path.exists(os.path.join(out_dir, "model.safetensors")) and not overwrite:
+        raise FileExistsError(f"{name}: {out_dir} already holds a run (model.safetensors); pass overwrite=True "
                               f"(--overwrite) or choose another folder")
+    base = nearest_existing(out_dir)
+    if not os.path.isdir(base):
+        raise NotADirectoryError(f"{name}: cannot create {out_dir}: {base} is not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name}: cannot write to {out_dir}: folder {base} is not writable")
 
 
 def apply_overrides(recipe: Recipe, epochs: int | None, seed: int | None) -> Recipe:
@@ -192,13 +211,25 @@ def _quiet_transformers() -> None:
     transformers.logging.set_verbosity_error()  # "newly initialized head" warnings are expected here
 
 
+def check_max_length(recipe: Recipe, path: str) -> None:
+    """``model.max_length`` must fit the model's position embeddings (else the first forward fails with an
+    index error deep inside the model)."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+    if isinstance(limit, int) and recipe.model.max_length > limit:
+        raise ValueError(f"model.max_length: expected at most the model's max_position_embeddings ({limit}) "
+                         f"for {path}, got {recipe.model.max_length}")
+
+
 def load_data(recipe: Recipe, limit_train: int | None = None, limit_test: int | None = None) -> RunData:
     """Load and tokenise the recipe's dataset once, with its model's tokenizer."""
     _quiet_transformers()
     from transformers import AutoTokenizer
 
-    texts = load_texts(recipe, limit_train, limit_test)
     path = model_path(recipe)
+    check_max_length(recipe, path)
+    texts = load_texts(recipe, limit_train, limit_test)
     tok = AutoTokenizer.from_pretrained(path)
 
     def split(x: list[str], y: list[int]) -> Split:
@@ -393,6 +424,16 @@ def save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result:
     for a Hugging Face model also ``config.json`` and the tokenizer, so that ``out_dir`` is a model folder
     that ``from_pretrained`` and ``sparse convert`` load. Files there are replaced: whether ``out_dir``
     may hold an earlier run is the caller's check (:func:`check_out_dir`)."""
+    try:
+        _save_run(out_dir, model, opt, result, recipe, tokenizer)
+    except OSError as exc:  # a full or read-only disk: say which run could not be saved
+        reason = exc.strerror or str(exc)
+        msg = f"cannot write the run to {out_dir}: {reason}"
+        raise (OSError(exc.errno, msg, exc.filename) if exc.errno is not None else OSError(msg)) from exc
+
+
+def _save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result: FinetuneResult, recipe: Recipe,
+              tokenizer) -> None:
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
@@ -514,7 +555,7 @@ def resolve_teacher(recipe: Any, *, max_steps: int | None = None, epochs: int | 
     if use_cache and os.path.isfile(os.path.join(folder, "model.safetensors")):
         return load_teacher(folder)
     log.warning("distill: no cached dense teacher for this run (%s); fine-tuning it first", key)
-    dense = recipe.replace(name=f"{recipe.name}-teacher", pruning=(), distill=None)
+    dense = recipe.replace(name=f"{recipe.name[:120]}-teacher", pruning=(), distill=None)  # names: <= 128
     kw = dict(max_steps=max_steps, limit_train=limit_train, limit_test=limit_test, progress=progress)
     if use_cache:
         finetune(dense, **kw)  # a cached dense run saves itself as the teacher (save_teacher)

@@ -2,12 +2,15 @@
 
 Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
 The registry below is explicit: an unknown command is an argparse error, never a dynamic lookup.
+Errors a user can fix (bad arguments or files, a full or read-only disk, a missing backend) end the
+command with one line on stderr and exit status 2; ``-vv`` or ``SPARSE_DEBUG=1`` shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -45,18 +48,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debug(args) -> bool:
+    """Tracebacks instead of one-line errors: ``-vv`` or ``SPARSE_DEBUG=1``."""
+    return args.verbose >= 2 or os.environ.get("SPARSE_DEBUG", "") not in ("", "0")
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a handled error. An OSError shows its reason and file (``No space left on device:
+    'run/model.safetensors'``), not ``[Errno 28]``; any message is folded onto one line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+        if exc.filename is not None:
+            text += f": {exc.filename!r}"
+        if exc.filename2 is not None:
+            text += f" -> {exc.filename2!r}"
+    else:
+        text = str(exc) or type(exc).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from ..ops.dispatch import BackendUnavailable
+    from .signals import exit_code, signal_name
+
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
-        # User errors get one clear line, not a traceback (-vv shows it).
-        if args.verbose >= 2:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where a command turns it into Terminated
+        if _debug(args):
             raise
-        print(f"sparse {args.command}: error: {exc}", file=sys.stderr)
+        name = signal_name(exc)
+        print(f"sparse {args.command}: " + ("interrupted" if name == "SIGINT" else f"terminated ({name})"),
+              file=sys.stderr)
+        return exit_code(exc)
+    except (ValueError, OSError, BackendUnavailable) as exc:
+        # Bad input (ValueError, RecipeError), the disk or file system (OSError: missing, read-only,
+        # full, permission denied) and a backend that cannot run here are the user's to fix: one
+        # line naming the argument or path. Anything else is a bug and keeps its traceback.
+        if _debug(args):
+            raise
+        print(f"sparse {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 2
 
 

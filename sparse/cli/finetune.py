@@ -4,6 +4,9 @@ RECIPE is a YAML file, or the name of a shipped recipe (``minilm-bbc-dense``). W
 default runs, ``minilm-bbc-2of4-transposable``: the pretrained MiniLM-L6 on BBC News, every encoder
 Linear pruned to transposable 2:4. The shipped recipes are the repository's ``recipes/`` folder,
 installed as the package ``sparse.recipes`` (setup.py), so the command works from any folder.
+
+Everything that can be checked without training is checked first (numbers, the recipe, that ``--out``
+and ``--json`` can be written and do not collide), so a bad argument costs seconds, not a run.
 """
 from __future__ import annotations
 
@@ -12,6 +15,10 @@ import os
 import pathlib
 
 DEFAULT_RECIPE_NAME = "minilm-bbc-2of4-transposable.yaml"
+RUNS_DIR = "sparse-runs"
+# files a run writes into --out (save_run, and the tokenizer's save_pretrained)
+RUN_FILES = ("model.safetensors", "masks.safetensors", "result.json", "config.json", "tokenizer.json",
+             "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 def recipes_dir():
@@ -81,15 +88,62 @@ def add_arguments(parser) -> None:
 
 
 def check_arguments(args) -> None:
-    """One-line errors for bad numbers and a ``--json`` file that would be clobbered."""
-    for name in ("max_steps", "epochs", "threads", "limit_train", "limit_test"):
+    """One-line errors for numbers out of range."""
+    from ..recipe import MAX_SEED
+
+    for name in ("max_steps", "epochs", "limit_train", "limit_test"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {v}")
-    if args.seed is not None and args.seed < 0:
-        raise ValueError(f"--seed: expected an integer >= 0, got {args.seed}")
-    if args.json and os.path.exists(args.json) and not args.overwrite:
-        raise FileExistsError(f"--json: {args.json} exists; pass --overwrite to replace it")
+    cpus = os.cpu_count() or 1
+    # more OpenMP threads than CPUs only slows down; a huge count makes the OpenMP runtime crash
+    if args.threads is not None and not 1 <= args.threads <= cpus:
+        raise ValueError(f"--threads: expected an integer in [1, {cpus}] (the CPUs here), got {args.threads}")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed: expected an integer in [0, {MAX_SEED}], got {args.seed}")
+
+
+def check_json(path: str | None, out: str, overwrite: bool) -> None:
+    """Refuse, before training, a ``--json`` path the result could not be written to (a folder, under a
+    file, in a missing or unwritable folder), one that exists (unless ``--overwrite``), or one that is
+    the run folder ``out`` or a file the run writes there."""
+    if not path:
+        return
+    from ..finetune import nearest_existing
+
+    real, real_out = os.path.realpath(path), os.path.realpath(out)
+    if real == real_out:
+        raise ValueError(f"--json: {path} is the --out folder; choose a file path")
+    if os.path.dirname(real) == real_out and os.path.basename(real) in RUN_FILES:
+        raise ValueError(f"--json: {path} is a file the run writes in --out {out}; choose another path")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--json: {path} is a folder, expected a file path")
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"--json: {path} exists; pass --overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(path))
+    base = nearest_existing(parent)
+    if not os.path.isdir(base):
+        raise NotADirectoryError(f"--json: cannot write {path}: {base} is not a folder")
+    if base != parent:
+        raise FileNotFoundError(f"--json: cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--json: cannot write {path}: folder {parent} is not writable")
+
+
+def default_out_dir(name: str, seed: int) -> str:
+    """``sparse-runs/<name>-seed<seed>``, and never a folder outside ``sparse-runs/``.
+
+    Recipe names are plain file names already (:func:`sparse.recipe.check_plain_name`); this checks the
+    resolved path as well (a name with separators, or a link inside ``sparse-runs`` pointing elsewhere),
+    because it is the one place a recipe file decides where the run is written."""
+    out = os.path.join(RUNS_DIR, f"{name}-seed{seed}")
+    plain = (isinstance(name, str) and name not in ("", ".", "..") and "\0" not in name
+             and not any(sep and sep in name for sep in ("/", "\\", os.sep, os.altsep)))
+    root, real = os.path.realpath(RUNS_DIR), (os.path.realpath(out) if plain else out)
+    if not plain or os.path.dirname(real) != root:
+        raise ValueError(f"recipe name {name!r} would put the run outside {RUNS_DIR}/ (at {real}); use a plain "
+                         f"file name, or choose the folder with --out")
+    return out
 
 
 def summary(res, recipe, out: str) -> str:
@@ -118,21 +172,29 @@ def summary(res, recipe, out: str) -> str:
 def run(args) -> int:
     import torch
 
-    from ..finetune import check_out_dir, finetune, resolve_teacher
+    from .. import finetune as ft
     from ..io_utils import atomic_write_json
+    from .signals import interrupts_as_exceptions
 
     check_arguments(args)
     recipe = resolve_recipe(args.recipe)
+    seed = recipe.train.seed if args.seed is None else args.seed
+    out = args.out or default_out_dir(recipe.name, seed)
+    # outputs are checked before a missing teacher or the run itself is trained
+    ft.check_out_dir(out, args.overwrite, name="--out")
+    check_json(args.json, out, args.overwrite)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    seed = recipe.train.seed if args.seed is None else args.seed
-    out = args.out or os.path.join("sparse-runs", f"{recipe.name}-seed{seed}")
-    check_out_dir(out, args.overwrite)  # before a missing teacher is trained
     run_args = dict(max_steps=args.max_steps, epochs=args.epochs, seed=args.seed, limit_train=args.limit_train,
                     limit_test=args.limit_test, progress=not args.no_progress)
-    teacher = resolve_teacher(recipe, **run_args)
-    res = finetune(recipe, teacher=teacher, out_dir=out, overwrite=args.overwrite, **run_args)
+    with interrupts_as_exceptions():  # SIGTERM unwinds like Ctrl-C: the atomic writers clean up
+        teacher = ft.resolve_teacher(recipe, **run_args)
+        res = ft.finetune(recipe, teacher=teacher, out_dir=out, overwrite=args.overwrite, **run_args)
     print(summary(res, recipe, out))
     if args.json:
-        atomic_write_json(args.json, res.to_dict(), overwrite=args.overwrite)
+        try:
+            atomic_write_json(args.json, res.to_dict(), overwrite=args.overwrite)
+        except OSError as exc:
+            msg = f"--json: cannot write {args.json}: {exc.strerror or exc}; the run itself is saved in {out}"
+            raise (OSError(exc.errno, msg) if exc.errno is not None else OSError(msg)) from exc
     return 0
