@@ -434,7 +434,7 @@ def machine_info(device: torch.device, dtype: str) -> dict:
 
 # --------------------------------------------------------------------------------------------- run
 class _Progress:
-    """tqdm when installed, else one plain line per round on stderr."""
+    """tqdm when installed, else one plain line per step on stderr."""
 
     def __init__(self, total: int, desc: str):
         self.bar, self.desc, self.total, self.done = None, desc, total, 0
@@ -487,7 +487,9 @@ def run(args) -> int:
           f"{machine['kernel_family']}" + (f"; GPU {machine['gpu']}" if "gpu" in machine else ""))
 
     records, prepared = [], {}
+    checking = _Progress(len(modes), "build + check")  # masks, packing and the check take a while too
     for mode in modes:
+        checking.update(1, mode.name)
         rec = _record(mode)
         records.append(rec)
         why = tm.unavailable(mode, work, device)
@@ -510,6 +512,7 @@ def run(args) -> int:
             log.warning("mode %s failed the correctness check: %s", mode.name, "; ".join(check["problems"]))
             continue
         prepared[mode.name] = prep
+    checking.close()
 
     live = list(prepared)
     times = {n: ([], [], []) for n in live}
