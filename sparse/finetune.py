@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .io_utils import atomic_dir, atomic_file, atomic_write_json, atomic_write_text
 from .optim import SparseOptimizer
 from .policy import is_head
-from .recipe import Recipe, load_recipe
+from .recipe import MAX_SEED, Recipe, load_recipe
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,13 @@ def is_dense(recipe: Recipe) -> bool:
 
 def check_overrides(*, max_steps: int | None = None, epochs: int | None = None, seed: int | None = None,
                     limit_train: int | None = None, limit_test: int | None = None) -> None:
-    """Refuse overrides that are not integers in range."""
-    for name, v, lo in (("max_steps", max_steps, 1), ("epochs", epochs, 1), ("seed", seed, 0),
-                        ("limit_train", limit_train, 1), ("limit_test", limit_test, 1)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
-            raise ValueError(f"{name}: expected an integer >= {lo}, got {v!r}")
+    """Refuse overrides that are not integers in range (seeds: what torch, numpy and scikit-learn take)."""
+    for name, v, lo, hi in (("max_steps", max_steps, 1, None), ("epochs", epochs, 1, None),
+                            ("seed", seed, 0, MAX_SEED), ("limit_train", limit_train, 1, None),
+                            ("limit_test", limit_test, 1, None)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi)):
+            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise ValueError(f"{name}: expected an integer {rng}, got {v!r}")
 
 
 def check_args(recipe: Recipe, teacher: torch.nn.Module | None, **overrides) -> None:

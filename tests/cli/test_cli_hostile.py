@@ -212,3 +212,26 @@ def test_max_length_beyond_the_models_positions_is_refused_before_data_is_loaded
     err = capsys.readouterr().err.strip()
     assert "model.max_length: expected at most the model's max_position_embeddings (64)" in err and "got 128" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"seed": 2 ** 64}, r"seed: expected an integer in \[0, 4294967295\], got 18446744073709551616"),
+    ({"seed": -1}, r"seed: expected an integer in \[0, 4294967295\], got -1"),
+    ({"max_steps": True}, r"max_steps: expected an integer >= 1, got True"),
+    ({"limit_test": 2.5}, r"limit_test: expected an integer >= 1, got 2\.5"),
+])
+def test_finetune_api_overrides_are_checked_first(monkeypatch, kw, match):
+    def loaded(*a, **k):
+        raise AssertionError("data loaded before the overrides were checked")
+    monkeypatch.setattr(ft, "load_data", loaded)
+    with pytest.raises(ValueError, match=match):
+        ft.finetune({"name": "r"}, progress=False, use_cache=False, **kw)
+
+
+def test_finetune_api_refuses_an_out_dir_that_is_a_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(ft, "load_data", lambda *a, **k: pytest.fail("data loaded before out_dir was checked"))
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"out_dir: .*/f is a file, expected a folder"):
+        ft.finetune({"name": "r"}, out_dir=str(tmp_path / "f"), progress=False, use_cache=False)
+    with pytest.raises(NotADirectoryError, match=r"out_dir: cannot create .*/f/run: .*/f is not a folder"):
+        ft.finetune({"name": "r"}, out_dir=str(tmp_path / "f" / "run"), progress=False, use_cache=False)
