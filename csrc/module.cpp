@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include "sparse/bsr_cpu.h"
+#include "sparse/dropout.h"
 #include "sparse/launchers.h"
 
 namespace sparse_ext {
@@ -94,4 +95,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           pybind11::arg("ccol"), pybind11::arg("row_t"), pybind11::arg("perm_t"), pybind11::arg("block"),
           pybind11::arg("trans_a"), pybind11::arg("trans_b"), pybind11::arg("k_tile") = 256,
           pybind11::arg("colsum") = pybind11::none());
+  register_dropout(mod);  // dropout_forward, dropout_backward, dropout_isa (csrc/cpu/dropout_cpu.cpp)
 }
