@@ -12,6 +12,13 @@
 5. :func:`cache_accuracy`, :func:`save_run` (model and masks as safetensors, ``result.json``,
    written atomically), :func:`save_teacher`.
 
+A recipe with an ``mlpruning`` block (:class:`sparse.mlpruning.MLPruner`) instead of pruning entries
+adds :func:`build_pruner` after :func:`build_model`: the pruner's scores and thresholds get their own
+AdamW groups, its regulariser is added to the loss (and the hidden-state MSE when it distils), and the
+run saves the *packed* model (:func:`sparse.mlpruning.io.write_packed`), reporting its accuracy too. A
+packed folder as ``model.source`` (or as ``distill.teacher``) is loaded with
+:func:`sparse.mlpruning.load_packed`: the second, block stage starts from the first stage's run.
+
 Dense runs are cached (accuracy keyed by everything that defines the run except the pruning entries)
 so a sparse run with the same model, data, training settings, seed and steps can report
 dense-vs-sparse accuracy; the dense model itself is cached too (``teachers/<key>``) as the teacher of
@@ -126,7 +133,7 @@ def teacher_dir(key: str) -> str:
 
 def is_dense(recipe: Recipe) -> bool:
     """A plain dense fine-tune: the run whose accuracy and model are cached for the others."""
-    return not recipe.pruning and recipe.distill is None
+    return not recipe.pruning and recipe.distill is None and recipe.mlpruning is None
 
 
 # --- the steps of finetune(), in order ---------------------------------------------------------------
@@ -267,6 +274,14 @@ def build_model(recipe: Recipe, data: RunData) -> torch.nn.Module:
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(recipe.train.seed)  # the fresh head's initialisation and dropout depend on it
+    from .mlpruning.io import is_packed_folder, load_packed
+
+    if is_packed_folder(data.model_path):  # a packed MLPruning run: its trained classifier comes with it
+        model = load_packed(data.model_path, dtype=torch.float32)
+        if model.config.num_labels != len(data.label_names):
+            raise ValueError(f"model.source: the packed model {data.model_path} classifies {model.config.num_labels} "
+                             f"labels, the dataset has {len(data.label_names)}")
+        return model.train()
     model = AutoModelForSequenceClassification.from_pretrained(data.model_path, num_labels=len(data.label_names))
     model.config.id2label = dict(enumerate(data.label_names))
     model.config.label2id = {name: i for i, name in enumerate(data.label_names)}
@@ -284,11 +299,23 @@ def param_groups(model: torch.nn.Module, lr: float, head_lr: float, weight_decay
             for (head, decay), ps in groups.items() if ps]
 
 
-def build_optimizer(model: torch.nn.Module, recipe: Recipe, total: int):
+def build_pruner(model: torch.nn.Module, recipe: Recipe):
+    """The :class:`sparse.mlpruning.MLPruner` of a recipe with an ``mlpruning`` block (masks attached to
+    ``model``), else None."""
+    if recipe.mlpruning is None:
+        return None
+    from .mlpruning import MLPruner
+
+    return MLPruner(model, recipe.mlpruning)
+
+
+def build_optimizer(model: torch.nn.Module, recipe: Recipe, total: int, pruner=None):
     """``(SparseOptimizer over AdamW, LR scheduler)``: linear warm-up over ``train.warmup_ratio`` of
-    ``total`` steps, then linear decay to 0."""
+    ``total`` steps, then linear decay to 0. A ``pruner``'s scores and thresholds are groups of their own
+    (``mlpruning.score_lr`` / ``threshold_lr``, no weight decay)."""
     tc = recipe.train
-    inner = torch.optim.AdamW(param_groups(model, tc.lr, tc.head_lr, tc.weight_decay))
+    groups = param_groups(model, tc.lr, tc.head_lr, tc.weight_decay)
+    inner = torch.optim.AdamW(groups + (pruner.param_groups() if pruner is not None else []))
     warm = int(tc.warmup_ratio * total)
     sched = torch.optim.lr_scheduler.LambdaLR(
         inner, lambda s: (s + 1) / max(warm, 1) if s < warm else max(0.0, (total - s) / max(total - warm, 1)))
@@ -328,25 +355,35 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
 
 
 def training_loss(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, recipe: Recipe,
-                  teacher: torch.nn.Module | None) -> torch.Tensor:
-    """Cross-entropy on one batch, or :func:`distill_loss` against ``teacher``'s logits."""
+                  teacher: torch.nn.Module | None, pruner=None) -> torch.Tensor:
+    """Cross-entropy on one batch, or :func:`distill_loss` against ``teacher``'s logits; with an MLPruning
+    ``pruner`` plus its regulariser, and the hidden-state MSE when ``mlpruning.distill`` asks for it."""
+    hidden = teacher is not None and pruner is not None and recipe.mlpruning.distill is not None
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.train.bf16):
-        logits = model(**inputs).logits
+        out = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
         if teacher is not None:
             with torch.no_grad():
-                t_logits = teacher(**inputs).logits
+                t_out = teacher(**inputs, output_hidden_states=True) if hidden else teacher(**inputs)
     if teacher is None:
-        return F.cross_entropy(logits.float(), labels)
-    return distill_loss(logits, t_logits, labels, recipe.distill.alpha, recipe.distill.temperature)
+        loss = F.cross_entropy(out.logits.float(), labels)
+    else:
+        loss = distill_loss(out.logits, t_out.logits, labels, recipe.distill.alpha, recipe.distill.temperature)
+    if hidden:
+        from .mlpruning.distill import hidden_mse_loss
+
+        loss = loss + recipe.mlpruning.distill.hidden_mse * hidden_mse_loss(out.hidden_states, t_out.hidden_states)
+    if pruner is not None:
+        loss = loss + pruner.regularization_loss()
+    return loss
 
 
 def train_epoch(model: torch.nn.Module, opt: SparseOptimizer, sched, train: Split, perm: torch.Tensor,
-                recipe: Recipe, teacher: torch.nn.Module | None, step: int, total: int, bar) -> int:
+                recipe: Recipe, teacher: torch.nn.Module | None, step: int, total: int, bar, pruner=None) -> int:
     """One pass over ``train`` in the order ``perm``, stopping at step ``total``; returns the step reached."""
     bs = recipe.train.batch_size
     for i in range(0, len(perm), bs):
         idx = perm[i:i + bs]
-        loss = training_loss(model, train.inputs(idx), train.labels[idx], recipe, teacher)
+        loss = training_loss(model, train.inputs(idx), train.labels[idx], recipe, teacher, pruner)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
         loss.backward()
@@ -383,7 +420,7 @@ def evaluate_split(model: torch.nn.Module, split: Split, recipe: Recipe) -> floa
 
 
 def train(model: torch.nn.Module, opt: SparseOptimizer, sched, data: RunData, recipe: Recipe, total: int,
-          teacher: torch.nn.Module | None = None, progress: bool = True) -> TrainLog:
+          teacher: torch.nn.Module | None = None, progress: bool = True, pruner=None) -> TrainLog:
     """Epochs of :func:`train_epoch` (a fresh ``train.seed``-seeded order each) until ``total`` steps,
     each followed by an evaluation on the test split."""
     from tqdm.auto import tqdm
@@ -397,10 +434,11 @@ def train(model: torch.nn.Module, opt: SparseOptimizer, sched, data: RunData, re
     while step < total:
         perm = torch.randperm(len(data.train), generator=gen)
         ts = time.perf_counter()
-        step = train_epoch(model, opt, sched, data.train, perm, recipe, teacher, step, total, bar)
+        step = train_epoch(model, opt, sched, data.train, perm, recipe, teacher, step, total, bar, pruner)
         train_time += time.perf_counter() - ts
         epoch_acc.append(evaluate_split(model, data.test, recipe))
-        bar.write(f"epoch {len(epoch_acc)}: step {step}/{total}  test accuracy {100 * epoch_acc[-1]:.2f}%")
+        bar.write(f"epoch {len(epoch_acc)}: step {step}/{total}  test accuracy {100 * epoch_acc[-1]:.2f}%"
+                  + (f"  remaining {100 * pruner.remaining_fraction(hard=True):.1f}%" if pruner is not None else ""))
     bar.close()
     return TrainLog(epoch_acc, time.perf_counter() - t0, train_time)
 
@@ -421,13 +459,15 @@ def cache_accuracy(recipe: Recipe, plan: RunPlan, accuracy: float) -> float | No
 
 
 def save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result: FinetuneResult,
-             recipe: Recipe, tokenizer=None) -> None:
+             recipe: Recipe, tokenizer=None, packed: torch.nn.Module | None = None) -> None:
     """Write ``model.safetensors``, ``masks.safetensors`` (bool, keyed by weight fqn) and ``result.json``;
     for a Hugging Face model also ``config.json`` and the tokenizer, so that ``out_dir`` is a model folder
     that ``from_pretrained`` and ``sparse convert`` load. Files there are replaced: whether ``out_dir``
-    may hold an earlier run is the caller's check (:func:`check_out_dir`)."""
+    may hold an earlier run is the caller's check (:func:`check_out_dir`). With ``packed`` (an MLPruning
+    run) that model is saved instead of ``model``: ``out_dir`` is then a packed folder
+    (:func:`sparse.mlpruning.load_packed`)."""
     try:
-        _save_run(out_dir, model, opt, result, recipe, tokenizer)
+        _save_run(out_dir, model, opt, result, recipe, tokenizer, packed)
     except OSError as exc:  # a full or read-only disk: say which run could not be saved
         reason = exc.strerror or str(exc)
         msg = f"cannot write the run to {out_dir}: {reason}"
@@ -435,19 +475,24 @@ def save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result:
 
 
 def _save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result: FinetuneResult, recipe: Recipe,
-              tokenizer) -> None:
+              tokenizer, packed: torch.nn.Module | None = None) -> None:
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_json_string"):
-        atomic_write_text(os.path.join(out_dir, "config.json"), config.to_json_string())
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
-    # clone: tied/shared storages cannot be saved by safetensors as views
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_file(os.path.join(out_dir, "model.safetensors"), force=True) as tmp:
-        save_file(state, tmp, metadata={"recipe": recipe.name, "format": "pt"})
+    if packed is not None:
+        from .mlpruning.io import write_packed
+
+        write_packed(packed, out_dir, tokenizer=tokenizer)
+    else:
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "to_json_string"):
+            atomic_write_text(os.path.join(out_dir, "config.json"), config.to_json_string())
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+        # clone: tied/shared storages cannot be saved by safetensors as views
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        with atomic_file(os.path.join(out_dir, "model.safetensors"), force=True) as tmp:
+            save_file(state, tmp, metadata={"recipe": recipe.name, "format": "pt"})
     masks = {k: v.contiguous() for k, v in opt.masks.items()}
     with atomic_file(os.path.join(out_dir, "masks.safetensors"), force=True) as tmp:
         save_file(masks, tmp, metadata={"recipe": recipe.name, "fingerprint": recipe.pruning_fingerprint()})
@@ -499,9 +544,10 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
     check_teacher_labels(teacher, len(data.label_names))
     plan = plan_run(recipe, len(data.train), len(data.test), max_steps)
     model = build_model(recipe, data)
-    opt, sched = build_optimizer(model, recipe, plan.total)
+    pruner = build_pruner(model, recipe)
+    opt, sched = build_optimizer(model, recipe, plan.total, pruner)
     notes = run_notes(recipe, plan.total, teacher)
-    trained = train(model, opt, sched, data, recipe, plan.total, teacher, progress)
+    trained = train(model, opt, sched, data, recipe, plan.total, teacher, progress, pruner)
     accuracy = trained.epoch_accuracy[-1]
     dense_accuracy = cache_accuracy(recipe, plan, accuracy) if use_cache else None
     result = FinetuneResult(recipe=recipe.name, seed=recipe.train.seed, steps=plan.total,
@@ -512,11 +558,32 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
                             notes=notes)
     if after is not None:
         result.extra = dict(after(model, lambda m: evaluate_split(m, data.test, recipe)))
+    packed = pack_run(pruner, result, data, recipe) if pruner is not None else None
     if out_dir is not None:
-        save_run(out_dir, model, opt, result, recipe, tokenizer=data.tokenizer)
+        save_run(out_dir, model, opt, result, recipe, tokenizer=data.tokenizer, packed=packed)
     if use_cache and is_dense(recipe):
         save_teacher(plan.key, model, opt, result, recipe, tokenizer=data.tokenizer)
     return result
+
+
+def pack_run(pruner, result: FinetuneResult, data: RunData, recipe: Recipe) -> torch.nn.Module:
+    """The packed model of an MLPruning run; its report, notes and test accuracy go into ``result``
+    (``layers``, ``notes``, ``extra["mlpruning"]``). The packed model is evaluated in fp32 without
+    autocast: ``BlockSparseLinear`` takes its own dtype only."""
+    report = pruner.report()
+    packed = pruner.pack()
+    record = packed.config.mlpruning
+    packed_accuracy = evaluate(packed, data.test.input_ids, data.test.attention_mask, data.test.labels,
+                               recipe.train.eval_batch_size, bf16=False)
+    result.layers = report["layers"]
+    result.notes.extend(report["notes"])
+    result.extra["mlpruning"] = {"remaining_fraction": report["remaining_fraction"], "target": report["target"],
+                                 "encoder_weights": record["encoder_weights"],
+                                 "dense_encoder_weights": record["dense_encoder_weights"],
+                                 "packed_accuracy": packed_accuracy, "regularizer": dict(pruner.regularizer.last)}
+    log.info("packed: %.1f%% of the dense encoder weights, test accuracy %.2f%%",
+             100 * record["remaining_fraction"], 100 * packed_accuracy)
+    return packed
 
 
 # --- the distillation teacher, resolved by the caller ----------------------------------------------
@@ -529,6 +596,10 @@ def load_teacher(folder: str) -> torch.nn.Module:
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise FileNotFoundError(f"distill.teacher: {folder} is not a model folder (no config.json); expected "
                                 f"'dense' or a fine-tuned classifier folder such as a `sparse finetune` run")
+    from .mlpruning.io import is_packed_folder, load_packed
+
+    if is_packed_folder(folder):  # an MLPruning run (the block stage distils from the head/row stage)
+        return load_packed(folder, dtype=torch.float32).eval().requires_grad_(False)
     teacher = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
     return teacher.eval().requires_grad_(False)
 
@@ -557,7 +628,8 @@ def resolve_teacher(recipe: Any, *, max_steps: int | None = None, epochs: int | 
     if use_cache and os.path.isfile(os.path.join(folder, "model.safetensors")):
         return load_teacher(folder)
     log.warning("distill: no cached dense teacher for this run (%s); fine-tuning it first", key)
-    dense = recipe.replace(name=f"{recipe.name[:120]}-teacher", pruning=(), distill=None)  # names: <= 128
+    dense = recipe.replace(name=f"{recipe.name[:120]}-teacher", pruning=(), distill=None,  # names: <= 128
+                           mlpruning=None)
     kw = dict(max_steps=max_steps, limit_train=limit_train, limit_test=limit_test, progress=progress)
     if use_cache:
         finetune(dense, **kw)  # a cached dense run saves itself as the teacher (save_teacher)
