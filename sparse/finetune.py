@@ -567,20 +567,24 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
 
 
 def pack_run(pruner, result: FinetuneResult, data: RunData, recipe: Recipe) -> torch.nn.Module:
-    """The packed model of an MLPruning run; its report, notes and test accuracy go into ``result``
-    (``layers``, ``notes``, ``extra["mlpruning"]``). The packed model is evaluated in fp32 without
-    autocast: ``BlockSparseLinear`` takes its own dtype only."""
+    """The packed model of an MLPruning run; its per-layer report and test accuracy go into
+    ``result.extra["mlpruning"]``, a summary into ``result.notes`` (``result.layers`` stays the
+    SparseOptimizer report). The packed model is evaluated in fp32 without autocast:
+    ``BlockSparseLinear`` takes its own dtype only."""
     report = pruner.report()
     packed = pruner.pack()
     record = packed.config.mlpruning
     packed_accuracy = evaluate(packed, data.test.input_ids, data.test.attention_mask, data.test.labels,
                                recipe.train.eval_batch_size, bf16=False)
-    result.layers = report["layers"]
+    result.notes.append(f"mlpruning: the packed model keeps {100 * record['remaining_fraction']:.1f}% of the dense "
+                        f"encoder's Linear weights (target {100 * report['target']:.0f}%); packed test accuracy "
+                        f"{100 * packed_accuracy:.2f}% (fp32)")
     result.notes.extend(report["notes"])
     result.extra["mlpruning"] = {"remaining_fraction": report["remaining_fraction"], "target": report["target"],
                                  "encoder_weights": record["encoder_weights"],
                                  "dense_encoder_weights": record["dense_encoder_weights"],
-                                 "packed_accuracy": packed_accuracy, "regularizer": dict(pruner.regularizer.last)}
+                                 "packed_accuracy": packed_accuracy, "regularizer": dict(pruner.regularizer.last),
+                                 "layers": report["layers"]}
     log.info("packed: %.1f%% of the dense encoder weights, test accuracy %.2f%%",
              100 * record["remaining_fraction"], 100 * packed_accuracy)
     return packed

@@ -49,7 +49,8 @@ def test_two_stages_end_to_end(tmp_path):
     res = finetune(r1, teacher=teacher, out_dir=out1, **SMALL)
     info = res.extra["mlpruning"]
     assert is_packed_folder(out1) and os.path.isfile(os.path.join(out1, "result.json"))
-    assert info["remaining_fraction"] < 1.0 and res.layers and "heads" in res.layers[0]
+    assert info["remaining_fraction"] < 1.0 and "heads" in info["layers"][0]
+    assert any(n.startswith("mlpruning: the packed model keeps") for n in res.notes)
     stage1 = load_packed(out1)
     assert stage1.config.mlpruning["encoder_weights"] == info["encoder_weights"]
     # the saved model is the packed model whose accuracy the result reports
