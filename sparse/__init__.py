@@ -21,6 +21,7 @@ _LAZY = {
     "convert_checkpoint": "sparse.convert",
     "nn": "sparse.nn",
     "ops": "sparse.ops",
+    "mlpruning": "sparse.mlpruning",
 }
 
 
