@@ -130,3 +130,62 @@ def test_input_is_never_a_destination(tmp_path):
     with pytest.raises(ValueError, match=r"dst: .* (is the same file as|lies inside|contains) src .*; an output must not be, contain or lie inside an input"):
         check_destination(str(hf), str(hf / "inner"), force=True)
     assert src.read_bytes() == b"weights"
+
+
+# --------------------------------------------------------- interrupts (SIGINT, SIGTERM as KeyboardInterrupt)
+def test_interrupt_inside_the_block_leaves_nothing(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(tmp_path / "out.bin") as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"half")
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(tmp_path / "run") as tmp:
+            open(os.path.join(tmp, "a"), "w").close()
+            raise KeyboardInterrupt
+    assert _entries(tmp_path) == []
+
+
+def test_interrupt_between_the_two_renames_restores_the_previous_folder(tmp_path, monkeypatch):
+    """With force, the previous DST is moved aside before the new one moves in: an interrupt in
+    between once left it under a hidden ``.old`` name and DST missing."""
+    dst = tmp_path / "run"
+    dst.mkdir()
+    (dst / "previous.txt").write_text("keep me")
+    real_rename = os.rename
+    calls = []
+
+    def rename(a, b):
+        calls.append((a, b))
+        if len(calls) == 2:  # the second rename: new folder -> dst
+            raise KeyboardInterrupt
+        return real_rename(a, b)
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(dst, force=True) as tmp:
+            open(os.path.join(tmp, "new.txt"), "w").close()
+    monkeypatch.undo()
+    assert _entries(tmp_path) == ["run"] and _entries(dst) == ["previous.txt"]
+    assert (dst / "previous.txt").read_text() == "keep me"
+
+
+def test_interrupt_while_removing_the_previous_folder_finishes_the_removal(tmp_path, monkeypatch):
+    import shutil
+
+    dst = tmp_path / "run"
+    dst.mkdir()
+    (dst / "previous.txt").write_text("old")
+    real_rmtree = shutil.rmtree
+    state = {"raised": False}
+
+    def rmtree(path, *a, **k):
+        if not state["raised"]:
+            state["raised"] = True
+            raise KeyboardInterrupt
+        return real_rmtree(path, *a, **k)
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(dst, force=True) as tmp:
+            open(os.path.join(tmp, "new.txt"), "w").close()
+    monkeypatch.undo()
+    assert _entries(tmp_path) == ["run"] and _entries(dst) == ["new.txt"]
