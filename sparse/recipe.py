@@ -12,6 +12,10 @@ hyper-parameters, and one or more pruning entries, each with:
 * ``schedule``: ``oneshot`` at a step, or ``cubic`` (Zhu & Gupta) from ``initial_sparsity`` to the
   pattern's sparsity over ``[start_step, end_step]`` every ``frequency`` steps.
 * ``refresh_every``: recompute masks from the current weights every k optimizer steps (0: never).
+* ``kernel``: ``none`` (masked dense ``nn.Linear``) or ``block-sparse``: once the entry's mask is final
+  (after a one-shot step, or at the end of a cubic schedule) its Linears are swapped for
+  ``sparse.nn.BlockSparseLinear`` and train on the block-sparse kernels (square blocks of 16, 32, 64 or
+  128; no ``refresh_every``, whose masks are never final; see :mod:`sparse.pruning.kernel_swap`).
 
 or an ``mlpruning`` block instead of pruning entries (:class:`sparse.mlpruning.MLPruningConfig`: head,
 row and block pruning with learnable thresholds, packed into a smaller model at the end),
@@ -40,7 +44,7 @@ from .policy import HEAD_REGEX
 
 __all__ = ["RecipeError", "Recipe", "PruningEntry", "Targets", "Pattern", "Method", "Schedule",
            "ModelConfig", "DataConfig", "TrainConfig", "DistillConfig", "load_recipe", "DEFAULT_EXCLUDE", "MODULE_TYPES",
-           "PATTERN_KINDS", "METHOD_KINDS", "SCHEDULE_KINDS", "SOLVERS", "MODELS", "DATASETS", "TEACHERS",
+           "PATTERN_KINDS", "METHOD_KINDS", "KERNELS", "SCHEDULE_KINDS", "SOLVERS", "MODELS", "DATASETS", "TEACHERS",
            "MAX_RECIPE_BYTES", "MAX_YAML_NODES", "MAX_YAML_DEPTH", "MAX_SEED", "check_plain_name"]
 
 
@@ -55,6 +59,7 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (HEAD_REGEX,)
 MODULE_TYPES: tuple[str, ...] = ("Linear", "Conv1d", "Conv2d")
 PATTERN_KINDS: tuple[str, ...] = ("unstructured", "nm", "block")
 METHOD_KINDS: tuple[str, ...] = ("magnitude", "srste")
+KERNELS: tuple[str, ...] = ("none", "block-sparse")  # "2:4" (SparseLinear24) later
 SCHEDULE_KINDS: tuple[str, ...] = ("oneshot", "cubic")
 SOLVERS: tuple[str, ...] = ("auto", "exact", "approx", "greedy", "flow")
 ON_INDIVISIBLE: tuple[str, ...] = ("error", "skip")
@@ -393,12 +398,18 @@ class PruningEntry:
     method: Method = Method()
     schedule: Schedule = Schedule()
     refresh_every: int = 0
+    kernel: str = "none"
+
+    @property
+    def final_step(self) -> int:
+        """The optimizer step after which this entry's mask no longer changes (without ``refresh_every``)."""
+        return self.schedule.at_step if self.schedule.kind == "oneshot" else self.schedule.end_step
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "PruningEntry":
         e = _build(cls, d, where, {"name": _entry_name, "targets": Targets.from_dict, "pattern": Pattern.from_dict,
                                    "method": Method.from_dict, "schedule": Schedule.from_dict,
-                                   "refresh_every": _check(_int, 0)},
+                                   "refresh_every": _check(_int, 0), "kernel": _check(_choice, KERNELS)},
                    required=("pattern",), **({} if isinstance(d, Mapping) and "name" in d else {"name": where}))
         if e.schedule.kind == "cubic":
             if e.pattern.kind == "nm":
@@ -407,7 +418,27 @@ class PruningEntry:
             if e.schedule.initial_sparsity > e.pattern.sparsity:
                 raise RecipeError(f"{where}.schedule.initial_sparsity: expected <= pattern.sparsity "
                                   f"({e.pattern.sparsity}), got {e.schedule.initial_sparsity}")
+        if e.kernel != "none":
+            _check_kernel(e, where)
         return e
+
+
+def _check_kernel(e: PruningEntry, where: str) -> None:
+    """``kernel: block-sparse`` swaps the entry's Linears for ``BlockSparseLinear`` once the mask is final."""
+    from .ops.layout import BLOCK_SIZES  # torch only for recipes that ask for a kernel
+
+    pat = e.pattern
+    shown = f"{pat.describe()} (type {pat.kind})"
+    if pat.kind != "block" or pat.block[0] != pat.block[1] or pat.block[0] not in BLOCK_SIZES:
+        raise RecipeError(f"{where}.kernel: {e.kernel!r} needs a block pattern with square blocks of "
+                          f"{', '.join(map(str, BLOCK_SIZES))}, got pattern {shown}; allowed values: "
+                          f"{', '.join(KERNELS)} (none for this pattern)")
+    if e.refresh_every:
+        raise RecipeError(f"{where}.kernel: {e.kernel!r} swaps layers once their mask is final, but refresh_every "
+                          f"({e.refresh_every}) recomputes masks for ever; set refresh_every: 0 or kernel: none")
+    if e.targets.types != ("Linear",):
+        raise RecipeError(f"{where}.kernel: {e.kernel!r} replaces Linear layers only, got targets.types "
+                          f"{list(e.targets.types)}; set targets.types: [Linear] or kernel: none")
 
 
 @dataclass(frozen=True)
@@ -446,6 +477,9 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True
     eval_batch_size: int = 32
+    # sparse.nn.dropout.use_fast_dropout on the model (same distribution, other random bits); false: PyTorch's
+    # own dropout, bit-exact with plain PyTorch runs
+    fast_dropout: bool = True
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "TrainConfig":
@@ -453,7 +487,7 @@ class TrainConfig:
         return _build(cls, d, where, {"epochs": _check(_int, 1), "batch_size": _check(_int, 1), "lr": positive,
                                       "head_lr": positive, "weight_decay": _check(_float, 0.0),
                                       "warmup_ratio": _check(_float, 0.0, 1.0), "seed": _check(_int, 0, MAX_SEED),
-                                      "bf16": _bool, "eval_batch_size": _check(_int, 1)})
+                                      "bf16": _bool, "eval_batch_size": _check(_int, 1), "fast_dropout": _bool})
 
 
 @dataclass(frozen=True)
@@ -536,7 +570,10 @@ class Recipe:
     def pruning_fingerprint(self) -> str:
         """Hash of the pruning entries only: optimizer state is portable across training settings
         but not across pruning set-ups."""
-        blob = json.dumps([dataclasses.asdict(e) for e in self.pruning], sort_keys=True, default=list)
+        # kernel: none is left out so that fingerprints of recipes written before the key stay the same
+        entries = [{k: v for k, v in dataclasses.asdict(e).items() if not (k == "kernel" and v == "none")}
+                   for e in self.pruning]
+        blob = json.dumps(entries, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def replace(self, **changes) -> "Recipe":
