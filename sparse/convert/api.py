@@ -319,6 +319,8 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
             raise ValueError(f"{CALIBRATION_ARG}: give calibration_texts or calibration_file, not both")
     source = resolve_source(src)
     inputs = [("src", src)] + [(f"src shard {s.rel!r}", s.path) for s in source.shards if s.path != src]
+    # files read through a link (hub-cache blobs) live outside src: their targets are inputs too
+    inputs += [(f"src file {rel!r}", os.path.join(source.root, rel)) for rel in sorted(source.follow)]
     if calibration_file is not None:
         inputs.append((CALIBRATION_ARG, calibration_file))
     outputs = [("dst", dst)] + ([(REPORT_ARG, report_path)] if report_path is not None else [])

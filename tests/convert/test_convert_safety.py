@@ -295,3 +295,19 @@ def test_a_report_next_to_the_outputs_is_written(tmp_path):
     convert_checkpoint(index, tmp_path / "out2", report_path=hf / "r.json")
     assert (hf / "r.json").is_file() and sorted(os.listdir(tmp_path / "out2")) == [
         "model.safetensors", "model.safetensors.index.json"]
+
+
+def test_outputs_onto_hub_cache_blobs_are_refused(tmp_path, no_work):
+    """A hub-cache snapshot's files are links into ``blobs/``: the blobs are the inputs."""
+    repo = tmp_path / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    save_file({"l.weight": torch.randn(8, 16)}, str(repo / "blobs" / "h1"))
+    (repo / "blobs" / "h2").write_text('{"model_type": "x"}')
+    os.symlink("../../blobs/h1", snap / "model.safetensors")
+    os.symlink("../../blobs/h2", snap / "config.json")
+    for blob, what in (("h1", "src shard 'model.safetensors'"), ("h2", "src file 'config.json'")):
+        with pytest.raises(ValueError, match=rf"report_path \(--report\): .* is the same file as {what}"):
+            convert_checkpoint(snap, tmp_path / "out", report_path=repo / "blobs" / blob, force=True)
+    assert (repo / "blobs" / "h2").read_text() == '{"model_type": "x"}'
