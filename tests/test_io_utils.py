@@ -119,15 +119,18 @@ def test_unserialisable_json_leaves_nothing(tmp_path):
     assert p.read_text() == "{}" and _entries(tmp_path) == ["r.json"]
 
 
+OVERLAP = r"dst: .* (is the same file as|lies inside|contains) src .*; an output must not be, contain or lie inside"
+
+
 def test_input_is_never_a_destination(tmp_path):
     src = tmp_path / "in.safetensors"
     src.write_bytes(b"weights")
     for dst in (src, tmp_path):  # the input itself, or a folder holding it
-        with pytest.raises(ValueError, match=r"dst: .* (is the same file as|lies inside|contains) src .*; an output must not be, contain or lie inside an input"):
+        with pytest.raises(ValueError, match=OVERLAP):
             check_destination(str(src), str(dst), force=True)
     hf = tmp_path / "hf"
     hf.mkdir()
-    with pytest.raises(ValueError, match=r"dst: .* (is the same file as|lies inside|contains) src .*; an output must not be, contain or lie inside an input"):
+    with pytest.raises(ValueError, match=OVERLAP):
         check_destination(str(hf), str(hf / "inner"), force=True)
     assert src.read_bytes() == b"weights"
 

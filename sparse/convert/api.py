@@ -212,7 +212,8 @@ _MAX_LINE = 1 << 20  # characters per calibration line; a text file has no longe
 
 def _path_arg(name: str, value) -> str:
     if not isinstance(value, (str, bytes, os.PathLike)):
-        raise ValueError(f"{name}: expected a path (str or os.PathLike), got {type(value).__name__} {repr(value)[:100]}")
+        raise ValueError(f"{name}: expected a path (str or os.PathLike), "
+                         f"got {type(value).__name__} {repr(value)[:100]}")
     return os.fsdecode(os.fspath(value))
 
 
@@ -259,7 +260,8 @@ def _check_selection(src: str, targets: TargetFilter, include: list[str], exclud
     arg = "include, exclude" if exclude else "include"
     sample = ", ".join(repr(name[:80]) for name, _, _ in tensors[:3]) + (", ..." if len(tensors) > 3 else "")
     raise ValueError(f"{arg}: expected a selection of at least one floating-point weight with 2 to 4 dims, "
-                     f"got none for include={include!r}" + (f" exclude={exclude!r}" if exclude else "")
+                     f"got none for include={repr(include)[:200]}"
+                     + (f" exclude={repr(exclude)[:200]}" if exclude else "")
                      + f" among the {len(tensors)} tensors of {src!r}" + (f" ({sample})" if tensors else ""))
 
 
@@ -306,7 +308,7 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
     method = pattern.method if transposable else method
     for arg, v in (("include", include), ("exclude", exclude)):
         if v is not None and (isinstance(v, str) or not all(isinstance(p, str) for p in v)):
-            raise ValueError(f"{arg}: expected a list of regex strings, got {v!r}")
+            raise ValueError(f"{arg}: expected a list of regex strings, got {repr(v)[:200]}")
     targets = TargetFilter(list(include or []), list(exclude or []))
     src, dst = _path_arg("src", src), _path_arg("dst", dst)
     if report_path is not None:

@@ -223,7 +223,8 @@ FIXED = {"dst-hardlink-to-src", "dst-folder-for-file-output", "dst-under-regular
          "report-under-regular-file", "report-is-a-folder", "dst-equals-calibration-file",
          "report-equals-calibration-file", "calibration-file-missing", "calibration-file-binary",
          "calibration-file-folder", "calibration-file-fifo", "calibrate-unknown-method",
-         "calibration-texts-negative", "fit-without-calibrate", "report-equals-src", "report-existing-no-force", "pruned-mean-without-calibrate",
+         "calibration-texts-negative", "fit-without-calibrate", "report-equals-src", "report-existing-no-force",
+         "pruned-mean-without-calibrate",
          "method-without-transposable", "include-matches-nothing", "include-only-biases",
          "exclude-cancels-include"}
 

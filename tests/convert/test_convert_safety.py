@@ -258,7 +258,8 @@ def test_outputs_inside_an_input_folder_or_shard_are_refused(tmp_path, no_work):
     index = sharded / "model.safetensors.index.json"
     index.write_text('{"weight_map": {"a.weight": "s1.safetensors", "b.weight": "s2.safetensors"}}')
     before = _digest(sharded / "s2.safetensors")
-    with pytest.raises(ValueError, match=r"report_path \(--report\): .* is the same file as src shard 's2.safetensors'"):
+    shard = r"report_path \(--report\): .* is the same file as src shard 's2\.safetensors'"
+    with pytest.raises(ValueError, match=shard):
         convert_checkpoint(index, tmp_path / "out", report_path=sharded / "s2.safetensors", force=True)
     with pytest.raises(ValueError, match="dst: .* contains src"):
         convert_checkpoint(index, sharded, force=True)
