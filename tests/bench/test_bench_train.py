@@ -35,7 +35,7 @@ def _by_mode(payload):
 
 
 NUMBERS = ("forward_ms", "backward_ms", "optimizer_ms", "step_ms", "tokens_per_s", "speedup_vs_dense",
-           "peak_mem_mb", "state_mem_mb")
+           "speedup_vs_dense_paired", "peak_mem_mb", "state_mem_mb")
 
 
 def test_mlp_records_are_complete_and_typed(tmp_path, capsys):
@@ -58,6 +58,7 @@ def test_mlp_records_are_complete_and_typed(tmp_path, capsys):
         assert r["breakdown"]["linear"] > 0
         assert r["check"]["loss_rel_err"] <= r["check"]["tolerance"]["loss_rtol"]
     assert recs["dense"]["speedup_vs_dense"] == 1.0                # exactly: the same measurement
+    assert recs["dense"]["speedup_vs_dense_paired"] == 1.0
     assert recs["block50"]["speedup_vs_dense"] == pytest.approx(recs["dense"]["step_ms"] / recs["block50"]["step_ms"])
     assert "no speed claim" in recs["2of4"]["note"]
     if has_ext():
