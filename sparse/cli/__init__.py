@@ -74,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from ..ops.dispatch import BackendUnavailable
-    from .signals import exit_code, signal_name
+    from .signals import exit_code, interrupts_as_exceptions, signal_name
 
     try:
-        return int(args._run(args) or 0)
+        # SIGTERM unwinds like Ctrl-C in every command, so the atomic writers remove their temporaries
+        with interrupts_as_exceptions():
+            return int(args._run(args) or 0)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where a command turns it into Terminated
         if _debug(args):
             raise
