@@ -121,9 +121,12 @@ def _(grad, mask, p):
 def _fwd_setup(ctx, inputs, output):
     ctx.p = inputs[1]
     ctx.save_for_backward(output[1])
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the (integer) mask output
 
 
 def _fwd_backward(ctx, grad, _grad_mask):
+    if grad is None:
+        return None, None, None
     (mask,) = ctx.saved_tensors
     return torch.ops.sparse.dropout_backward(grad, mask, ctx.p), None, None
 
