@@ -75,7 +75,8 @@ def _print_packed(s: dict) -> None:
     head = f"{'layer':>5} {'heads':>7} {'ffn':>11} {'attn_out rows':>13} {'ffn_out rows':>12}  block-sparse"
     print(head)
     for lr in s["layers"]:
-        print(f"{lr['layer']:>5} {lr['heads']:>3}/{lr['of_heads']:<3} {lr['intermediate_size']:>5}/{lr['of_intermediate']:<5} "
+        print(f"{lr['layer']:>5} {lr['heads']:>3}/{lr['of_heads']:<3} "
+              f"{lr['intermediate_size']:>5}/{lr['of_intermediate']:<5} "
               f"{lr['attn_out_rows']:>6}/{lr['hidden']:<6} {lr['ffn_out_rows']:>5}/{lr['hidden']:<6}  "
               f"{','.join(lr['block_sparse']) or '-'}")
     for note in s["notes"]:

@@ -23,7 +23,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..recipe import RecipeError, _bool, _build, _check, _choice, _float, _int
+from ..recipe import RecipeError, _build, _check, _choice, _float, _int
 
 __all__ = ["MLPruningConfig", "DistillOptions", "LEVELS", "MATRICES", "ROW_MATRICES", "SCORERS",
            "THRESHOLD_GRADS", "RecipeError"]

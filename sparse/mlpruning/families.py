@@ -16,8 +16,8 @@ import torch.nn as nn
 
 from .config import MATRICES
 
-__all__ = ["Family", "FAMILIES", "family_of", "family_for_config", "supported_model_types", "encoder_layers", "get_module",
-           "set_module", "layer_prefixes"]
+__all__ = ["Family", "FAMILIES", "family_of", "family_for_config", "supported_model_types", "encoder_layers",
+           "get_module", "set_module", "layer_prefixes"]
 
 
 @dataclass(frozen=True)
