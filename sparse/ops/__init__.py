@@ -7,3 +7,6 @@ from .layout import BLOCK_SIZES, BlockLayout
 
 __all__ = ["BACKENDS", "BLOCK_SIZES", "BackendUnavailable", "BlockLayout", "Op", "forced_backend", "last_backend",
            "use_backend"]
+
+from .dropout import dropout  # noqa: E402  (the function; the module: importlib.import_module('sparse.ops.dropout'))
+__all__ += ["dropout"]
