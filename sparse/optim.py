@@ -12,6 +12,10 @@ Each optimizer step:
 5. for Adam, AdamW and SGD, the pruned entries of the inner optimizer's moments are set so that they
    stay exact and never decay into slow float denormals (``sparse.pruning.optim_state``); the update
    of a pruned weight is zero either way.
+6. an entry with ``kernel: block-sparse`` whose mask just became final has its Linears swapped for
+   ``sparse.nn.BlockSparseLinear`` in the model, the block data taking the weight's place in the inner
+   optimizer with its state gathered to the kept blocks (``sparse.pruning.kernel_swap``); from then on
+   those layers train on the block-sparse kernels and there is nothing left to mask.
 
 A step skipped by ``torch.amp.GradScaler`` (inf/NaN gradients) never reaches :meth:`step`, so the
 schedule does not advance. Masks are computed deterministically from the weights (stable sorts), so
@@ -28,8 +32,11 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .pruning.optim_state import (RETIDY_EVERY, TARGET_CLASSES, MagnitudeTarget, SRSTETarget, base_optimizer,
-                                   check_inner_state_dict, state_fill_for)
+from .ops.dispatch import last_backend
+from .pruning.kernel_swap import (block_mask_of, check_swappable_model, check_swappable_module,
+                                  check_swappable_optimizer, move_param, swap_due, swap_linear)
+from .pruning.optim_state import (RETIDY_EVERY, TARGET_CLASSES, KernelTarget, MagnitudeTarget, SRSTETarget,
+                                   base_optimizer, check_inner_state_dict, state_fill_for)
 from .pruning.patterns import pattern_from_recipe
 from .pruning.schedules import is_update_step, sparsity_at
 from .pruning.targets import select_modules
@@ -48,13 +55,15 @@ class SparseOptimizer:
 
     Args:
         optimizer: any ``torch.optim.Optimizer`` over (some of) ``model``'s parameters.
-        model: the module whose weights are pruned (a DDP-wrapped model works: regexes are searched).
+        model: the module whose weights are pruned (a DDP-wrapped model works: regexes are searched; not
+            with ``kernel: block-sparse`` entries, whose module swaps DDP cannot follow: refused).
         recipe: a :class:`sparse.recipe.Recipe`, a YAML path or a mapping.
 
     Attributes:
         optimizer: the wrapped optimizer (give it to LR schedulers).
         masks: ``dict`` parameter fqn (e.g. ``"bert.encoder.layer.0.attention.self.query.weight"``) ->
-            ``torch.bool`` mask of the weight's shape, for the layers pruned so far.
+            ``torch.bool`` mask of the weight's shape, for the layers pruned so far (also for layers that
+            run on a block-sparse kernel: their final mask).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, recipe: Any):
@@ -68,6 +77,7 @@ class SparseOptimizer:
         self._state_fill = state_fill_for(self._state_opt)
         self._step = 0
         self._targets: list[MagnitudeTarget] = []
+        self._model = model  # kernel entries swap its modules (sparse.pruning.kernel_swap)
         self.skipped: dict[str, str] = {}  # fqn -> why a targeted layer was left dense
         # parameter names for messages about the inner optimizer's state (load_state_dict)
         self._param_names = {id(p): name for name, p in model.named_parameters()}
@@ -92,8 +102,14 @@ class SparseOptimizer:
                                       f"pattern {pattern.describe()}: {why}; set targets.on_indivisible: skip "
                                       f"to leave such layers dense, or exclude it")
                 _check_target_weight(module.weight, fqn, i, entry.name, in_optimizer)
+                if entry.kernel != "none":
+                    check_swappable_module(module, mod_fqn, f"pruning[{i}] ({entry.name})")
                 self._targets.append(TARGET_CLASSES[entry.method.kind](fqn, entry, module.weight, pattern))
+        if any(t.entry.kernel != "none" for t in self._targets):
+            check_swappable_model(model, "model")
+            check_swappable_optimizer(self._state_opt, "optimizer")
         self._update_masks()
+        self._swap_due()
 
     # ------------------------------------------------------------------ torch.optim.Optimizer surface
     @property
@@ -122,6 +138,13 @@ class SparseOptimizer:
     @property
     def masks(self) -> dict[str, torch.Tensor]:
         return {t.fqn: t.mask for t in self._targets if t.mask is not None}
+
+    @property
+    def kernel_step(self) -> int | None:
+        """The optimizer step after which every layer of a ``kernel:`` entry runs on its kernel (the steps
+        after it train on the kernels); None when no entry asks for a kernel."""
+        steps = [t.entry.final_step for t in self._targets if t.entry.kernel != "none"]
+        return max(steps) if steps else None
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
@@ -152,6 +175,7 @@ class SparseOptimizer:
             t.post_step(retidy)
         self._update_masks()
         self._tidy_states()
+        self._swap_due()
 
     def _tidy_states(self) -> None:
         if self._state_fill is None:
@@ -176,6 +200,26 @@ class SparseOptimizer:
                         raise ValueError(f"pruning[{i}] ({entry.name}): mask of {t.fqn}: {exc}") from exc
                     t.set_mask(_broadcast_mask(mask), s)
             t.apply_mask()
+
+    # ------------------------------------------------------------------------------ kernel swap
+    @torch.no_grad()
+    def _swap_due(self) -> None:
+        for i, t in enumerate(self._targets):
+            if t.kernel is None and t.mask is not None and swap_due(t.entry, self._step):
+                self._targets[i] = self._swap(t, gather=True)
+
+    def _swap(self, t: MagnitudeTarget, gather: bool) -> KernelTarget:
+        """Move ``t``'s layer to the block-sparse kernel (its weight is inside its final mask already);
+        ``gather``: the inner optimizer's state is still dense-shaped (else it is loaded in block layout)."""
+        mod_fqn = t.fqn.rpartition(".")[0]
+        old = t.param
+        module = swap_linear(self._model, mod_fqn, block_mask_of(t.mask, t.pattern.block[0]))
+        move_param(self.optimizer, self._state_opt, old, module.weight_data, module.layout() if gather else None)
+        self._param_names.pop(id(old), None)
+        self._param_names[id(module.weight_data)] = f"{mod_fqn}.weight_data"
+        log.info("%s: on the %s kernel after step %d (%d of %d blocks kept)", mod_fqn, t.entry.kernel, self._step,
+                 module.weight_data.shape[0], module.block_mask.numel())
+        return KernelTarget(t, module, self._step)
 
     # ------------------------------------------------------------------------------ state dict
     def state_dict(self) -> dict:
@@ -203,12 +247,20 @@ class SparseOptimizer:
         optimizer's groups and the shapes of its per-weight state), and only then is anything loaded.
         A refused state dict raises ``ValueError`` (``RecipeError`` for another recipe) and leaves the
         wrapped optimizer, the masks, the schedule and the weights as they were.
+
+        A state saved after a ``kernel: block-sparse`` swap swaps the layers again here (their weights are
+        taken from the model inside the saved masks); load the model's weights before (dense-shaped, as a
+        saved run folder holds them) or after (the swapped model's own ``state_dict()``). An optimizer
+        whose layers run on the kernel already accepts only a state with the same final masks.
         """
         step, masks, sparsity, dense = self._checked_state(state_dict)
         self.optimizer.load_state_dict(state_dict["optimizer"])  # raises before changing anything
         self._step = step
-        for t in self._targets:
+        for i, t in enumerate(self._targets):
             t.load_state_dict(masks.get(t.fqn), sparsity.get(t.fqn), dense.get(t.fqn))
+            if t.kernel is None and t.mask is not None and swap_due(t.entry, step):
+                # the saved state is past the swap: swap again (the loaded moments are in block layout)
+                self._targets[i] = self._swap(t, gather=False)
         self._tidy_states()
 
     def _checked_state(self, state_dict: Any) -> tuple[int, dict, dict, dict]:
@@ -249,8 +301,12 @@ class SparseOptimizer:
         unknown = sorted(map(str, set(masks) - set(by_fqn)))
         if unknown:
             raise ValueError(f"{where}['masks']: layers not targeted by this optimizer: {unknown[:5]}")
+        shapes = {}  # weights that move to a kernel at load: their saved moments are in block layout
         for t in self._targets:
             self._check_target_state(t, step, masks, sparsity, dense, where)
+            if t.kernel is None and t.fqn in masks and swap_due(t.entry, step):
+                b = t.pattern.block[0]
+                shapes[id(t.param)] = (int(block_mask_of(masks[t.fqn], b).sum()), b, b)
         if set(sparsity) != set(masks):
             missing, extra = sorted(map(str, set(masks) - set(sparsity))), sorted(map(str, set(sparsity) - set(masks)))
             raise ValueError(f"{where}['sparsity']: expected the same layers as ['masks']; "
@@ -259,7 +315,7 @@ class SparseOptimizer:
         if stray:
             raise ValueError(f"{where}['dense']: layers not targeted by this optimizer: {stray[:5]}")
         check_inner_state_dict(self.optimizer, self._state_opt, state_dict["optimizer"], self._param_names,
-                               "state_dict['optimizer']")
+                               "state_dict['optimizer']", shapes)
         return step, dict(masks), dict(sparsity), dict(dense)
 
     @staticmethod
@@ -276,15 +332,20 @@ class SparseOptimizer:
         if has_mask and not expected:
             raise ValueError(f"{where}['masks'][{t.fqn!r}]: entry {t.entry.name!r} prunes from step {first} but the "
                              f"state is at step {step}, when it has no mask")
-        if has_dense and (not has_mask or not isinstance(t, SRSTETarget)):
+        on_kernel = has_mask and swap_due(t.entry, step)
+        if has_dense and (not has_mask or not isinstance(t, SRSTETarget) or on_kernel):
             raise ValueError(f"{where}['dense'][{t.fqn!r}]: only masked SR-STE targets have a dense weight; "
-                             f"{t.fqn} is a {t.entry.method.kind} target {'with' if has_mask else 'without'} a mask")
-        if has_mask and isinstance(t, SRSTETarget) and not has_dense:
+                             f"{t.fqn} is a {t.entry.method.kind} target {'with' if has_mask else 'without'} a mask"
+                             + (f" on the {t.entry.kernel} kernel" if on_kernel else ""))
+        if has_mask and isinstance(t, SRSTETarget) and not on_kernel and not has_dense:
             raise ValueError(f"{where}['dense'][{t.fqn!r}]: expected the dense weight of the masked SR-STE target, "
                              f"got none")
+        if t.kernel is not None and not on_kernel:
+            raise ValueError(f"{where}: {t.fqn} runs on the {t.kernel} kernel since step {t.swapped_at}, the state "
+                             f"(step {step}) is from before its swap; load it into a fresh model and optimizer")
         if not has_mask:
             return
-        shape = tuple(t.param.shape)
+        shape = t.shape
         mask = _checked_tensor(masks[t.fqn], torch.bool, shape, f"{where}['masks'][{t.fqn!r}]")
         if t.fqn not in sparsity:
             raise ValueError(f"{where}['sparsity']: expected the same layers as ['masks']; missing [{t.fqn!r}]")
@@ -295,6 +356,9 @@ class SparseOptimizer:
             fixed = getattr(t.pattern, "n", None) is not None  # N:M: the sparsity is the pattern's
             raise ValueError(f"{where}['masks'][{t.fqn!r}]: not a valid {t.pattern.describe()} mask"
                              + ("" if fixed else f" at sparsity {float(s):g}"))
+        if t.kernel is not None and not torch.equal(mask.to(t.mask.device), t.mask):
+            raise ValueError(f"{where}['masks'][{t.fqn!r}]: {t.fqn} runs on the {t.kernel} kernel with another final "
+                             f"mask; load the state into a fresh model and optimizer")
         if has_dense:
             w = _checked_tensor(dense[t.fqn], t.param.dtype, shape, f"{where}['dense'][{t.fqn!r}]")
             bad = int((~torch.isfinite(w)).sum())
@@ -306,13 +370,16 @@ class SparseOptimizer:
     def report(self) -> list[dict]:
         """One row per targeted layer: ``fqn``, ``entry``, ``pattern``, ``method``, ``shape``,
         ``sparsity`` (fraction of zeros in the weight), ``mask_sparsity``, ``valid`` (mask satisfies the
-        pattern and the weight is inside it), ``status`` ("pruned", "dense (not yet)", "skipped: why")."""
+        pattern and the weight is inside it), ``status`` ("pruned", "dense (not yet)", "skipped: why"),
+        ``kernel`` (``"block-sparse"`` once the layer runs on that kernel, else None) and ``backend`` (the
+        ``sparse.ops`` backend that ran the block-sparse linear last, None before it ran)."""
         rows = []
         for t in self._targets:
-            w = t.param.detach()
+            w = t.dense_weight()
             row = {"fqn": t.fqn, "entry": t.entry.name, "pattern": t.pattern.describe(),
                    "method": t.entry.method.kind, "shape": list(w.shape),
-                   "sparsity": float((w == 0).sum()) / w.numel()}
+                   "sparsity": float((w == 0).sum()) / w.numel(), "kernel": t.kernel,
+                   "backend": last_backend("block_sparse.linear") if t.kernel is not None else None}
             if t.mask is None:
                 row.update(mask_sparsity=0.0, valid=None, status="dense (not yet)")
             else:
@@ -322,7 +389,8 @@ class SparseOptimizer:
             rows.append(row)
         for fqn, why in self.skipped.items():
             rows.append({"fqn": fqn, "entry": "", "pattern": "", "method": "", "shape": [], "sparsity": 0.0,
-                         "mask_sparsity": 0.0, "valid": None, "status": f"skipped: {why}"})
+                         "kernel": None, "backend": None, "mask_sparsity": 0.0, "valid": None,
+                         "status": f"skipped: {why}"})
         return rows
 
     def __repr__(self) -> str:
@@ -379,12 +447,18 @@ def _broadcast_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def format_report(rows: list[dict]) -> str:
-    """Plain-text table of :meth:`SparseOptimizer.report` rows."""
+    """Plain-text table of :meth:`SparseOptimizer.report` rows (a ``kernel`` column when a layer runs on one)."""
+    kernels = any(r.get("kernel") for r in rows)
     head = f"{'layer':<52} {'pattern':<18} {'shape':>11} {'sparsity':>8} {'valid':>5}"
+    head += f"  {'kernel (backend)':<24}" if kernels else ""
     lines = [head, "-" * len(head)]
     for r in rows:
         shape = "x".join(str(s) for s in r["shape"]) or "-"
         valid = "-" if r["valid"] is None else ("yes" if r["valid"] else "NO")
         pat = r["pattern"] if r["status"] == "pruned" else r["status"][:18]
-        lines.append(f"{r['fqn'][-52:]:<52} {pat:<18} {shape:>11} {100 * r['sparsity']:>7.1f}% {valid:>5}")
+        line = f"{r['fqn'][-52:]:<52} {pat:<18} {shape:>11} {100 * r['sparsity']:>7.1f}% {valid:>5}"
+        if kernels:
+            k = r.get("kernel")
+            line += f"  {k} ({r.get('backend') or 'not run yet'})" if k else "  masked dense"
+        lines.append(line)
     return "\n".join(lines)

@@ -5,6 +5,8 @@ optimizer's state of pruned entries kept cheap and exact.
 :class:`SRSTETarget` (a dense shadow weight stepped with the SR-STE gradient) hold a weight's mask
 and everything derived from it, written in one place (``set_mask``); ``SparseOptimizer`` calls
 ``pre_step`` / ``post_step`` / ``apply_mask`` / ``tidy_state`` on each and knows nothing of the kind.
+A target whose layer moved to a block-sparse kernel once its mask was final becomes a
+:class:`KernelTarget` (nothing left to mask; :mod:`sparse.pruning.kernel_swap` does the module surgery).
 
 Tidying the inner optimizer's state (magnitude targets only): masked gradients are exactly zero, so for a pruned weight Adam's moments only decay:
 ``exp_avg`` shrinks by beta1 each step and, within a few hundred steps, reaches float32 denormals,
@@ -82,7 +84,7 @@ def tidy_state(state: dict, fill: dict[str, float], mask: torch.Tensor,
 
 
 def check_inner_state_dict(optimizer: torch.optim.Optimizer, state_opt: torch.optim.Optimizer, osd, names: dict,
-                           where: str) -> None:
+                           where: str, shapes: dict | None = None) -> None:
     """Check ``osd`` against ``optimizer`` before ``optimizer.load_state_dict(osd)`` changes anything:
     its structure, the number and sizes of its parameter groups, and, for the optimizers of
     :data:`STATE_FILL` (whose per-weight state has the weight's shape), the shape of that state.
@@ -93,6 +95,8 @@ def check_inner_state_dict(optimizer: torch.optim.Optimizer, state_opt: torch.op
             owns the state (:func:`base_optimizer`), whose class picks the shape rules.
         osd: the candidate ``optimizer.state_dict()``; names: ``id(param) -> fqn`` for messages.
         where: how ``osd`` is named in messages.
+        shapes: ``id(param) -> shape`` the state will have instead of the param's own (a weight that
+            moves to the block-sparse kernel when the state is loaded: its kept blocks' layout).
 
     Raises:
         ValueError: naming ``where`` and what is wrong.
@@ -133,10 +137,11 @@ def check_inner_state_dict(optimizer: torch.optim.Optimizer, state_opt: torch.op
             buf = st.get(name)
             if buf is None:
                 continue
-            if not isinstance(buf, torch.Tensor) or tuple(buf.shape) != tuple(p.shape):
+            want = tuple((shapes or {}).get(id(p), p.shape))
+            if not isinstance(buf, torch.Tensor) or tuple(buf.shape) != want:
                 got = tuple(buf.shape) if isinstance(buf, torch.Tensor) else type(buf).__name__
                 raise ValueError(f"{where}['state']: {name} of {names.get(id(p), f'parameter {key}')}: expected "
-                                 f"shape {tuple(p.shape)}, got {got}")
+                                 f"shape {want}, got {got}")
 
 
 class MagnitudeTarget:
@@ -152,9 +157,11 @@ class MagnitudeTarget:
         revived: entries the latest mask keeps that the one before pruned (their state is zeroed).
     """
     dense = None  # no shadow weight: the param itself is the weight the optimizer steps
+    kernel: str | None = None  # the kernel the layer runs on (KernelTarget); None: masked dense
 
     def __init__(self, fqn: str, entry: PruningEntry, param: nn.Parameter, pattern: SparsityPattern):
         self.fqn, self.entry, self.param, self.pattern = fqn, entry, param, pattern
+        self.shape = tuple(param.shape)  # the dense weight's shape (the mask's)
         self.mask: torch.Tensor | None = None
         self.fmask: torch.Tensor | None = None
         self.sparsity: float | None = None
@@ -163,6 +170,10 @@ class MagnitudeTarget:
 
     def mask_source(self) -> torch.Tensor:
         """The weight new masks are computed from."""
+        return self.param.detach()
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight the forward sees, dense-shaped (reports)."""
         return self.param.detach()
 
     def set_mask(self, mask: torch.Tensor | None, sparsity: float | None, *, restored: bool = False) -> None:
@@ -277,6 +288,56 @@ class SRSTETarget(MagnitudeTarget):
         self.dense = None if dense is None else dense.to(device=self.param.device, dtype=self.param.dtype).clone()
         self.masked = None
         super().load_state_dict(mask, sparsity)
+
+
+class KernelTarget(MagnitudeTarget):
+    """A weight whose final mask moved into a block-sparse kernel (``kernel: block-sparse``): its layer is a
+    ``sparse.nn.BlockSparseLinear`` (:mod:`sparse.pruning.kernel_swap`) that holds only the kept blocks, so
+    there is nothing left to mask: gradients, weights and optimizer state of pruned blocks do not exist.
+
+    ``param`` is the module's block data ``[nnz, B, B]`` (the inner optimizer steps it); ``mask`` stays
+    the final dense-shaped mask (``SparseOptimizer.masks``, ``state_dict``) and :meth:`set_mask` refuses
+    any other, the one place where "final" is enforced.
+
+    Attributes (besides :class:`MagnitudeTarget`'s): ``module`` the ``BlockSparseLinear``; ``swapped_at``
+    the optimizer step after which the swap happened.
+    """
+
+    def __init__(self, target: MagnitudeTarget, module: nn.Module, swapped_at: int):
+        super().__init__(target.fqn, target.entry, module.weight_data, target.pattern)
+        self.kernel = target.entry.kernel
+        self.module, self.swapped_at = module, swapped_at
+        self.shape = target.shape
+        self.mask, self.sparsity = target.mask, target.sparsity
+        self.tidy = False
+
+    def mask_source(self) -> torch.Tensor:
+        return self.dense_weight()
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.module.dense_weight().detach()
+
+    def set_mask(self, mask: torch.Tensor | None, sparsity: float | None, *, restored: bool = False) -> None:
+        if mask is None or self.mask is None or not torch.equal(mask.to(self.mask.device), self.mask):
+            raise ValueError(f"{self.fqn}: runs on the {self.kernel} kernel since step {self.swapped_at}; its "
+                             f"final mask cannot change (load such a state into a fresh model and optimizer)")
+        self.sparsity = sparsity
+
+    def pre_step(self) -> None:
+        pass  # the kernel computes gradients of the kept blocks only
+
+    def post_step(self, retidy: bool) -> None:
+        pass
+
+    def apply_mask(self) -> None:
+        pass  # pruned blocks are not stored
+
+    def tidy_state(self, state: dict, fill: dict[str, float] | None) -> None:
+        pass  # no pruned entries in the state either
+
+    def load_state_dict(self, mask: torch.Tensor | None, sparsity: float | None,
+                        dense: torch.Tensor | None = None) -> None:
+        self.set_mask(mask, sparsity, restored=True)
 
 
 #: recipe method kind -> per-weight target class (explicit registry)
