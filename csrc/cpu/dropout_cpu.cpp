@@ -1,14 +1,17 @@
 // CPU dropout: Philox4x32-10 keep bits fused with the scaling, and the backward from the stored bit mask
 // (the element -> random-word mapping is in include/sparse/dropout.h). Two paths with identical results:
 // AVX-512F (sixteen Philox streams per zmm, two blocks interleaved so the multiplier latency is hidden),
-// chosen at run time, and a portable scalar one. Threads: at::parallel_for over blocks of 64 elements
-// (torch's pool, honours torch.set_num_threads); a block's bits depend only on its index, so the split
-// does not change the result.
+// chosen at run time on x86, and a portable scalar one (the only one compiled elsewhere). Threads:
+// at::parallel_for over blocks of 64 elements (torch's pool, honours torch.set_num_threads); a block's bits
+// depend only on its index, so the split does not change the result.
 //
 // Semantics follow torch's CPU dropout (input * (bernoulli(1-p) / (1-p))): a dropped element is x * 0
 // (so NaN/Inf stay NaN and -x gives -0), a kept one x * s. The difference: torch rounds s to the input
 // dtype first (bf16 s = 1.109375 for p = 0.1), here s is fp32 and the product is rounded once.
+#if defined(__x86_64__) || defined(__i386__)
+#define SPARSE_DROPOUT_X86 1
 #include <immintrin.h>
+#endif
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -77,6 +80,7 @@ void apply_scalar(const T* in, T* out, uint64_t bits, int64_t count, const Param
 }
 
 // ----------------------------------------------------------------------------------------- AVX-512 path
+#ifdef SPARSE_DROPOUT_X86
 #define SPARSE_TARGET_DROPOUT __attribute__((target("avx512f")))
 
 SPARSE_TARGET_DROPOUT inline void mulhilo(__m512i a, __m512i m, __m512i& hi, __m512i& lo) {
@@ -221,6 +225,8 @@ SPARSE_TARGET_DROPOUT void backward_avx512(const T* g, T* out, const uint64_t* m
   }
 }
 
+#endif  // SPARSE_DROPOUT_X86
+
 template <typename T>
 void forward_scalar(const T* x, T* out, uint64_t* mask, int64_t n, int64_t b0, int64_t b1, const Params& P) {
   for (int64_t b = b0; b < b1; ++b) {
@@ -241,7 +247,11 @@ void backward_scalar(const T* g, T* out, const uint64_t* mask, int64_t n, int64_
 }
 
 bool avx512_usable() {
+#ifdef SPARSE_DROPOUT_X86
   static const bool ok = __builtin_cpu_supports("avx512f");
+#else
+  constexpr bool ok = false;
+#endif
   const char* env = std::getenv("SPARSE_DROPOUT_ISA");
   return ok && !(env && std::string(env) == "scalar");
 }
@@ -275,15 +285,15 @@ std::tuple<at::Tensor, at::Tensor> dropout_forward_cpu(const at::Tensor& x, doub
   at::Tensor mask = at::empty({nblocks * 8}, x.options().dtype(at::kByte));
   if (n == 0) return {out, mask};
   auto* mbits = reinterpret_cast<uint64_t*>(mask.data_ptr<uint8_t>());
-  const bool vec = avx512_usable();
+  [[maybe_unused]] const bool vec = avx512_usable();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "sparse_dropout_forward", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, nblocks, kGrainBlocks, [&](int64_t b0, int64_t b1) {
-      if (vec)
-        forward_avx512(xp, op, mbits, n, b0, b1, P);
-      else
-        forward_scalar(xp, op, mbits, n, b0, b1, P);
+#ifdef SPARSE_DROPOUT_X86
+      if (vec) return forward_avx512(xp, op, mbits, n, b0, b1, P);
+#endif
+      forward_scalar(xp, op, mbits, n, b0, b1, P);
     });
   });
   return {out, mask};
@@ -302,15 +312,15 @@ at::Tensor dropout_backward_cpu(const at::Tensor& grad, const at::Tensor& mask, 
   at::Tensor out = at::empty(grad.sizes(), grad.options().memory_format(at::MemoryFormat::Contiguous));
   if (n == 0) return out;
   const auto* mbits = reinterpret_cast<const uint64_t*>(mask.const_data_ptr<uint8_t>());
-  const bool vec = avx512_usable();
+  [[maybe_unused]] const bool vec = avx512_usable();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gc.scalar_type(), "sparse_dropout_backward", [&] {
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, nblocks, kGrainBlocks, [&](int64_t b0, int64_t b1) {
-      if (vec)
-        backward_avx512(gp, op, mbits, n, b0, b1, P);
-      else
-        backward_scalar(gp, op, mbits, n, b0, b1, P);
+#ifdef SPARSE_DROPOUT_X86
+      if (vec) return backward_avx512(gp, op, mbits, n, b0, b1, P);
+#endif
+      backward_scalar(gp, op, mbits, n, b0, b1, P);
     });
   });
   return out;
