@@ -7,9 +7,10 @@ and rows shrink matrices downstream: a pruned head removes ``head_dim`` rows of 
 matching columns of the attention-output matrix (``r_col`` of that matrix is the head ratio); a pruned
 FFN intermediate neuron removes a row of FC1 *and* a column of FC2. ``p`` is that sum over all six
 matrices of all layers (matrices no level prunes count in full) divided by the encoder's dense Linear
-weight count (biases excluded, as in the paper). The hard counts (``ceil`` and ``row_multiple``
-rounding) are slightly above it; :meth:`MLPruner.remaining_fraction(hard=True)
-<sparse.mlpruning.MLPruner.remaining_fraction>` reports them exactly.
+weight count (biases excluded, as in the paper). :meth:`MLPruner.remaining_fraction
+<sparse.mlpruning.MLPruner.remaining_fraction>` feeds each r in straight-through: its value is the
+share the hard count keeps (``ceil`` and ``row_multiple`` rounding included), its gradient that of
+``sigmoid(t)``, so R sees the fraction the masks really keep and stops pulling exactly when it reaches T.
 
 **R** (:class:`AdaptiveRegularizer`)::
 
