@@ -36,6 +36,8 @@ def repair(x: torch.Tensor, scores: torch.Tensor, n: int) -> torch.Tensor:
     Each round finds, in every incomplete tile at once, a shortest (BFS) alternating path from a row
     with < n kept to a column with < n kept (add an unkept entry, drop a kept one, ..., add), preferring
     heavy entries to add and light ones to drop, and flips it: +1 kept per row and column at the ends.
+    The csrc kernels (``tile_augment``) run this same search with the same tie rules (the first
+    row/column index wins), so both backends repair a tile the same way.
     A path always exists while a tile is incomplete (K_{m,m} has an n-factor), so this terminates
     after at most n*m rounds.
     """
@@ -101,90 +103,119 @@ def _augment_once(x: torch.Tensor, s: torch.Tensor, n: int) -> torch.Tensor:
     return x
 
 
-def exchange(x: torch.Tensor, scores: torch.Tensor, n: int, max_rounds: int = 64) -> torch.Tensor:
+EXCHANGE_PASSES = 3  # passes of the exchange search (the csrc kernels take the same number)
+
+
+def exchange(x: torch.Tensor, scores: torch.Tensor, n: int, passes: int = EXCHANGE_PASSES) -> torch.Tensor:
     """Local improvement by row-pair exchanges (negative 4-cycles): row i hands a kept column j to row
     k while k hands a kept column l to i. Row and column counts never change, so validity is kept.
-    Applies the best exchange per tile per round until no tile improves."""
+
+    The search of the csrc kernels (``tile_exchange``), step for step and in the scores' precision, so
+    that both backends give the same mask: per pass, the pairs i < k in order, each taking its best
+    exchange (first j and l on ties) when the gain exceeds 1e-7 of the tile's largest score.
+    """
     x = x.clone()
     t, m, _ = x.shape
-    ar = torch.arange(t, device=x.device)
     s = scores
-    active = torch.ones(t, dtype=torch.bool, device=x.device)
-    for _ in range(max_rounds):
-        idx = active.nonzero().squeeze(1)
-        if idx.numel() == 0:
+    neg = torch.full((), NEG, dtype=s.dtype, device=s.device)
+    tol = torch.full((), 1e-7, dtype=s.dtype, device=s.device) * s.reshape(t, -1).amax(1)
+    for _ in range(passes):
+        improved = False
+        for i in range(m):
+            for k in range(i + 1, m):
+                xi, xk, si, sk = x[:, i], x[:, k], s[:, i], s[:, k]
+                give, take = xi & ~xk, xk & ~xi            # j: i -> k, l: k -> i
+                ga_all = torch.where(give, sk - si, neg)
+                gb_all = torch.where(take, si - sk, neg)
+                j, l = ga_all.argmax(1, keepdim=True), gb_all.argmax(1, keepdim=True)
+                gain = ga_all.gather(1, j).squeeze(1) + gb_all.gather(1, l).squeeze(1)
+                sel = (give.any(1) & (gain > tol)).nonzero().squeeze(1)
+                if sel.numel() == 0:
+                    continue
+                j, l = j.squeeze(1)[sel], l.squeeze(1)[sel]
+                x[sel, i, j] = False
+                x[sel, k, j] = True
+                x[sel, k, l] = False
+                x[sel, i, l] = True
+                improved = True
+        if not improved:
             break
-        xa, sa = x[idx], s[idx]
-        # a[i, k, j]: gain of moving column j from row i to row k (needs x_ij and not x_kj)
-        ok_a = xa.unsqueeze(2) & ~xa.unsqueeze(1)  # [B, i, k, j]
-        ga = torch.where(ok_a, sa.unsqueeze(1) - sa.unsqueeze(2), torch.full_like(ok_a, NEG, dtype=s.dtype))
-        best_a, arg_j = ga.max(3)  # [B, i, k]
-        # the reverse move from k to i is best_a[k, i]
-        gain = best_a + best_a.transpose(1, 2)
-        flat = gain.reshape(idx.numel(), -1)
-        g, arg = flat.max(1)
-        tol = 1e-7 * sa.reshape(idx.numel(), -1).amax(1).clamp(min=1e-30)
-        improve = g > tol
-        if not bool(improve.any()):
-            break
-        i, k = arg // m, arg % m
-        j = arg_j[torch.arange(idx.numel(), device=x.device), i, k]
-        l = arg_j[torch.arange(idx.numel(), device=x.device), k, i]
-        sel = idx[improve]
-        i, k, j, l = i[improve], k[improve], j[improve], l[improve]
-        x[sel, i, j] = False
-        x[sel, k, j] = True
-        x[sel, k, l] = False
-        x[sel, i, l] = True
-        active = torch.zeros_like(active)
-        active[sel] = True
-    del ar
     return x
 
 
 def exact(scores: torch.Tensor, n: int) -> torch.Tensor:
     """Exact optimum per tile by successive shortest paths (min-cost flow), batched over tiles.
 
-    Starts from the empty mask and adds one unit of flow per round along a shortest path in the
-    residual graph (Bellman-Ford on the dense bipartite graph, vectorised over tiles); after n*m
-    rounds every tile is an optimal transposable mask. Costs are -score (fp64 to keep ties sane).
+    The csrc kernel's ``tile_exact`` step for step, vectorised over tiles, so that both backends return
+    the same mask even where several masks are optimal: n*m augmentations of one unit from the empty
+    mask, each along a shortest residual path found by Dijkstra with Johnson potentials (every reduced
+    cost >= 0), in fp64 with the kernel's operation order and tie rules (the lowest node id is settled
+    first, strict improvements only). Python loops run over steps inside a tile (about 2m per
+    augmentation), never over tiles.
     """
     t, m, _ = scores.shape
     dev = scores.device
-    s = scores.to(torch.float64)
-    x = torch.zeros(t, m, m, dtype=torch.bool, device=dev)
-    ar = torch.arange(t, device=dev)
+    s = scores.to(torch.float64)                  # float -> double is exact, as in the kernel
     inf = torch.tensor(float("inf"), dtype=torch.float64, device=dev)
+    ar = torch.arange(t, device=dev)
+    node = torch.arange(2 * m, device=dev)
+    x = torch.zeros(t, m, m, dtype=torch.bool, device=dev)
+    rdeg = torch.zeros(t, m, dtype=torch.long, device=dev)
+    cdeg = torch.zeros(t, m, dtype=torch.long, device=dev)
+    # Potentials: rows 0, column j -max_i s_ij, sink the smallest column potential.
+    pot = torch.cat([torch.zeros(t, m, dtype=torch.float64, device=dev), -s.amax(1)], 1)
+    pot_t = pot[:, m:].amin(1)
+    live = torch.ones(t, dtype=torch.bool, device=dev)  # False only if a tile found no path (non-finite input)
     for _ in range(n * m):
-        row_def = x.sum(2) < n
-        col_def = x.sum(1) < n
-        d_r = torch.where(row_def, torch.zeros_like(s[:, :, 0]), inf)
-        par_r = torch.full((t, m), -1, dtype=torch.long, device=dev)
-        d_c = torch.full((t, m), float("inf"), dtype=torch.float64, device=dev)
-        par_c = torch.full((t, m), -1, dtype=torch.long, device=dev)
-        fwd = torch.where(x, inf, -s)  # row i -> col j adds (i, j)
-        bwd = torch.where(x, s, inf)  # col j -> row i drops (i, j)
-        for _ in range(2 * m + 2):
-            cand_c, arg_r = (d_r.unsqueeze(2) + fwd).min(1)
-            upd_c = cand_c < d_c - 1e-12
-            d_c = torch.where(upd_c, cand_c, d_c)
-            par_c = torch.where(upd_c, arg_r, par_c)
-            cand_r, arg_c = (d_c.unsqueeze(1) + bwd).min(2)
-            upd_r = cand_r < d_r - 1e-12
-            d_r = torch.where(upd_r, cand_r, d_r)
-            par_r = torch.where(upd_r, arg_c, par_r)
-            if not bool(upd_c.any() | upd_r.any()):
-                break
-        col = torch.where(col_def, d_c, inf).argmin(1)
-        active = torch.ones(t, dtype=torch.bool, device=dev)
-        for _ in range(m + 1):
-            row = par_c[ar, col]
-            x[ar[active], row[active], col[active]] = True
-            nxt = par_r[ar, row]
-            cont = active & (nxt >= 0)
-            x[ar[cont], row[cont], nxt[cont]] = False
-            col = torch.where(cont, nxt, col)
-            active = cont
+        dist = torch.cat([torch.where(rdeg < n, -pot[:, :m], inf), inf.expand(t, m)], 1)
+        prev = torch.full((t, 2 * m), -1, dtype=torch.long, device=dev)
+        closed = torch.zeros(t, 2 * m, dtype=torch.bool, device=dev)
+        d_t = inf.expand(t).clone()
+        endc = torch.full((t,), -1, dtype=torch.long, device=dev)
+        for _ in range(2 * m):
+            cand = torch.where(closed, inf, dist)
+            u = cand.argmin(1)
+            du = cand.gather(1, u[:, None]).squeeze(1)
+            active = (du < d_t) & live
             if not bool(active.any()):
                 break
+            closed |= active[:, None] & (node[None, :] == u[:, None])
+            pu = du + pot.gather(1, u[:, None]).squeeze(1)
+            is_row = u < m
+            r, c = u.clamp(max=m - 1), (u - m).clamp(min=0)
+            # row u -> column j over unkept entries: (pu - s_uj) - pot_j
+            nd_c = (pu[:, None] - s[ar, r, :]) - pot[:, m:]
+            upd_c = (active & is_row)[:, None] & ~x[ar, r, :] & (nd_c < dist[:, m:])
+            dist[:, m:] = torch.where(upd_c, nd_c, dist[:, m:])
+            prev[:, m:] = torch.where(upd_c, u[:, None], prev[:, m:])
+            # column c -> row i over kept entries: (pu + s_ic) - pot_i; column c -> sink if not full
+            nd_r = (pu[:, None] + s[ar, :, c]) - pot[:, :m]
+            to_col = active & ~is_row
+            upd_r = to_col[:, None] & x[ar, :, c] & (nd_r < dist[:, :m])
+            dist[:, :m] = torch.where(upd_r, nd_r, dist[:, :m])
+            prev[:, :m] = torch.where(upd_r, u[:, None], prev[:, :m])
+            via = pu - pot_t
+            upd_t = to_col & (cdeg[ar, c] < n) & (via < d_t)
+            d_t = torch.where(upd_t, via, d_t)
+            endc = torch.where(upd_t, c, endc)
+        live &= endc >= 0
+        # Augment: sink <- column endc <- row <- column <- ... <- a row with spare capacity.
+        cdeg[ar[live], endc[live]] += 1
+        v = m + endc.clamp(min=0)
+        active = live.clone()
+        for _ in range(2 * m):
+            if not bool(active.any()):
+                break
+            row = prev[ar, v].clamp(min=0)
+            x[ar[active], row[active], v[active] - m] = True
+            p = prev[ar, row]
+            stop = active & (p < 0)
+            rdeg[ar[stop], row[stop]] += 1
+            cont = active & (p >= 0)
+            x[ar[cont], row[cont], p[cont] - m] = False
+            v = torch.where(cont, p, v)
+            active = cont
+        step = torch.where(dist < d_t[:, None], dist, d_t[:, None])
+        pot = torch.where(live[:, None], pot + step, pot)
+        pot_t = torch.where(live, pot_t + d_t, pot_t)
     return x

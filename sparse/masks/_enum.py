@@ -58,11 +58,26 @@ def patterns(n: int, m: int) -> torch.Tensor:
 
 
 def enum_tiles(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Best valid pattern per tile. ``scores``: ``[T, m, m]`` float -> bool ``[T, m, m]``."""
-    pats = patterns(n, m).to(device=scores.device, dtype=scores.dtype)
-    flat = scores.reshape(-1, m * m)
-    best = torch.empty(flat.shape[0], dtype=torch.long, device=scores.device)
-    chunk = 1 << 18  # bound the [chunk, P] score buffer
-    for s in range(0, flat.shape[0], chunk):
-        best[s:s + chunk] = (flat[s:s + chunk] @ pats.T).argmax(1)
+    """Best valid pattern per tile. ``scores``: ``[T, m, m]`` float -> bool ``[T, m, m]``.
+
+    Sums in the csrc kernels' order (each row's combination sums, then a pattern's rows in order) and
+    in the scores' precision, first best pattern on ties, so both backends pick the same pattern even
+    where two patterns' sums differ by one rounding.
+    """
+    combos, rows = pattern_table(n, m)
+    combos, rows = combos.long().to(scores.device), rows.long().to(scores.device)
+    pats = patterns(n, m).to(device=scores.device)
+    t = scores.shape[0]
+    best = torch.empty(t, dtype=torch.long, device=scores.device)
+    chunk = max(1, (1 << 22) // rows.shape[0])  # bound the [chunk, P] score buffer
+    for s0 in range(0, t, chunk):
+        sc = scores[s0:s0 + chunk]
+        g = sc[:, :, combos]                     # [c, m, C, n]: |w| of each row's combinations
+        rs = g[..., 0]
+        for q in range(1, n):
+            rs = rs + g[..., q]
+        acc = rs[:, 0, rows[:, 0]]               # [c, P]
+        for i in range(1, m):
+            acc = acc + rs[:, i, rows[:, i]]
+        best[s0:s0 + chunk] = acc.argmax(1)
     return pats.bool()[best].reshape(-1, m, m)

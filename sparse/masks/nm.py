@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_dim, check_nm, check_weight, pad_to_multiple, scores
+from ._checks import check_dim, check_nm, check_weight, native_operand, pad_to_multiple, scores
 from .._backends import ext
 from ..ops.dispatch import Op
 
@@ -26,7 +26,7 @@ def _ext_on(device_type: str):
 @nm_op.register("csrc-cuda", _ext_on("cuda"))
 @nm_op.register("csrc-cpu", _ext_on("cpu"))
 def _nm_ext(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    return ext().nm_mask(w.float().contiguous(), n, m)  # bool from csrc
+    return ext().nm_mask(native_operand(w), n, m)  # bool from csrc
 
 
 @nm_op.register("torch")
@@ -41,7 +41,8 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, dim: int = 1, *, pad: bool = F
     """N:M mask of a 2-D weight.
 
     Args:
-        weight: ``[out_features, in_features]`` float tensor (fp32/fp16/bf16/fp64), any device.
+        weight: ``[out_features, in_features]`` float tensor, any device. fp64 is compared in fp64 and
+            every other float dtype in fp32 (exact for fp16/bf16/float8), on every backend alike.
         n, m: keep ``n`` of every ``m`` consecutive weights, ``1 <= n < m <= 32``.
         dim: dimension the groups run along (1: along ``in_features``, the hardware layout).
         pad: allow a size along ``dim`` not divisible by ``m`` (tail treated as zero-padded).
@@ -50,7 +51,7 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, dim: int = 1, *, pad: bool = F
         ``torch.bool`` tensor of ``weight``'s shape and device; exactly ``n`` True per full group.
         Ties are broken deterministically towards the lower index.
     """
-    check_weight(weight)
+    weight = check_weight(weight)
     n, m = check_nm(n, m)
     dim = check_dim(dim)
     rows, cols = weight.shape

@@ -23,7 +23,7 @@ import logging
 import torch
 
 from . import _batched, _enum, _flow
-from ._checks import check_nm, check_weight, pad_to_multiple, scores
+from ._checks import check_nm, check_weight, native_operand, pad_to_multiple, scores
 from .tiles import from_tiles, to_tiles
 from ..ops.dispatch import Op
 from .._backends import ext
@@ -53,29 +53,28 @@ def _on(device_type: str):
     return usable
 
 
-# Each op maps a float32 weight matrix ``w [R, C]`` (R, C multiples of m; signs ignored) to a bool
-# mask ``[R, C]``. The csrc kernels read tiles in place; the torch versions gather tiles first.
+# Each op maps a weight matrix ``w [R, C]`` (R, C multiples of m; signs ignored; fp32, or fp64 computed
+# in fp64) to a bool mask ``[R, C]``. The csrc kernels read tiles in place; the torch versions gather
+# tiles first. Both run the same algorithm with the same tie rules in the same precision, so a given
+# input gets the same mask on every backend.
 exact_op = Op("transposable_exact")
 greedy_op = Op("transposable_greedy")
 approx_op = Op("transposable_approx")
 enum_op = Op("transposable_enum")
 
 
-def _f32(w: torch.Tensor) -> torch.Tensor:
-    return w.float().contiguous()  # no copy for contiguous fp32; the kernels take |w| themselves
-
-
 for _backend, _device in (("csrc-cuda", "cuda"), ("csrc-cpu", "cpu")):
-    exact_op.register(_backend, _on(_device))(lambda w, n, m: ext().transposable_exact(_f32(w), n, m))
-    approx_op.register(_backend, _on(_device))(lambda w, n, m: ext().transposable_approx(_f32(w), n, m))
-    greedy_op.register(_backend, _on(_device))(lambda w, n, m: ext().transposable_greedy(_f32(w), n, m))
+    exact_op.register(_backend, _on(_device))(lambda w, n, m: ext().transposable_exact(native_operand(w), n, m))
+    approx_op.register(_backend, _on(_device))(
+        lambda w, n, m: ext().transposable_approx(native_operand(w), n, m, _batched.EXCHANGE_PASSES))
+    greedy_op.register(_backend, _on(_device))(lambda w, n, m: ext().transposable_greedy(native_operand(w), n, m))
 
 
 @enum_op.register("csrc-cuda", _on("cuda"))
 @enum_op.register("csrc-cpu", _on("cpu"))
 def _enum_ext(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     combos, rows = _enum.pattern_table(n, m)
-    return ext().transposable_enum(_f32(w), n, m, combos, rows)
+    return ext().transposable_enum(native_operand(w), n, m, combos, rows)
 
 
 def _tiled(fn):
@@ -92,7 +91,7 @@ APPROX_EXACT_MAX_N = 2  # same rule as csrc: exchange search is weakest, and exa
 def _approx_torch(s: torch.Tensor, n: int, m: int) -> torch.Tensor:
     if n <= APPROX_EXACT_MAX_N:
         return _batched.exact(s, n)
-    return _batched.exchange(_batched.repair(_batched.greedy(s, n), s, n), s, n)
+    return _batched.exchange(_batched.repair(_batched.greedy(s, n), s, n), s, n, _batched.EXCHANGE_PASSES)
 
 
 approx_op.register("torch")(_tiled(_approx_torch))
@@ -131,16 +130,18 @@ def transposable_mask(weight: torch.Tensor, n: int, m: int, method: str = "auto"
     """Transposable N:M mask of a 2-D weight.
 
     Args:
-        weight: ``[out_features, in_features]`` float tensor (fp32/fp16/bf16/fp64), CPU or CUDA.
+        weight: ``[out_features, in_features]`` float tensor, CPU or CUDA. fp64 is solved in fp64 and
+            every other float dtype in fp32 (exact for fp16/bf16/float8), on every backend alike.
         n, m: every aligned ``m x m`` tile keeps exactly ``n`` per row and column; ``1 <= n < m <= 32``.
         method: ``"auto"``, ``"exact"``, ``"approx"``, ``"greedy"`` or ``"flow"`` (module docstring).
         pad: allow sizes not divisible by ``m`` (tails treated as zero-padded, mask cropped).
 
     Returns:
-        ``torch.bool`` tensor of ``weight``'s shape on ``weight``'s device. Deterministic for a
-        given input and backend, including under ties.
+        ``torch.bool`` tensor of ``weight``'s shape on ``weight``'s device. Deterministic, including
+        under ties, and the same on every backend (csrc CPU/CUDA and pure torch run the same steps
+        in the same precision with the same tie rules).
     """
-    check_weight(weight)
+    weight = check_weight(weight)
     n, m = check_nm(n, m)
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")

@@ -26,7 +26,8 @@ def is_nm(mask: torch.Tensor, n: int, m: int, dim: int = 1) -> bool:
 
 
 def tile_counts(mask: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tile row and column counts: two int tensors ``[tiles, m]``."""
+    """Per-tile row and column counts: two int tensors ``[tiles, m]`` (sides multiples of m, checked by
+    the callers)."""
     r, c = mask.shape
     t = _as_bool(mask).reshape(r // m, m, c // m, m).permute(0, 2, 1, 3).reshape(-1, m, m).to(torch.int32)
     return t.sum(2), t.sum(1)
@@ -46,6 +47,14 @@ def is_transposable(mask: torch.Tensor, n: int, m: int) -> bool:
 
 
 def complete_tiles(mask: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Bool ``[tiles]``: which aligned tiles have exactly ``n`` per row and column."""
+    """Bool ``[tiles]``: which aligned tiles have exactly ``n`` per row and column.
+
+    ``mask``: 2-D bool (or numeric, non-zero = kept) tensor with both sides multiples of ``m``; tiles in
+    row-major tile order (tile (i, j) at index ``i * (cols / m) + j``).
+    """
+    check_mask(mask)
+    n, m = check_nm(n, m)
+    if mask.shape[0] % m or mask.shape[1] % m:
+        raise ValueError(f"mask: expected both sides multiples of m={m}, got shape {tuple(mask.shape)}")
     rows, cols = tile_counts(mask, m)
     return (rows == n).all(1) & (cols == n).all(1)
