@@ -12,6 +12,12 @@
 5. :func:`cache_accuracy`, :func:`save_run` (model and masks as safetensors, ``result.json``,
    written atomically), :func:`save_teacher`.
 
+``train.fast_dropout`` (default on) runs the model's dropout on :func:`sparse.nn.dropout.use_fast_dropout`.
+Entries with ``kernel: block-sparse`` move to ``BlockSparseLinear`` once their mask is final (inside
+:class:`~sparse.SparseOptimizer`); the result then reports seconds per step before and after the swap, and
+the run folder still holds the dense-shaped model (blocks expanded; ``keep_sparse_modules`` adds the
+block-sparse form, :func:`sparse.pruning.kernel_swap.load_block_sparse`).
+
 A recipe with an ``mlpruning`` block (:class:`sparse.mlpruning.MLPruner`) instead of pruning entries
 adds :func:`build_pruner` after :func:`build_model`: the pruner's scores and thresholds get their own
 AdamW groups, its regulariser is added to the loss (and the hidden-state MSE when it distils), and the
@@ -44,6 +50,7 @@ import torch.nn.functional as F
 
 from .io_utils import atomic_dir, atomic_file, atomic_write_json, atomic_write_text
 from .optim import SparseOptimizer
+from .pruning.kernel_swap import block_sparse_modules
 from .policy import is_head
 from .recipe import MAX_SEED, Recipe, load_recipe
 
@@ -68,6 +75,11 @@ class FinetuneResult:
     out_dir: str | None = None
     notes: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)   # what ``finetune(after=...)`` returned
+    # kernel: entries: the step after which every such layer runs on its kernel, and the mean training
+    # seconds per step before and after it (each phase without its first step: one-off costs)
+    kernel_step: int | None = None
+    seconds_per_step_before_swap: float | None = None
+    seconds_per_step_after_swap: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -111,6 +123,7 @@ class TrainLog:
     epoch_accuracy: list[float]
     seconds: float          # training and per-epoch evaluation
     train_seconds: float    # training only
+    step_seconds: list[float] = field(default_factory=list)  # each optimizer step's wall time
 
 
 def cache_dir() -> str:
@@ -288,6 +301,15 @@ def build_model(recipe: Recipe, data: RunData) -> torch.nn.Module:
     return model.train()
 
 
+def use_dropout(model: torch.nn.Module, recipe: Recipe) -> None:
+    """``train.fast_dropout``: the fast dropout kernel for the model's dropout (same distribution, other bits);
+    off: PyTorch's dropout, bit-exact with plain PyTorch runs."""
+    if recipe.train.fast_dropout:
+        from .nn.dropout import use_fast_dropout
+
+        use_fast_dropout(model)
+
+
 def param_groups(model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
     """AdamW groups: ``head_lr`` for the layers of the layer policy's heads (:func:`sparse.policy.is_head`:
     freshly initialised, they need a larger step), ``lr`` for the rest; no decay on biases and norms."""
@@ -331,6 +353,9 @@ def run_notes(recipe: Recipe, total: int, teacher: torch.nn.Module | None) -> li
         if first > total:
             notes.append(f"pruning entry {e.name!r} starts at step {first} but the run stops at step {total}: "
                          f"its layers stay dense")
+        elif e.kernel != "none" and e.final_step >= total:
+            notes.append(f"pruning entry {e.name!r} moves to the {e.kernel} kernel after step {e.final_step} but the "
+                         f"run stops at step {total}: its layers stay masked dense")
     for n in notes:
         log.warning(n)
     if teacher is not None:
@@ -378,10 +403,13 @@ def training_loss(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, re
 
 
 def train_epoch(model: torch.nn.Module, opt: SparseOptimizer, sched, train: Split, perm: torch.Tensor,
-                recipe: Recipe, teacher: torch.nn.Module | None, step: int, total: int, bar, pruner=None) -> int:
-    """One pass over ``train`` in the order ``perm``, stopping at step ``total``; returns the step reached."""
+                recipe: Recipe, teacher: torch.nn.Module | None, step: int, total: int, bar, pruner=None,
+                step_seconds: list[float] | None = None) -> int:
+    """One pass over ``train`` in the order ``perm``, stopping at step ``total``; returns the step reached.
+    ``step_seconds``: each step's wall time is appended to it."""
     bs = recipe.train.batch_size
     for i in range(0, len(perm), bs):
+        ts = time.perf_counter()
         idx = perm[i:i + bs]
         loss = training_loss(model, train.inputs(idx), train.labels[idx], recipe, teacher, pruner)
         if not torch.isfinite(loss):
@@ -392,6 +420,8 @@ def train_epoch(model: torch.nn.Module, opt: SparseOptimizer, sched, train: Spli
         sched.step()
         opt.zero_grad()
         step += 1
+        if step_seconds is not None:
+            step_seconds.append(time.perf_counter() - ts)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step >= total:
@@ -430,17 +460,32 @@ def train(model: torch.nn.Module, opt: SparseOptimizer, sched, data: RunData, re
     step = 0
     t0 = time.perf_counter()
     train_time = 0.0
+    step_seconds: list[float] = []
     bar = tqdm(total=total, desc=f"finetune {recipe.name}", unit="step", disable=not progress)
     while step < total:
         perm = torch.randperm(len(data.train), generator=gen)
         ts = time.perf_counter()
-        step = train_epoch(model, opt, sched, data.train, perm, recipe, teacher, step, total, bar, pruner)
+        step = train_epoch(model, opt, sched, data.train, perm, recipe, teacher, step, total, bar, pruner,
+                           step_seconds)
         train_time += time.perf_counter() - ts
         epoch_acc.append(evaluate_split(model, data.test, recipe))
         bar.write(f"epoch {len(epoch_acc)}: step {step}/{total}  test accuracy {100 * epoch_acc[-1]:.2f}%"
                   + (f"  remaining {100 * pruner.remaining_fraction(hard=True):.1f}%" if pruner is not None else ""))
     bar.close()
-    return TrainLog(epoch_acc, time.perf_counter() - t0, train_time)
+    return TrainLog(epoch_acc, time.perf_counter() - t0, train_time, step_seconds)
+
+
+def swap_timing(step_seconds: list[float], kernel_step: int | None) -> tuple[float | None, float | None]:
+    """Mean seconds per step before and after the kernel swap (steps ``1..kernel_step`` and the rest), each
+    without its phase's first step (first calls, the swap itself) when the phase has more; None if empty."""
+    if kernel_step is None:
+        return None, None
+
+    def mean(xs: list[float]) -> float | None:
+        xs = xs[1:] if len(xs) > 1 else xs
+        return sum(xs) / len(xs) if xs else None
+
+    return mean(step_seconds[:kernel_step]), mean(step_seconds[kernel_step:])
 
 
 def cache_accuracy(recipe: Recipe, plan: RunPlan, accuracy: float) -> float | None:
@@ -459,15 +504,18 @@ def cache_accuracy(recipe: Recipe, plan: RunPlan, accuracy: float) -> float | No
 
 
 def save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result: FinetuneResult,
-             recipe: Recipe, tokenizer=None, packed: torch.nn.Module | None = None) -> None:
+             recipe: Recipe, tokenizer=None, packed: torch.nn.Module | None = None,
+             keep_sparse_modules: bool = False) -> None:
     """Write ``model.safetensors``, ``masks.safetensors`` (bool, keyed by weight fqn) and ``result.json``;
     for a Hugging Face model also ``config.json`` and the tokenizer, so that ``out_dir`` is a model folder
     that ``from_pretrained`` and ``sparse convert`` load. Files there are replaced: whether ``out_dir``
     may hold an earlier run is the caller's check (:func:`check_out_dir`). With ``packed`` (an MLPruning
     run) that model is saved instead of ``model``: ``out_dir`` is then a packed folder
-    (:func:`sparse.mlpruning.load_packed`)."""
+    (:func:`sparse.mlpruning.load_packed`). Layers on a block-sparse kernel are saved expanded to dense
+    weights; ``keep_sparse_modules`` also writes them as they are (``sparse_modules.safetensors`` and
+    ``.json``, :func:`sparse.pruning.kernel_swap.save_block_sparse`)."""
     try:
-        _save_run(out_dir, model, opt, result, recipe, tokenizer, packed)
+        _save_run(out_dir, model, opt, result, recipe, tokenizer, packed, keep_sparse_modules)
     except OSError as exc:  # a full or read-only disk: say which run could not be saved
         reason = exc.strerror or str(exc)
         msg = f"cannot write the run to {out_dir}: {reason}"
@@ -475,8 +523,10 @@ def save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result:
 
 
 def _save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result: FinetuneResult, recipe: Recipe,
-              tokenizer, packed: torch.nn.Module | None = None) -> None:
+              tokenizer, packed: torch.nn.Module | None = None, keep_sparse_modules: bool = False) -> None:
     from safetensors.torch import save_file
+
+    from .pruning.kernel_swap import SPARSE_MODULES_FILE, SPARSE_MODULES_JSON, dense_state_dict, save_block_sparse
 
     os.makedirs(out_dir, exist_ok=True)
     if packed is not None:
@@ -490,9 +540,15 @@ def _save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
         # clone: tied/shared storages cannot be saved by safetensors as views
-        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        state = {k: v.detach().contiguous().clone() for k, v in dense_state_dict(model).items()}
         with atomic_file(os.path.join(out_dir, "model.safetensors"), force=True) as tmp:
             save_file(state, tmp, metadata={"recipe": recipe.name, "format": "pt"})
+        if keep_sparse_modules and block_sparse_modules(model):
+            save_block_sparse(model, out_dir)
+        else:  # an overwritten run's sparse modules would not match this model
+            for name in (SPARSE_MODULES_JSON, SPARSE_MODULES_FILE):
+                if os.path.isfile(os.path.join(out_dir, name)):
+                    os.remove(os.path.join(out_dir, name))
     masks = {k: v.contiguous() for k, v in opt.masks.items()}
     with atomic_file(os.path.join(out_dir, "masks.safetensors"), force=True) as tmp:
         save_file(masks, tmp, metadata={"recipe": recipe.name, "fingerprint": recipe.pruning_fingerprint()})
@@ -517,8 +573,8 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
              epochs: int | None = None, seed: int | None = None, out_dir: str | None = None, overwrite: bool = False,
              limit_train: int | None = None, limit_test: int | None = None, progress: bool = True,
              use_cache: bool = True,
-             after: Callable[[torch.nn.Module, Callable[[torch.nn.Module], float]], dict] | None = None
-             ) -> FinetuneResult:
+             after: Callable[[torch.nn.Module, Callable[[torch.nn.Module], float]], dict] | None = None,
+             keep_sparse_modules: bool = False) -> FinetuneResult:
     """Fine-tune ``recipe``'s model on its dataset, pruning as the recipe says.
 
     Args:
@@ -531,6 +587,8 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
             (nothing saved if ``None``); an existing run there is refused unless ``overwrite``.
         limit_train, limit_test: use only the first N examples (smoke tests).
         use_cache: read and write the dense-run cache (:func:`cache_dir`).
+        keep_sparse_modules: also save the layers that run on a block-sparse kernel as such
+            (``sparse_modules.safetensors`` / ``.json`` next to the dense-shaped model).
         after: called as ``after(model, test_accuracy)`` once training ends, where
             ``test_accuracy(m)`` evaluates any model ``m`` on the run's test split; its dict is kept in
             ``result.extra`` (e.g. accuracy of the fine-tuned model pruned one-shot afterwards).
@@ -544,6 +602,7 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
     check_teacher_labels(teacher, len(data.label_names))
     plan = plan_run(recipe, len(data.train), len(data.test), max_steps)
     model = build_model(recipe, data)
+    use_dropout(model, recipe)
     pruner = build_pruner(model, recipe)
     opt, sched = build_optimizer(model, recipe, plan.total, pruner)
     notes = run_notes(recipe, plan.total, teacher)
@@ -556,11 +615,19 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
                             seconds=trained.seconds, seconds_per_step=trained.train_seconds / max(plan.total, 1),
                             n_train=len(data.train), n_test=len(data.test), layers=opt.report(), out_dir=out_dir,
                             notes=notes)
+    if opt.kernel_step is not None and opt.kernel_step < plan.total:
+        result.kernel_step = opt.kernel_step
+        result.seconds_per_step_before_swap, result.seconds_per_step_after_swap = swap_timing(
+            trained.step_seconds, opt.kernel_step)
+    if keep_sparse_modules and not block_sparse_modules(model):
+        result.notes.append("keep_sparse_modules: no layer runs on a block-sparse kernel; only the dense model "
+                            "is saved")
     if after is not None:
         result.extra = dict(after(model, lambda m: evaluate_split(m, data.test, recipe)))
     packed = pack_run(pruner, result, data, recipe) if pruner is not None else None
     if out_dir is not None:
-        save_run(out_dir, model, opt, result, recipe, tokenizer=data.tokenizer, packed=packed)
+        save_run(out_dir, model, opt, result, recipe, tokenizer=data.tokenizer, packed=packed,
+                 keep_sparse_modules=keep_sparse_modules)
     if use_cache and is_dense(recipe):
         save_teacher(plan.key, model, opt, result, recipe, tokenizer=data.tokenizer)
     return result

@@ -18,7 +18,8 @@ DEFAULT_RECIPE_NAME = "minilm-bbc-2of4-transposable.yaml"
 RUNS_DIR = "sparse-runs"
 # files a run writes into --out (save_run, and the tokenizer's save_pretrained)
 RUN_FILES = ("model.safetensors", "masks.safetensors", "result.json", "config.json", "tokenizer.json",
-             "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+             "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "sparse_modules.safetensors",
+             "sparse_modules.json")
 
 
 def recipes_dir():
@@ -85,6 +86,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--limit-train", type=int, default=None, help="use only the first N training examples")
     parser.add_argument("--limit-test", type=int, default=None, help="use only the first N test examples")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--keep-sparse-modules", action="store_true",
+                        help="also save the layers that run on a block-sparse kernel (recipe entries with "
+                             "kernel: block-sparse) as such: sparse_modules.safetensors + sparse_modules.json, "
+                             "loaded by sparse.pruning.kernel_swap.load_block_sparse(model, folder); the "
+                             "folder's model.safetensors is always the dense-shaped model")
+    parser.add_argument("--no-fast-dropout", action="store_true",
+                        help="PyTorch's own dropout instead of the fast dropout kernel (sets train.fast_dropout: "
+                             "false): bit-exact comparison with plain PyTorch runs")
 
 
 def check_arguments(args) -> None:
@@ -163,9 +172,16 @@ def summary(res, recipe, out: str) -> str:
                      f"gap {100 * (res.accuracy - res.dense_accuracy):+.2f} points")
     elif recipe.pruning:
         lines.append("dense         (no cached dense run with the same settings: run minilm-bbc-dense to compare)")
+    if res.kernel_step is not None:
+        before, after = res.seconds_per_step_before_swap, res.seconds_per_step_after_swap
+        speed = f"  ({before / after:.2f}x)" if before and after else ""
+        lines.append(f"kernel        block-sparse after step {res.kernel_step}: "
+                     + (f"{before:.3f} s/step before" if before is not None else "no step before")
+                     + (f", {after:.3f} s/step after" if after is not None else "") + speed)
     lines += [f"note          {n}" for n in res.notes]
+    kept = os.path.isfile(os.path.join(out, "sparse_modules.json")) and res.kernel_step is not None
     lines.append(f"saved         {out}/ (a Hugging Face model folder: model.safetensors, config.json, tokenizer; "
-                 f"plus masks.safetensors, result.json)")
+                 f"plus masks.safetensors, result.json" + (", sparse_modules.*" if kept else "") + ")")
     return "\n".join(lines)
 
 
@@ -178,6 +194,10 @@ def run(args) -> int:
 
     check_arguments(args)
     recipe = resolve_recipe(args.recipe)
+    if args.no_fast_dropout:
+        import dataclasses
+
+        recipe = recipe.replace(train=dataclasses.replace(recipe.train, fast_dropout=False))
     seed = recipe.train.seed if args.seed is None else args.seed
     out = args.out or default_out_dir(recipe.name, seed)
     # outputs are checked before a missing teacher or the run itself is trained
@@ -189,7 +209,8 @@ def run(args) -> int:
                     limit_test=args.limit_test, progress=not args.no_progress)
     with interrupts_as_exceptions():  # SIGTERM unwinds like Ctrl-C: the atomic writers clean up
         teacher = ft.resolve_teacher(recipe, **run_args)
-        res = ft.finetune(recipe, teacher=teacher, out_dir=out, overwrite=args.overwrite, **run_args)
+        res = ft.finetune(recipe, teacher=teacher, out_dir=out, overwrite=args.overwrite,
+                          keep_sparse_modules=args.keep_sparse_modules, **run_args)
     print(summary(res, recipe, out))
     if args.json:
         try:

@@ -112,3 +112,96 @@ def test_finetune_real_minilm_smoke(tmp_path, monkeypatch, capsys):
     # never clobber a previous run unless asked
     assert main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ kernel swap and fast dropout (issue 14)
+BLOCK90_FILE = os.path.join(ROOT, "recipes", "minilm-bbc-block90.yaml")
+
+
+def test_block90_recipe_shipped():
+    r = load_recipe(BLOCK90_FILE)
+    e, = r.pruning
+    assert e.kernel == "block-sparse" and e.pattern.block == (32, 32) and e.pattern.sparsity == 0.9
+    assert e.schedule.kind == "cubic" and e.final_step == 112 and e.refresh_every == 0
+    assert r.train.fast_dropout
+
+
+def test_block90_smoke_swaps_saves_and_reloads(tmp_path, capsys):
+    """The shipped block90 recipe with its gradual schedule cut to steps 0-2: the real MiniLM moves to
+    BlockSparseLinear after step 2, trains 2 more steps on the kernels, reports s/step before and after,
+    and saves a dense-shaped HF folder that also reloads as the sparse modules."""
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from sparse.finetune import load_texts
+    from sparse.nn import BlockSparseLinear
+    from sparse.pruning.kernel_swap import load_block_sparse
+
+    with open(BLOCK90_FILE, encoding="utf-8") as f:
+        d = yaml.safe_load(f)
+    d["pruning"][0]["schedule"].update(end_step=2, frequency=1)
+    recipe_path = tmp_path / "block90.yaml"
+    recipe_path.write_text(yaml.safe_dump(d))
+    out, js = tmp_path / "run", tmp_path / "r.json"
+    argv = ["finetune", str(recipe_path), "--max-steps", "4", "--limit-train", "32", "--limit-test", "16",
+            "--out", str(out), "--json", str(js), "--no-progress", "--keep-sparse-modules"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "kernel        block-sparse after step 2: " in text and "s/step after" in text
+    assert "pruned layers 36/36  valid 36/36" in text and "sparse_modules.*" in text
+    res = json.loads(js.read_text())
+    assert res["kernel_step"] == 2
+    assert res["seconds_per_step_before_swap"] > 0 and res["seconds_per_step_after_swap"] > 0
+    assert all(r["kernel"] == "block-sparse" and r["backend"] for r in res["layers"])
+    # dense-shaped HF folder: zeros outside the final block masks
+    masks, weights = load_file(str(out / "masks.safetensors")), load_file(str(out / "model.safetensors"))
+    assert len(masks) == 36 and not any(k.endswith("weight_data") for k in weights)
+    for fqn, mask in masks.items():
+        assert weights[fqn].shape == mask.shape and torch.all(weights[fqn][~mask] == 0)
+    dense = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    sparse_model = load_block_sparse(AutoModelForSequenceClassification.from_pretrained(str(out)), str(out)).eval()
+    assert sum(isinstance(m, BlockSparseLinear) for m in sparse_model.modules()) == 36
+    r = load_recipe(str(recipe_path))
+    texts = load_texts(r, limit_train=32, limit_test=16)
+    enc = AutoTokenizer.from_pretrained(str(out))(texts.test_texts, truncation=True, max_length=r.model.max_length,
+                                                  padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(sparse_model(**enc).logits, dense(**enc).logits, rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the run evaluated exactly this model
+            predicted = sparse_model(**enc).logits.argmax(-1)
+    assert res["accuracy"] == int((predicted == torch.tensor(texts.test_labels)).sum()) / 16
+
+
+def test_no_fast_dropout_flag_reaches_the_recipe(tmp_path, monkeypatch, capsys):
+    from sparse import finetune as ft
+
+    seen = []
+
+    def fake(recipe, **kw):
+        seen.append((recipe.train.fast_dropout, kw["keep_sparse_modules"]))
+        return ft.FinetuneResult(recipe=recipe.name, seed=0, steps=1, epochs_run=1.0, accuracy=0.5,
+                                 epoch_accuracy=[0.5], dense_accuracy=None, seconds=1.0, seconds_per_step=1.0,
+                                 n_train=1, n_test=1)
+
+    monkeypatch.setattr(ft, "finetune", fake)
+    monkeypatch.setattr(ft, "resolve_teacher", lambda recipe, **kw: None)
+    for extra, expected in (([], (True, False)), (["--no-fast-dropout", "--keep-sparse-modules"], (False, True))):
+        assert main(["finetune", "minilm-bbc-dense", "--out", str(tmp_path / f"run{len(seen)}"), *extra]) == 0
+        assert seen[-1] == expected
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_use_dropout_follows_train_fast_dropout(fast):
+    import dataclasses
+
+    from sparse.finetune import use_dropout
+    from sparse.nn.dropout import Dropout
+    from testkit import make_tiny_bert
+
+    model = make_tiny_bert(dropout=0.1)
+    r = load_recipe(os.path.join(ROOT, "recipes", "minilm-bbc-dense.yaml"))
+    use_dropout(model, r.replace(train=dataclasses.replace(r.train, fast_dropout=fast)))
+    kinds = {type(m) for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert kinds == ({Dropout} if fast else {torch.nn.Dropout})
