@@ -205,3 +205,12 @@ def test_use_dropout_follows_train_fast_dropout(fast):
     use_dropout(model, r.replace(train=dataclasses.replace(r.train, fast_dropout=fast)))
     kinds = {type(m) for m in model.modules() if isinstance(m, torch.nn.Dropout)}
     assert kinds == ({Dropout} if fast else {torch.nn.Dropout})
+
+
+def test_swap_timing_phases():
+    from sparse.finetune import swap_timing
+
+    # steps 1-3 before (the first one left out), 4-6 after (the first one after the swap left out)
+    assert swap_timing([9.0, 2.0, 2.0, 7.0, 1.0, 1.0], 3) == (2.0, 1.0)
+    assert swap_timing([1.0, 1.0], None) == (None, None)
+    assert swap_timing([3.0, 1.0], 0) == (None, 1.0)

@@ -307,3 +307,12 @@ def test_save_and_load_block_sparse_modules(tmp_path):
     (tmp_path / "sparse_modules.json").write_text(json.dumps({**doc, "version": 99}))
     with pytest.raises(ValueError, match="expected format"):
         load_block_sparse(make_tiny_bert(), str(tmp_path))
+
+
+def test_fingerprint_names_the_kernel_only_when_set():
+    from sparse.recipe import load_recipe
+
+    plain, none, kern = (load_recipe(recipe(False)), load_recipe({**recipe(False), "pruning": [
+        {**recipe(False)["pruning"][0], "kernel": "none"}]}), load_recipe(recipe(True)))
+    # recipes written before the key keep their fingerprint (saved optimizer states still load)
+    assert plain.pruning_fingerprint() == none.pruning_fingerprint() != kern.pruning_fingerprint()
