@@ -9,6 +9,11 @@ batch), ``stride_dp`` (between blocks) and two in-block strides (swapped by the 
 block transposed). Accumulation is fp32; ``DOT_F32`` casts tiles to fp32 before ``tl.dot`` (needed in
 the interpreter, whose bf16 ``tl.dot`` is wrong); ``IEEE`` keeps fp32 inputs exact (no tf32).
 
+Indices are clamped where they are loaded (block pointers to [0, NNZ], block indices to [0, count-1]):
+the launchers do not read index values (a host sync per launch), so a bad layout passed to them
+directly gives wrong numbers but never an access outside the operands. Valid layouts are unchanged
+by the clamp; :mod:`sparse.ops` validates them before launching.
+
 Only triton builtins are called (``tl.full``, not ``tl.zeros``): the stdlib helpers are ``@jit``
 functions decorated when triton is imported, and if that happened before ``TRITON_INTERPRET=1`` was set
 (torch imports triton on its own) the interpreter refuses to call them.
@@ -30,27 +35,28 @@ def _mma(acc, a, b, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
 
 @triton.jit
 def _dsd_kernel(data_ptr, seg_ptr, idx_ptr, dptr_ptr, b_ptr, c_ptr,
-                N,
+                N, NNZ, KB,
                 stride_dz, stride_dp, stride_d0, stride_d1,
                 stride_bz, stride_bk, stride_bn,
                 stride_cz, stride_cm, stride_cn,
                 BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, INDIRECT: tl.constexpr,
                 DOT_F32: tl.constexpr, IEEE: tl.constexpr):
-    """C[z, m-block, n-tile] = sum over the blocks of sparse row m of S_blk @ B[z, k-block, n-tile]."""
+    """C[z, m-block, n-tile] = sum over the blocks of sparse row m of S_blk @ B[z, k-block, n-tile].
+    NNZ: blocks in the data; KB: block rows of B."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_z = tl.program_id(2).to(tl.int64)
-    start = tl.load(seg_ptr + pid_m)
-    end = tl.load(seg_ptr + pid_m + 1)
+    start = tl.minimum(tl.maximum(tl.load(seg_ptr + pid_m), 0), NNZ)
+    end = tl.minimum(tl.maximum(tl.load(seg_ptr + pid_m + 1), start), NNZ)
     offs_r = tl.arange(0, BLOCK)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     acc = tl.full((BLOCK, BLOCK_N), 0.0, tl.float32)  # not tl.zeros: see module doc
     for i in range(0, end - start):
         p = start + i  # a tensor, also in the interpreter
-        kb = tl.load(idx_ptr + p).to(tl.int64)
+        kb = tl.minimum(tl.maximum(tl.load(idx_ptr + p), 0), KB - 1).to(tl.int64)
         if INDIRECT:
-            d = tl.load(dptr_ptr + p).to(tl.int64)
+            d = tl.minimum(tl.maximum(tl.load(dptr_ptr + p), 0), NNZ - 1).to(tl.int64)
         else:
             d = p.to(tl.int64)
         a = tl.load(data_ptr + pid_z * stride_dz + d * stride_dp
@@ -65,27 +71,28 @@ def _dsd_kernel(data_ptr, seg_ptr, idx_ptr, dptr_ptr, b_ptr, c_ptr,
 
 @triton.jit
 def _dds_kernel(a_ptr, data_ptr, seg_ptr, idx_ptr, dptr_ptr, c_ptr,
-                M,
+                M, NNZ, KB,
                 stride_az, stride_am, stride_ak,
                 stride_dz, stride_dp, stride_d0, stride_d1,
                 stride_cz, stride_cm, stride_cn,
                 BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, INDIRECT: tl.constexpr,
                 DOT_F32: tl.constexpr, IEEE: tl.constexpr):
-    """C[z, m-tile, n-block] = sum over the blocks of sparse column n of A[z, m-tile, k-block] @ S_blk."""
+    """C[z, m-tile, n-block] = sum over the blocks of sparse column n of A[z, m-tile, k-block] @ S_blk.
+    NNZ: blocks in the data; KB: block columns of A."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_z = tl.program_id(2).to(tl.int64)
-    start = tl.load(seg_ptr + pid_n)
-    end = tl.load(seg_ptr + pid_n + 1)
+    start = tl.minimum(tl.maximum(tl.load(seg_ptr + pid_n), 0), NNZ)
+    end = tl.minimum(tl.maximum(tl.load(seg_ptr + pid_n + 1), start), NNZ)
     offs_c = tl.arange(0, BLOCK)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     acc = tl.full((BLOCK_M, BLOCK), 0.0, tl.float32)  # not tl.zeros: see module doc
     for i in range(0, end - start):
         p = start + i  # a tensor, also in the interpreter
-        kb = tl.load(idx_ptr + p).to(tl.int64)
+        kb = tl.minimum(tl.maximum(tl.load(idx_ptr + p), 0), KB - 1).to(tl.int64)
         if INDIRECT:
-            d = tl.load(dptr_ptr + p).to(tl.int64)
+            d = tl.minimum(tl.maximum(tl.load(dptr_ptr + p), 0), NNZ - 1).to(tl.int64)
         else:
             d = p.to(tl.int64)
         a = tl.load(a_ptr + pid_z * stride_az + offs_m[:, None] * stride_am
@@ -100,16 +107,17 @@ def _dds_kernel(a_ptr, data_ptr, seg_ptr, idx_ptr, dptr_ptr, c_ptr,
 
 @triton.jit
 def _sdd_kernel(a_ptr, b_ptr, row_ptr, col_ptr, c_ptr,
-                K,
+                K, RB, CB,
                 stride_az, stride_am, stride_ak,
                 stride_bz, stride_bk, stride_bn,
                 stride_cz, stride_cp, stride_cr, stride_cc,
                 BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
-    """C[z, p] = A[z, row_p-block, :] @ B[z, :, col_p-block] for each kept block p (full K reduction)."""
+    """C[z, p] = A[z, row_p-block, :] @ B[z, :, col_p-block] for each kept block p (full K reduction).
+    RB, CB: block rows of A and block columns of B."""
     pid_p = tl.program_id(0).to(tl.int64)
     pid_z = tl.program_id(1).to(tl.int64)
-    rb = tl.load(row_ptr + pid_p).to(tl.int64)
-    cb = tl.load(col_ptr + pid_p).to(tl.int64)
+    rb = tl.minimum(tl.maximum(tl.load(row_ptr + pid_p), 0), RB - 1).to(tl.int64)
+    cb = tl.minimum(tl.maximum(tl.load(col_ptr + pid_p), 0), CB - 1).to(tl.int64)
     offs_b = tl.arange(0, BLOCK)
     offs_m = rb * BLOCK + offs_b
     offs_n = cb * BLOCK + offs_b

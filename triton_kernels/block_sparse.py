@@ -22,8 +22,9 @@ the same leading dims. Inputs: fp32, fp16 or bf16 (all the same); accumulation i
 has the input dtype. Tensors must be on CUDA, or on CPU with ``TRITON_INTERPRET=1`` (tests only).
 
 The launchers check shapes, dtypes and devices, but not the index values: that needs a host sync, so
-the caller validates a layout once, not at every launch. Triton itself is imported on the first
-launch, never at import of this module.
+the caller validates a layout once, not at every launch. The kernels clamp every index they load, so
+an invalid layout gives wrong numbers but never a read or write outside the operands. Triton itself is
+imported on the first launch, never at import of this module.
 """
 from __future__ import annotations
 
@@ -101,8 +102,15 @@ def _expect(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _check_flag(v, name: str) -> bool:
+    _expect(isinstance(v, bool), f"{name}: expected True or False, got {type(v).__name__} {v!r}")
+    return v
+
+
 def _check_operand(t, name: str, dtype=None, min_dim: int = 2) -> None:
     _expect(isinstance(t, torch.Tensor), f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    _expect(t.device.type != "meta", f"{name}: expected a tensor with data, got a meta tensor")
+    _expect(t.layout == torch.strided, f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
     _expect(t.dtype in DTYPES, f"{name}: expected dtype float32, float16 or bfloat16, got {t.dtype}")
     _expect(dtype is None or t.dtype == dtype, f"{name}: expected dtype {dtype} (one dtype for all operands), "
                                                f"got {t.dtype}")
@@ -113,7 +121,11 @@ def _check_operand(t, name: str, dtype=None, min_dim: int = 2) -> None:
 
 def _check_sparse(shape, block: int, device, index: dict, data=None, name: str = "", lead: tuple = ()):
     """Sizes, dtypes and device of a sparse operand's index tensors (and data); returns (rows, cols, nnz)."""
-    _expect(isinstance(block, int) and block in BLOCKS, f"block: expected one of {BLOCKS}, got {block!r}")
+    _expect(isinstance(block, int) and not isinstance(block, bool) and block in BLOCKS,
+            f"block: expected one of {BLOCKS}, got {block!r}")
+    _expect(isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape),
+            f"shape: expected (rows, cols), two non-negative ints, got {shape!r}")
     rows, cols = (int(v) for v in shape)
     _expect(rows % block == 0 and cols % block == 0, f"shape: expected multiples of block={block}, got {shape}")
     nnz = index["col"].numel() if isinstance(index["col"], torch.Tensor) else -1
@@ -164,6 +176,7 @@ def dsd(a_data: torch.Tensor, shape: tuple[int, int], block: int, crow: torch.Te
 
     a_data: ``[nnz, B, B]`` or ``[..., nnz, B, B]`` (b's leading dims); b: same dtype and device.
     """
+    trans_a, trans_b = _check_flag(trans_a, "trans_a"), _check_flag(trans_b, "trans_b")
     _check_operand(b, "b")
     _check_operand(a_data, "a_data", b.dtype, min_dim=3)
     lead = tuple(b.shape[:-2])
@@ -180,7 +193,7 @@ def dsd(a_data: torch.Tensor, shape: tuple[int, int], block: int, crow: torch.Te
     d4, (sdz, sdp, sd0, sd1) = _data_strides(a_data, trans_a)
     seg, idx, dptr = (ccol, row_t, perm_t) if trans_a else (crow, col, crow)
     grid = lambda meta: (m // block, triton_cdiv(n, meta["BLOCK_N"]), z)  # noqa: E731
-    _launch("dsd", grid, d4, seg, idx, dptr, b3, c, n, sdz, sdp, sd0, sd1, sbz, sbk, sbn, *c.stride(),
+    _launch("dsd", grid, d4, seg, idx, dptr, b3, c, n, nnz, k // block, sdz, sdp, sd0, sd1, sbz, sbk, sbn, *c.stride(),
             BLOCK=block, INDIRECT=trans_a, **_flags(b.dtype))
     return c.reshape(*lead, m, n)
 
@@ -193,6 +206,7 @@ def dds(a: torch.Tensor, b_data: torch.Tensor, shape: tuple[int, int], block: in
     b_data: ``[nnz, B, B]`` or ``[..., nnz, B, B]`` (a's leading dims); same dtype and device as a.
     With ``trans_b=True`` it is ``x @ W.T``, the forward of a linear layer.
     """
+    trans_a, trans_b = _check_flag(trans_a, "trans_a"), _check_flag(trans_b, "trans_b")
     _check_operand(a, "a")
     _check_operand(b_data, "b_data", a.dtype, min_dim=3)
     lead = tuple(a.shape[:-2])
@@ -209,7 +223,7 @@ def dds(a: torch.Tensor, b_data: torch.Tensor, shape: tuple[int, int], block: in
     d4, (sdz, sdp, sd0, sd1) = _data_strides(b_data, trans_b)
     seg, idx, dptr = (crow, col, crow) if trans_b else (ccol, row_t, perm_t)
     grid = lambda meta: (triton_cdiv(m, meta["BLOCK_M"]), n // block, z)  # noqa: E731
-    _launch("dds", grid, a3, d4, seg, idx, dptr, c, m, saz, sam, sak, sdz, sdp, sd0, sd1, *c.stride(),
+    _launch("dds", grid, a3, d4, seg, idx, dptr, c, m, nnz, k // block, saz, sam, sak, sdz, sdp, sd0, sd1, *c.stride(),
             BLOCK=block, INDIRECT=not trans_b, **_flags(a.dtype))
     return c.reshape(*lead, m, n)
 
@@ -221,6 +235,7 @@ def sdd(a: torch.Tensor, b: torch.Tensor, shape: tuple[int, int], block: int, ro
     ``shape`` is ``(M, N)``; a and b have the same leading dims, dtype and device. With ``trans_a=True``
     (a = dY, b = x) it is the weight gradient of a block-sparse linear layer.
     """
+    trans_a, trans_b = _check_flag(trans_a, "trans_a"), _check_flag(trans_b, "trans_b")
     _check_operand(a, "a")
     _check_operand(b, "b", a.dtype)
     _, _, nnz = _check_sparse(shape, block, a.device, {"col": col, "row": row})
@@ -239,7 +254,7 @@ def sdd(a: torch.Tensor, b: torch.Tensor, shape: tuple[int, int], block: int, ro
     if c.numel() == 0 or k == 0:
         return c.reshape(*lead, nnz, block, block)
     grid = lambda meta: (nnz, z)  # noqa: E731
-    _launch("sdd", grid, a3, b3, row, col, c, k, saz, sam, sak, sbz, sbk, sbn, *c.stride(),
+    _launch("sdd", grid, a3, b3, row, col, c, k, m // block, n // block, saz, sam, sak, sbz, sbk, sbn, *c.stride(),
             BLOCK=block, **_flags(a.dtype))
     return c.reshape(*lead, nnz, block, block)
 

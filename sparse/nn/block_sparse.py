@@ -12,12 +12,14 @@ the extension is not built) is slower than dense (see :mod:`sparse.ops._bsr_cpu`
 from __future__ import annotations
 
 import math
+import numbers
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..ops import block_sparse as bs_ops
-from ..ops.layout import BLOCK_SIZES, BlockLayout
+from ..ops.layout import BLOCK_SIZES, DTYPES, BlockLayout, _validate, check_block_mask
 
 _LAYOUT_BUFFERS = ("crow", "col", "row", "ccol", "row_t", "perm_t")
 
@@ -33,11 +35,22 @@ class BlockSparseLinear(nn.Module):
 
     Parameters: ``weight_data [nnz, B, B]``, ``bias [out_features]``. Input ``x [..., in_features]``
     (any leading shape, the parameters' dtype: fp32/fp16/bf16); output ``[..., out_features]``.
+
+    State dicts are untrusted input: :meth:`load_state_dict` checks every layout buffer (dtype, shape,
+    pointers, index ranges, no duplicate blocks, transpose metadata) and ``weight_data``'s shape before
+    anything is copied, and raises ``ValueError`` naming the buffer; a refused state dict leaves the
+    module as it was. Buffers edited in place later are checked again at the next forward.
     """
 
     def __init__(self, in_features: int, out_features: int, block_mask: torch.Tensor, bias: bool = True,
                  device=None, dtype=None):
         super().__init__()
+        in_features = _positive_int(in_features, "in_features")
+        out_features = _positive_int(out_features, "out_features")
+        if not isinstance(bias, (bool, np.bool_)):
+            raise ValueError(f"bias: expected True or False, got {type(bias).__name__} {bias!r}")
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"dtype: expected a floating-point dtype float32, float16 or bfloat16, got {dtype}")
         block = _infer_block(block_mask, out_features, in_features)
         layout = BlockLayout.from_mask(block_mask.to(device) if device is not None else block_mask, block)
         self.in_features = int(in_features)
@@ -65,6 +78,11 @@ class BlockSparseLinear(nn.Module):
         if not isinstance(linear, nn.Linear):
             raise ValueError(f"linear: expected a torch.nn.Linear, got {type(linear).__name__}")
         w = linear.weight
+        if w.device.type == "meta":
+            raise ValueError("linear: expected a Linear with data (CPU or CUDA), got one on the meta device")
+        if w.dtype not in DTYPES:
+            raise ValueError(f"linear: expected a float32, float16 or bfloat16 Linear, got {w.dtype}")
+        _infer_block(block_mask, linear.out_features, linear.in_features)
         mod = cls(linear.in_features, linear.out_features, block_mask.to(w.device), bias=linear.bias is not None,
                   device=w.device, dtype=w.dtype)
         with torch.no_grad():
@@ -98,6 +116,43 @@ class BlockSparseLinear(nn.Module):
                 lin.bias.copy_(self.bias)
         return lin
 
+    # ------------------------------------------------------------------ loading
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # Before torch copies anything: an index buffer from a file decides which memory the kernels touch.
+        self._check_incoming(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _check_incoming(self, state_dict, prefix: str) -> None:
+        """The layout this module would have after loading ``state_dict`` (incoming buffers, the module's
+        own where a key is missing), validated like a new layout; ``weight_data`` and ``bias`` against it."""
+        def incoming(name):
+            key = prefix + name
+            return state_dict[key] if key in state_dict else getattr(self, name)
+
+        tensors = []
+        for name in _LAYOUT_BUFFERS:
+            t = incoming(name)
+            if isinstance(t, torch.Tensor) and t.device.type == "meta":
+                raise ValueError(f"{prefix}{name}: expected a tensor with data, got a meta tensor")
+            # on the CPU for the check: a partial state dict may mix file tensors with the module's
+            tensors.append(t.detach().to("cpu") if isinstance(t, torch.Tensor) else t)
+        lay = BlockLayout.from_tensors(self.block, (self.out_features, self.in_features), tensors, validate=False)
+        _validate(lay, prefix)
+        data = incoming("weight_data")
+        if not isinstance(data, torch.Tensor) or not data.is_floating_point():
+            got = data.dtype if isinstance(data, torch.Tensor) else type(data).__name__
+            raise ValueError(f"{prefix}weight_data: expected a floating-point tensor [nnz, B, B], got {got}")
+        if tuple(data.shape) != (lay.nnz, self.block, self.block):
+            raise ValueError(f"{prefix}weight_data: expected block data of shape [{lay.nnz}, {self.block}, "
+                             f"{self.block}] (nnz from {prefix}col), got {tuple(data.shape)}")
+        if self.bias is not None and prefix + "bias" in state_dict:
+            b = state_dict[prefix + "bias"]
+            if not isinstance(b, torch.Tensor) or not b.is_floating_point() or tuple(b.shape) != (self.out_features,):
+                got = f"{b.dtype} {tuple(b.shape)}" if isinstance(b, torch.Tensor) else type(b).__name__
+                raise ValueError(f"{prefix}bias: expected a floating-point tensor [{self.out_features}], got {got}")
+
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features:
@@ -105,6 +160,8 @@ class BlockSparseLinear(nn.Module):
             raise ValueError(f"x: expected a tensor [..., in_features={self.in_features}], got {got}")
         if x.dtype != self.weight_data.dtype:
             raise ValueError(f"x: expected dtype {self.weight_data.dtype} (the layer's), got {x.dtype}")
+        if x.device != self.weight_data.device:
+            raise ValueError(f"x: expected a tensor on the layer's device {self.weight_data.device}, got {x.device}")
         lead = x.shape[:-1]
         # Leading dims folded into rows: one large GEMM and dW reduced over all tokens by the SDD itself.
         y = bs_ops.linear(x.reshape(-1, self.in_features), self.weight_data, self.bias, self.layout())
@@ -117,11 +174,14 @@ class BlockSparseLinear(nn.Module):
                 f"blocks={self.weight_data.shape[0]}/{r * c} (density {density:.3f}), bias={self.bias is not None}")
 
 
+def _positive_int(v, name: str) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v <= 0:
+        raise ValueError(f"{name}: expected a positive int, got {type(v).__name__} {v!r}")
+    return int(v)
+
+
 def _infer_block(block_mask, out_features: int, in_features: int) -> int:
-    if not isinstance(block_mask, torch.Tensor) or block_mask.dtype != torch.bool or block_mask.dim() != 2:
-        got = (f"{block_mask.dtype} tensor of shape {tuple(block_mask.shape)}"
-               if isinstance(block_mask, torch.Tensor) else type(block_mask).__name__)
-        raise ValueError(f"block_mask: expected a 2-D torch.bool tensor [out/B, in/B], got {got}")
+    check_block_mask(block_mask, "[out/B, in/B]")
     r, c = block_mask.shape
     if r == 0 or c == 0 or out_features % r or in_features % c or out_features // r != in_features // c:
         raise ValueError(f"block_mask: expected shape [out/B, in/B] for one square block size B in {BLOCK_SIZES} "

@@ -25,7 +25,7 @@ import torch
 
 from . import _bsr_cpu, _bsr_triton
 from .dispatch import Op
-from .layout import BlockLayout, check_dds, check_dsd, check_sdd
+from .layout import BlockLayout, check_dds, check_dsd, check_sdd, ensure_validated
 
 __all__ = ["BlockLayout", "dds", "dsd", "sdd", "linear", "dds_op", "dsd_op", "sdd_op", "linear_op"]
 
@@ -70,9 +70,26 @@ sdd_rowsum_op.register("torch")(_sdd_rowsum_any)
 
 # ---------------------------------------------------------------------------- torch.library ops
 # The layout travels as its index tensors plus (block, rows, cols): custom ops take only tensors and
-# scalars. Checks happen in the public functions; the ops rebuild the layout without re-validating.
+# scalars. The ops are callable directly (torch.ops.sparse.bs_*) and are what runs under torch.compile,
+# so each one checks its arguments again and validates the layout's values (once per layout state, see
+# sparse.ops.layout) before a backend runs; the public functions check first for errors at trace time.
 def _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t) -> BlockLayout:
-    return BlockLayout.from_tensors(block, (rows, cols), (crow, col, row, ccol, row_t, perm_t), validate=False)
+    lay = BlockLayout.from_tensors(block, (rows, cols), (crow, col, row, ccol, row_t, perm_t), validate=False)
+    return ensure_validated(lay)
+
+
+def _check_linear(x, w_data, bias, layout) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x: expected a 2-D tensor [T, in], got {got}")
+    check_dds(x, w_data, layout, False, True, names=("x", "w_data"))
+    if bias is not None:
+        if (not isinstance(bias, torch.Tensor) or bias.dim() != 1 or bias.shape[0] != layout.shape[0]
+                or bias.dtype != x.dtype or bias.device != x.device):
+            got = (f"{bias.dtype} tensor of shape {tuple(bias.shape)} on {bias.device}"
+                   if isinstance(bias, torch.Tensor) else type(bias).__name__)
+            raise ValueError(f"bias: expected None or a 1-D {x.dtype} tensor [{layout.shape[0]}] on {x.device}, "
+                             f"got {got}")
 
 
 @torch.library.custom_op("sparse::bs_dds", mutates_args=())
@@ -80,6 +97,7 @@ def _bs_dds(a: torch.Tensor, b_data: torch.Tensor, crow: torch.Tensor, col: torc
             ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, block: int, rows: int, cols: int,
             trans_a: bool, trans_b: bool) -> torch.Tensor:
     lay = _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t)
+    check_dds(a, b_data, lay, trans_a, trans_b)
     return dds_op(a, b_data, lay, trans_a, trans_b)
 
 
@@ -88,6 +106,7 @@ def _bs_dsd(a_data: torch.Tensor, b: torch.Tensor, crow: torch.Tensor, col: torc
             ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, block: int, rows: int, cols: int,
             trans_a: bool, trans_b: bool) -> torch.Tensor:
     lay = _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t)
+    check_dsd(a_data, lay, b, trans_a, trans_b)
     return dsd_op(a_data, lay, b, trans_a, trans_b)
 
 
@@ -96,6 +115,7 @@ def _bs_sdd(a: torch.Tensor, b: torch.Tensor, crow: torch.Tensor, col: torch.Ten
             ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, block: int, rows: int, cols: int,
             trans_a: bool, trans_b: bool) -> torch.Tensor:
     lay = _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t)
+    check_sdd(a, b, lay, trans_a, trans_b)
     return sdd_op(a, b, lay, trans_a, trans_b)
 
 
@@ -104,6 +124,7 @@ def _bs_linear(x: torch.Tensor, w_data: torch.Tensor, bias: torch.Tensor | None,
                col: torch.Tensor, row: torch.Tensor, ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor,
                block: int, rows: int, cols: int) -> torch.Tensor:
     lay = _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t)
+    _check_linear(x, w_data, bias, lay)
     return linear_op(x, w_data, bias, lay)
 
 
@@ -112,6 +133,9 @@ def _bs_sdd_rowsum(a: torch.Tensor, b: torch.Tensor, crow: torch.Tensor, col: to
                    ccol: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor, block: int, rows: int, cols: int,
                    trans_a: bool, trans_b: bool) -> tuple[torch.Tensor, torch.Tensor]:
     lay = _layout(block, rows, cols, crow, col, row, ccol, row_t, perm_t)
+    check_sdd(a, b, lay, trans_a, trans_b)
+    if a.dim() != 2:
+        raise ValueError(f"a: expected a 2-D tensor, got shape {tuple(a.shape)}")
     return sdd_rowsum_op(a, b, lay, trans_a, trans_b)
 
 
@@ -237,15 +261,5 @@ def linear(x: torch.Tensor, w_data: torch.Tensor, bias: torch.Tensor | None, lay
     x ``[T, in]`` (2-D), bias ``[out]`` or None, all one dtype -> ``[T, out]``. The native CPU backend
     adds the bias inside the kernel; other backends run :func:`dds` and an add.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 2:
-        got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x: expected a 2-D tensor [T, in], got {got}")
-    check_dds(x, w_data, layout, False, True)
-    if bias is not None:
-        if (not isinstance(bias, torch.Tensor) or bias.dim() != 1 or bias.shape[0] != layout.shape[0]
-                or bias.dtype != x.dtype or bias.device != x.device):
-            got = (f"{bias.dtype} tensor of shape {tuple(bias.shape)} on {bias.device}"
-                   if isinstance(bias, torch.Tensor) else type(bias).__name__)
-            raise ValueError(f"bias: expected None or a 1-D {x.dtype} tensor [{layout.shape[0]}] on {x.device}, "
-                             f"got {got}")
+    _check_linear(x, w_data, bias, layout)
     return torch.ops.sparse.bs_linear(x, w_data, bias, *_meta(layout))
