@@ -19,9 +19,9 @@ kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``, the others multip
   or no extension. :func:`sparse.ops.last_backend` ``("dropout")`` says which one ran.
 
 Measured (provisional: a shared, loaded 2-core Intel Xeon with AVX-512, 1 thread, min of 15 interleaved runs):
-forward 11-24x and forward+backward 7-10x faster than ``F.dropout`` on 16x128x384, 16x128x1536 and
-16x12x128x128 in bf16 and fp32; a MiniLM-shaped bf16-autocast training step (16 x 128) 1.2-1.3x faster with
-:func:`sparse.nn.use_fast_dropout`.
+forward 8-24x and forward+backward 6-10x faster than ``F.dropout`` on 16x128x384, 16x128x1536 and
+16x12x128x128 in bf16 and fp32 (3.1M fp32 elements: ~2.5 ms forward); a MiniLM-shaped bf16-autocast training
+step (16 x 128) 1.2-1.3x faster with :func:`sparse.nn.use_fast_dropout`.
 """
 from __future__ import annotations
 
