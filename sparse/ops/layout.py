@@ -107,7 +107,10 @@ class BlockLayout:
         return out
 
     def to(self, device) -> "BlockLayout":
-        device = torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device: expected a torch.device or a device string, got {device!r} ({exc})") from None
         if device == self.device:
             return self
         return dataclasses.replace(self, **{f: getattr(self, f).to(device) for f in _INDEX_FIELDS})
@@ -271,9 +274,10 @@ _validated: dict[int, tuple] = {}
 
 
 def _state(lay: BlockLayout):
-    """(tensors, versions) of a layout, or None where a tensor has no version counter (inference)."""
+    """(tensors, versions) of a layout, or None where a field is not a tensor or a tensor has no version
+    counter (inference tensors: checked at every call)."""
     tensors = lay.tensors()
-    if any(t.is_inference() for t in tensors):
+    if not all(isinstance(t, torch.Tensor) for t in tensors) or any(t.is_inference() for t in tensors):
         return None
     return tensors, tuple(t._version for t in tensors)
 
@@ -309,10 +313,11 @@ def ensure_validated(lay: BlockLayout) -> BlockLayout:
     """Check ``lay`` (structure always, values unless this state was checked before); ``ValueError``
     naming the field otherwise. Called by every op before a backend runs (see the module doc)."""
     _check_layout(lay)
+    if is_validated(lay):  # same tensors, unchanged: dtype, size and device cannot have changed either
+        return lay
     _validate_structure(lay)
-    if not is_validated(lay):
-        _validate_values(lay)
-        _remember(lay)
+    _validate_values(lay)
+    _remember(lay)
     return lay
 
 

@@ -147,6 +147,52 @@ def test_ops_odd_but_valid_inputs_give_the_right_result(backend, kind):
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_layout_to_bad_devices():
+    lay = _case()[0]
+    with pytest.raises(ValueError, match="device: expected a torch.device"):
+        lay.to("nonsense")
+    with pytest.raises(ValueError, match="layout.crow: expected a tensor with data"):
+        lay.to("meta")
+
+
+def _edge_cases():
+    full = BlockLayout.from_mask(torch.ones(2, 3, dtype=torch.bool), 16)
+    empty = BlockLayout.from_mask(torch.zeros(2, 3, dtype=torch.bool), 16)
+    nothing = BlockLayout.from_mask(torch.zeros(0, 0, dtype=torch.bool), 16)
+    d6, d0 = torch.randn(6, 16, 16), torch.zeros(0, 16, 16)
+    return {
+        "zero_size_layout": (lambda: bs.dds(torch.randn(3, 0), d0, nothing), (3, 0)),
+        "no_blocks_dds": (lambda: bs.dds(torch.randn(3, 48), d0, empty, trans_b=True), (3, 32)),
+        "no_blocks_sdd": (lambda: bs.sdd(torch.randn(32, 4), torch.randn(4, 48), empty), (0, 16, 16)),
+        "no_blocks_linear_bias": (lambda: bs.linear(torch.randn(3, 48), d0, torch.ones(32), empty), (3, 32)),
+        "sdd_k0": (lambda: bs.sdd(torch.randn(32, 0), torch.randn(0, 48), full), (6, 16, 16)),
+        "dds_batch0": (lambda: bs.dds(torch.randn(0, 5, 48), d6, full, trans_b=True), (0, 5, 32)),
+        "dds_4d": (lambda: bs.dds(torch.randn(2, 2, 5, 48), d6, full, trans_b=True), (2, 2, 5, 32)),
+        "dds_per_batch_data": (lambda: bs.dds(torch.randn(2, 5, 48), torch.randn(2, 6, 16, 16), full, trans_b=True),
+                               (2, 5, 32)),
+        "dsd_expanded_data": (lambda: bs.dsd(torch.randn(1, 16, 16).expand(6, 16, 16), full, torch.randn(48, 3)),
+                              (32, 3)),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(_edge_cases()))
+def test_edge_shapes_give_the_right_result(backend, case):
+    call, shape = _edge_cases()[case]
+    torch.manual_seed(0)
+    with use_backend(backend):
+        out = call()
+    torch.manual_seed(0)
+    with use_backend("torch"):
+        ref = call()
+    assert tuple(out.shape) == shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    if case == "no_blocks_linear_bias":
+        assert torch.equal(out, torch.ones(3, 32))
+    elif case in ("no_blocks_dds", "sdd_k0", "zero_size_layout"):
+        assert not bool(out.any())
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("field,value", [("col", 100000), ("col", -1), ("perm_t", 7), ("row_t", 5), ("crow", 9)])
 def test_index_written_in_place_after_validation_is_caught_at_the_call(backend, field, value):
