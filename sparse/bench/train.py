@@ -185,7 +185,7 @@ def add_arguments(parser) -> None:
                              "MLP 768->3072->768 (default bert-base-layer)")
     parser.add_argument("--modes", default=DEFAULT_MODES,
                         help=f"comma list of modes, dense always included as the baseline; forms: "
-                             f"{'; '.join(tm.MODE_FORMS)} (default {DEFAULT_MODES})")
+                             f"{'; '.join(tm.MODE_FORMS).replace('%', '%%')} (default {DEFAULT_MODES})")  # argparse %-formats help
     parser.add_argument("--batch", type=int, default=16, help="sequences per batch (default 16)")
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
