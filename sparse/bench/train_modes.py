@@ -36,7 +36,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sparse.nn import BlockSparseLinear
-from sparse.ops import block_sparse as bs_ops
 
 BLOCK = 32  # blockNN modes: 32 x 32 blocks (the AMX / AVX512-BF16 tile kernels need multiples of 32)
 NUM_LABELS = 5
@@ -210,29 +209,6 @@ MODELS: dict[str, Callable[..., Workload]] = {
 
 # -------------------------------------------------------------------------------------------- modes
 
-class AutocastBlockSparseLinear(BlockSparseLinear):
-    """``BlockSparseLinear`` that follows autocast as ``nn.Linear`` does: the fp32 master weights are cast
-    to the autocast dtype for the matmul and the gradients flow back to them.
-
-    ``BlockSparseLinear`` wants its input in its own dtype and autocast does not know the custom op;
-    without this the bf16 block modes would train a different recipe from the autocast dense model.
-    Outside autocast (and once ``BlockSparseLinear`` honours autocast itself) it is a pass-through.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kind = x.device.type
-        if not torch.is_autocast_enabled(kind):
-            return super().forward(x)
-        dt = torch.get_autocast_dtype(kind)
-        if dt == self.weight_data.dtype and x.dtype == dt:
-            return super().forward(x)
-        w = self.weight_data.to(dt)
-        b = self.bias.to(dt) if self.bias is not None else None
-        lead = x.shape[:-1]
-        y = bs_ops.linear(x.to(dt).reshape(-1, self.in_features), w, b, self.layout())
-        return y.reshape(*lead, self.out_features)
-
-
 @dataclass(frozen=True)
 class Mode:
     """One benchmark mode: ``kind`` in ``dense``, ``nm``, ``block``, ``mlpruned``."""
@@ -362,7 +338,7 @@ def build_block(mode: Mode, work: Workload, device) -> Prepared:
         full = pattern.mask(lin.weight)
         bm = full.reshape(full.shape[0] // BLOCK, BLOCK, full.shape[1] // BLOCK, BLOCK).any(dim=3).any(dim=1)
         block_masks[fqn] = bm
-        model.set_submodule(fqn, AutocastBlockSparseLinear.from_dense(lin, bm))
+        model.set_submodule(fqn, BlockSparseLinear.from_dense(lin, bm))
     # the backend is known once a forward has run (sparse.ops.last_backend); the caller fills it in
     return Prepared(mode, model, _adamw(model), "", block_masks=block_masks)
 

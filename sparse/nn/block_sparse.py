@@ -158,13 +158,22 @@ class BlockSparseLinear(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected a tensor [..., in_features={self.in_features}], got {got}")
-        if x.dtype != self.weight_data.dtype:
-            raise ValueError(f"x: expected dtype {self.weight_data.dtype} (the layer's), got {x.dtype}")
         if x.device != self.weight_data.device:
             raise ValueError(f"x: expected a tensor on the layer's device {self.weight_data.device}, got {x.device}")
+        w, b = self.weight_data, self.bias
+        kind = x.device.type
+        if torch.is_autocast_enabled(kind):
+            # Follow autocast as nn.Linear does (autocast does not know the custom op): the master block
+            # data, bias and input are cast to the autocast dtype, gradients flow back to the masters.
+            dt = torch.get_autocast_dtype(kind)
+            if x.dtype.is_floating_point and (x.dtype != dt or w.dtype != dt):
+                x, w = x.to(dt), w.to(dt)
+                b = b.to(dt) if b is not None else None
+        if x.dtype != w.dtype:
+            raise ValueError(f"x: expected dtype {w.dtype} (the layer's), got {x.dtype}")
         lead = x.shape[:-1]
         # Leading dims folded into rows: one large GEMM and dW reduced over all tokens by the SDD itself.
-        y = bs_ops.linear(x.reshape(-1, self.in_features), self.weight_data, self.bias, self.layout())
+        y = bs_ops.linear(x.reshape(-1, self.in_features), w, b, self.layout())
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

@@ -6,7 +6,7 @@ schedule; never with ``refresh_every``), :class:`sparse.SparseOptimizer` calls :
 of the entry's layers:
 
 * the ``nn.Linear`` is replaced *in place* in the model (the attribute set on its parent module) by an
-  :class:`AutocastBlockSparseLinear` holding the kept blocks of the (already masked) weight; its bias
+  :class:`sparse.nn.BlockSparseLinear` holding the kept blocks of the (already masked) weight; its bias
   Parameter is the Linear's own, unchanged;
 * :func:`move_param` puts the new block-data Parameter where the old weight was in the inner optimizer's
   ``param_groups`` (same group, same position, so LR schedulers and ``state_dict`` ids line up) and
@@ -36,12 +36,11 @@ import torch
 import torch.nn as nn
 
 from ..nn import BlockSparseLinear
-from ..ops import block_sparse as bs_ops
 from ..ops.layout import BLOCK_SIZES, BlockLayout
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AutocastBlockSparseLinear", "swap_due", "block_mask_of", "swap_linear", "move_param",
+__all__ = ["swap_due", "block_mask_of", "swap_linear", "move_param",
            "check_swappable_model", "check_swappable_optimizer", "block_sparse_modules", "dense_state_dict",
            "save_block_sparse", "load_block_sparse", "SPARSE_MODULES_JSON", "SPARSE_MODULES_FILE"]
 
@@ -53,31 +52,6 @@ _MAX_JSON_BYTES = 1 << 20
 # torch optimizers whose per-weight state is elementwise (or scalar): it can be gathered to the kept blocks
 ELEMENTWISE_OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta",
                           "ASGD", "Rprop")
-
-
-class AutocastBlockSparseLinear(BlockSparseLinear):
-    """``BlockSparseLinear`` that follows autocast as ``nn.Linear`` does: under ``torch.autocast`` the
-    (fp32 master) block data, bias and input are cast to the autocast dtype for the matmul, and the
-    gradients flow back to the master weights.
-
-    ``BlockSparseLinear`` takes its own dtype only and autocast does not know the custom op; a fine-tune
-    under bf16 autocast (``train.bf16``) feeds the swapped layers bf16 activations. Outside autocast it is
-    ``BlockSparseLinear`` unchanged.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kind = x.device.type if isinstance(x, torch.Tensor) else "cpu"
-        if not torch.is_autocast_enabled(kind):
-            return super().forward(x)
-        dt = torch.get_autocast_dtype(kind)
-        if dt == self.weight_data.dtype and x.dtype == dt:
-            return super().forward(x)
-        if x.dim() < 1 or x.shape[-1] != self.in_features:
-            return super().forward(x)  # its message
-        w = self.weight_data.to(dt)
-        b = self.bias.to(dt) if self.bias is not None else None
-        y = bs_ops.linear(x.to(dt).reshape(-1, self.in_features), w, b, self.layout())
-        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 # ---------------------------------------------------------------------------------------- when
@@ -135,14 +109,14 @@ def _parent(model: nn.Module, fqn: str) -> tuple[nn.Module, str]:
 
 
 @torch.no_grad()
-def swap_linear(model: nn.Module, fqn: str, block_mask: torch.Tensor) -> AutocastBlockSparseLinear:
-    """Replace the ``nn.Linear`` at ``fqn`` in ``model`` by an :class:`AutocastBlockSparseLinear` with the
+def swap_linear(model: nn.Module, fqn: str, block_mask: torch.Tensor) -> BlockSparseLinear:
+    """Replace the ``nn.Linear`` at ``fqn`` in ``model`` by an :class:`sparse.nn.BlockSparseLinear` with the
     kept blocks (``block_mask`` bool ``[out/B, in/B]``) of its weight; the bias Parameter is reused,
     ``requires_grad`` and train/eval mode are carried. Returns the new module."""
     parent, name = _parent(model, fqn)
     linear = getattr(parent, name)
     check_swappable_module(linear, fqn, "swap")
-    new = AutocastBlockSparseLinear.from_dense(linear, block_mask)
+    new = BlockSparseLinear.from_dense(linear, block_mask)
     if linear.bias is not None:
         new.bias = linear.bias  # the same Parameter: its optimizer state and references stay valid
     new.weight_data.requires_grad_(linear.weight.requires_grad)

@@ -283,3 +283,25 @@ def test_gpu_benchmark_says_it_needs_cuda(capsys):
 
     assert main(["bench", "blocksparse-gpu"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_follows_cpu_autocast_like_nn_linear():
+    """Under bf16 autocast an fp32 layer computes in bf16 (as nn.Linear does) and its fp32 master
+    block data gets the gradient; outside autocast a dtype mismatch is still refused."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    bm = torch.tensor([[True, False, True, False], [True, True, False, True]])  # 16 x 16 blocks
+    layer = BlockSparseLinear.from_dense(lin, bm)
+    dense = torch.nn.Linear(64, 32)
+    with torch.no_grad():
+        dense.weight.copy_(lin.weight * bm.repeat_interleave(16, 0).repeat_interleave(16, 1))
+        dense.bias.copy_(lin.bias)
+    x = torch.randn(4, 5, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, ref = layer(x), dense(x)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref.float(), atol=3e-2, rtol=2e-2)
+    y.float().sum().backward()
+    assert layer.weight_data.grad is not None and layer.weight_data.grad.dtype == torch.float32
+    with pytest.raises(ValueError, match="x: expected dtype"):
+        layer(x.bfloat16())

@@ -15,7 +15,7 @@ import sparse.ops
 from sparse.nn import BlockSparseLinear
 from sparse.ops import dispatch
 from sparse.optim import SparseOptimizer, format_report
-from sparse.pruning.kernel_swap import (AutocastBlockSparseLinear, dense_state_dict, load_block_sparse,
+from sparse.pruning.kernel_swap import (dense_state_dict, load_block_sparse,
                                         save_block_sparse)
 from sparse.recipe import RecipeError
 from testkit import batch, loss_of, make_tiny_bert
@@ -103,7 +103,7 @@ def test_swap_happens_after_the_final_step_only():
     train(model, opt, 1)
     assert all(type(m) is torch.nn.Linear for m in linears(model)) and not opt.masks
     train(model, opt, 1, start=1)  # step 2: the one-shot mask is final, the swap follows the step
-    assert all(isinstance(m, AutocastBlockSparseLinear) for m in linears(model))
+    assert all(isinstance(m, BlockSparseLinear) for m in linears(model))
 
 
 def test_swap_at_construction_with_oneshot_at_step_0():
