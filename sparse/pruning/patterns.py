@@ -198,16 +198,13 @@ class TransposableNMPattern:
         if not isinstance(self.method, str) or self.method not in M.METHODS:
             raise ValueError(f"method: expected one of {', '.join(M.METHODS)}, got {self.method!r}")
 
-    @property
-    def target_sparsity(self) -> float:
-        return 1.0 - self.n / self.m
+    target_sparsity = NMPattern.target_sparsity
 
     def fits(self, shape) -> str | None:
+        why = NMPattern.fits(self, shape)  # the 1-D N:M reasons first, then the tile's rows
+        if why is not None:
+            return why
         s = _shape_2d(shape)
-        if isinstance(s, str):
-            return s
-        if s[1] % self.m:
-            return f"in_features {s[1]} is not divisible by m={self.m}"
         if s[0] % self.m:
             return f"out_features {s[0]} is not divisible by m={self.m} (transposable tiles are m x m)"
         return None
