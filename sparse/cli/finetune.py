@@ -161,10 +161,16 @@ def summary(res, recipe, out: str) -> str:
 
     pruned = [r for r in res.layers if r["status"] == "pruned"]
     valid = sum(1 for r in pruned if r["valid"])
-    lines = ["", format_report(res.layers), "",
-             f"recipe        {res.recipe}  (seed {res.seed}, {res.steps} steps, {res.epochs_run:.2f} epochs, "
-             f"{res.seconds_per_step:.2f} s/step)",
-             f"pruned layers {len(pruned)}/{len(res.layers)}  valid {valid}/{len(pruned)}",
+    mlp = (res.extra or {}).get("mlpruning")
+    if mlp is not None:  # an MLPruning run has no SparseOptimizer layers: say what the pruner kept
+        what = (f"mlpruning     {100 * mlp['remaining_fraction']:.1f}% of the encoder's Linear weights remain "
+                f"(target {100 * mlp['target']:.0f}%); packed model {100 * mlp['packed_accuracy']:.2f}%")
+    else:
+        what = f"pruned layers {len(pruned)}/{len(res.layers)}  valid {valid}/{len(pruned)}"
+    lines = ["", format_report(res.layers), ""] if res.layers else [""]
+    lines += [f"recipe        {res.recipe}  (seed {res.seed}, {res.steps} steps, {res.epochs_run:.2f} epochs, "
+              f"{res.seconds_per_step:.2f} s/step)",
+              what,
              f"accuracy      {100 * res.accuracy:.2f}%  (per epoch: "
              f"{', '.join(f'{100 * a:.2f}%' for a in res.epoch_accuracy)}; {res.n_test} test docs)"]
     if res.dense_accuracy is not None:

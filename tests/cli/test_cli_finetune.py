@@ -214,3 +214,17 @@ def test_swap_timing_phases():
     assert swap_timing([9.0, 2.0, 2.0, 7.0, 1.0, 1.0], 3) == (2.0, 1.0)
     assert swap_timing([1.0, 1.0], None) == (None, None)
     assert swap_timing([3.0, 1.0], 0) == (None, 1.0)
+
+
+def test_summary_of_an_mlpruning_run_reports_what_the_pruner_kept():
+    from types import SimpleNamespace
+
+    from sparse.cli.finetune import summary
+
+    res = SimpleNamespace(layers=[], recipe="mlp", seed=0, steps=3, epochs_run=0.1, seconds_per_step=1.0,
+                          accuracy=0.9, epoch_accuracy=[0.9], n_test=10, dense_accuracy=None, kernel_step=None,
+                          notes=[], extra={"mlpruning": {"remaining_fraction": 0.512, "target": 0.5,
+                                                         "packed_accuracy": 0.875}})
+    text = summary(res, SimpleNamespace(pruning=()), "/tmp/x")
+    assert "51.2% of the encoder's Linear weights remain (target 50%); packed model 87.50%" in text
+    assert "pruned layers" not in text
