@@ -265,8 +265,9 @@ def test_cpu_benchmark_cli_writes_json_and_refuses_to_clobber(tmp_path, capsys):
     for r in rows:
         if r not in ran:  # bf16 without AMX/AVX512-BF16: reported, not crashed
             assert r["sparse_ms"] is None and r["speedup"] is None and "cannot run" in r["unavailable"]
-    assert all(r["dense_ms"] > 0 and r["sparse_ms"] > 0 for r in ran)
-    assert all(abs(r["speedup"] - r["dense_ms"] / r["sparse_ms"]) < 1e-9 for r in ran)
+    # no speed claim here: only that the report is complete and its ratio is the one its times give
+    assert all(isinstance(r["dense_ms"], float) and isinstance(r["sparse_ms"], float) for r in ran)
+    assert all(r["speedup"] == pytest.approx(r["dense_ms"] / r["sparse_ms"]) for r in ran)
     assert {(r["backend"], r["block"]) for r in payload["summary"]} == {("csrc-cpu", 32), ("torch", 32)}
     assert "speedup" in capsys.readouterr().out
     assert main(argv) == 2                                     # exists: refused without --force
