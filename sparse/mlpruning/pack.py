@@ -273,6 +273,14 @@ def pack_layer(layer: nn.Module, family: Family, plan: LayerPlan, head_dim: int,
             notes.append(f"{where.rstrip('.')}: all attention heads pruned: attention removed, the block adds the "
                          f"attention-output bias only")
             log.info(notes[-1])
+    install_layer(layer, family, new, 0 if headless else int(new["query"].out_features) // head_dim)
+    return layer_record(layer, family, head_dim)
+
+
+def install_layer(layer: nn.Module, family: Family, new: dict[str, nn.Module], heads: int) -> None:
+    """Put the packed matrices ``new`` (role -> module) into ``layer`` with ``heads`` attention heads; with
+    0 heads the attention module becomes a :class:`HeadlessAttention` (bias-only output)."""
+    if heads == 0:
         if family.out_in_attention:
             set_module(layer, family.attention, HeadlessAttention(new["attn_out"], family.out_leaf()))
         else:
@@ -283,8 +291,7 @@ def pack_layer(layer: nn.Module, family: Family, plan: LayerPlan, head_dim: int,
     else:
         for role, mod in new.items():
             set_module(layer, family.matrices[role], mod)
-        setattr(get_module(layer, family.attention), family.heads_attr, int(new["query"].out_features) // head_dim)
-    return layer_record(layer, family, head_dim)
+        setattr(get_module(layer, family.attention), family.heads_attr, heads)
 
 
 def layer_record(layer: nn.Module, family: Family, head_dim: int) -> dict:
@@ -318,15 +325,4 @@ def rebuild_layer(layer: nn.Module, family: Family, record: dict, head_dim: int,
             inner = _new_linear(cols, rows, spec["bias"])
         new[role] = (RowPrunedLinear(inner, torch.zeros(rows, dtype=torch.int64), scatter_to)
                      if scatter_to is not None else inner)
-    if record["heads"] == 0:
-        if family.out_in_attention:
-            set_module(layer, family.attention, HeadlessAttention(new["attn_out"], family.out_leaf()))
-        else:
-            set_module(layer, family.attention, HeadlessAttention())
-            set_module(layer, family.matrices["attn_out"], new["attn_out"])
-        for role in ("ffn_in", "ffn_out"):
-            set_module(layer, family.matrices[role], new[role])
-    else:
-        for role, mod in new.items():
-            set_module(layer, family.matrices[role], mod)
-        setattr(get_module(layer, family.attention), family.heads_attr, int(record["heads"]))
+    install_layer(layer, family, new, int(record["heads"]))
