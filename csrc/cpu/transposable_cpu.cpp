@@ -36,17 +36,6 @@ at::Tensor for_each_tile(const at::Tensor& w, int64_t m, F&& f) {
   return keep;
 }
 
-// Runs body<T>() with T = float or double, the weight's dtype (checked by check_input).
-#define SPARSE_FLOAT_OR_DOUBLE(w, ...)                  \
-  [&] {                                                 \
-    if ((w).scalar_type() == at::kDouble) {             \
-      using T = double;                                 \
-      return __VA_ARGS__();                             \
-    }                                                   \
-    using T = float;                                    \
-    return __VA_ARGS__();                               \
-  }()
-
 }  // namespace
 
 at::Tensor transposable_exact_cpu(const at::Tensor& w, int64_t n, int64_t m) {

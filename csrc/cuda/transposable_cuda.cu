@@ -74,17 +74,6 @@ unsigned blocks_for(int64_t work, const char* fn) {
   return (unsigned)blocks;
 }
 
-// Runs body<T>() with T = float or double, the weight's dtype (checked by check_input).
-#define SPARSE_FLOAT_OR_DOUBLE(w, ...)      \
-  [&] {                                     \
-    if ((w).scalar_type() == at::kDouble) { \
-      using T = double;                     \
-      return __VA_ARGS__();                 \
-    }                                       \
-    using T = float;                        \
-    return __VA_ARGS__();                   \
-  }()
-
 }  // namespace
 
 at::Tensor transposable_exact_cuda(const at::Tensor& w, int64_t n, int64_t m) {

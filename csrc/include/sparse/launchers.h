@@ -5,6 +5,17 @@
 
 #include <utility>
 
+// Runs body<T>() with T = float or double, the weight's dtype (the mask launchers check it first).
+#define SPARSE_FLOAT_OR_DOUBLE(w, ...)      \
+  [&] {                                     \
+    if ((w).scalar_type() == at::kDouble) { \
+      using T = double;                     \
+      return __VA_ARGS__();                 \
+    }                                       \
+    using T = float;                        \
+    return __VA_ARGS__();                   \
+  }()
+
 namespace sparse_ext {
 
 // All take a contiguous float32 or float64 matrix W [R, C] (scores and comparisons in W's precision)
