@@ -85,9 +85,12 @@ def summarize(runs: list[dict]) -> list[dict]:
     rows = []
     for name, rs in by.items():
         accs = [r["accuracy"] for r in rs]
+        kept = [r["extra"]["mlpruning"]["remaining_fraction"] for r in rs
+                if (r.get("extra") or {}).get("mlpruning")]
         rows.append({"recipe": name, "n": len(accs), "mean": statistics.fmean(accs),
                      "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "min": min(accs), "max": max(accs),
-                     "seeds": [r["seed"] for r in rs], "accuracies": accs})
+                     "seeds": [r["seed"] for r in rs], "accuracies": accs,
+                     "encoder_kept": statistics.fmean(kept) if kept else None})
     if dense is not None:
         dense_by_seed = {r["seed"]: r["accuracy"] for r in by[dense]}
         dmean = next(r["mean"] for r in rows if r["recipe"] == dense)
@@ -107,6 +110,7 @@ COLUMNS = (
     harness.Column("mean", "mean acc", _pct), harness.Column("std", "std", lambda x: f"{100 * x:.2f}"),
     harness.Column("min", "min", _pct), harness.Column("max", "max", _pct),
     harness.Column("gap_points", "vs dense", lambda x: f"{x:+.2f} pt", missing="-"),
+    harness.Column("encoder_kept", "encoder kept", _pct, missing="-"),  # MLPruning: packed / dense weights
 )
 
 
@@ -163,11 +167,20 @@ def run(args) -> int:
                   f"(epochs {[round(100 * a, 2) for a in res.epoch_accuracy]}, {res.seconds_per_step:.2f} s/step)",
                   flush=True)
             for name, acc in res.extra.items():
-                print(f"  {recipe.name} seed {seed} pruned {name} without retraining: {100 * acc:.2f}%", flush=True)
+                if name.startswith("oneshot:"):
+                    print(f"  {recipe.name} seed {seed} pruned {name} without retraining: {100 * acc:.2f}%",
+                          flush=True)
+            ml = res.extra.get("mlpruning")
+            if ml:
+                print(f"  {recipe.name} seed {seed} MLPruning: packed model keeps "
+                      f"{100 * ml['remaining_fraction']:.1f}% of the encoder weights, packed accuracy "
+                      f"{100 * ml['packed_accuracy']:.2f}%", flush=True)
             d = res.to_dict()
             d["dense"] = not recipe.pruning
             d["layers_valid"] = all(r["valid"] in (True, None) for r in d["layers"])
             d.pop("layers")
+            if ml:  # the per-layer table stays in the run folder; the summary needs the fraction kept
+                d["extra"]["mlpruning"] = {k: v for k, v in ml.items() if k != "layers"}
             runs.append(d)
             if args.json:  # the target was checked by setup(): rewriting it here is ours to do
                 harness.write_json(args.json, {"runs": runs, "summary": summarize(runs)}, force=True)
