@@ -198,6 +198,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plot", metavar="PATH", default=None,
                         help="write a PNG bar chart of step time and speedup per mode (needs matplotlib)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inference", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time an inference forward (eval mode, no grad) of every mode in the same "
+                             "rounds (default: on)")
     harness.add_common_arguments(parser, devices=("cpu", "cuda"))
 
 
@@ -247,6 +250,18 @@ def train_step(prep: tm.Prepared, work: tm.Workload, device: torch.device, dtype
     return fwd.wall_ms, bwd.wall_ms, opt.wall_ms
 
 
+def infer_step(prep: tm.Prepared, work: tm.Workload, device: torch.device, dtype: str) -> float:
+    """One inference forward (eval mode: no dropout; no autograd graph); returns ms."""
+    model = prep.model
+    model.eval()
+    try:
+        with torch.no_grad(), harness.stopwatch(device) as fwd, _autocast(device, dtype):
+            work.loss(model, work.inputs)
+    finally:
+        model.train()
+    return fwd.wall_ms
+
+
 # --------------------------------------------------------------------------------------- the check
 def _dense_grads(model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
     """Gradients by dense parameter name; a BlockSparseLinear's as its dense ``weight`` (zeros in
@@ -294,7 +309,7 @@ def check_mode(prep: tm.Prepared, work: tm.Workload, masks: dict[str, torch.Tens
     """
     tol = TOLERANCES[dtype]
     if prep.reference is not None:
-        ref, masks = prep.reference, {}
+        ref, masks = prep.reference, dict(prep.reference_masks)
     else:
         ref = copy.deepcopy(work.model)
         with torch.no_grad():
@@ -464,7 +479,8 @@ def _record(mode: tm.Mode) -> dict:
     return {"mode": mode.name, "description": mode.describe(), "kind": mode.kind, "available": True,
             "unavailable": None, "correct": None, "check": None, "backend": None, "kernel_family": None,
             "note": "", "forward_ms": None, "backward_ms": None, "optimizer_ms": None, "step_ms": None,
-            "timings": None, "tokens_per_s": None, "speedup_vs_dense": None, "speedup_vs_dense_paired": None,
+            "infer_ms": None, "infer_speedup_vs_dense": None, "timings": None, "tokens_per_s": None,
+            "speedup_vs_dense": None, "speedup_vs_dense_paired": None,
             "peak_mem_mb": None,
             "step_mem_mb": None, "state_mem_mb": None, "peak_mem_source": None, "breakdown": None,
             "breakdown_ms": None, "breakdown_other_ops": None}
@@ -520,14 +536,18 @@ def run(args) -> int:
 
     live = list(prepared)
     times = {n: ([], [], []) for n in live}
+    infer = {n: [] for n in live}
     progress = _Progress((args.warmup + args.steps) * len(live), f"bench train {args.model}")
     try:
         for r in range(args.warmup + args.steps):
             for name in live:  # round-robin: every mode sees the same machine state
                 t = train_step(prepared[name], work, device, args.dtype)
+                i = infer_step(prepared[name], work, device, args.dtype) if args.inference else None
                 if r >= args.warmup:
                     for lst, v in zip(times[name], t):
                         lst.append(v)
+                    if i is not None:
+                        infer[name].append(i)
                 progress.update(1, f"{name} {sum(t):.0f} ms")
     finally:
         progress.close()
@@ -541,11 +561,14 @@ def run(args) -> int:
         spans = {"forward": harness.summarize(f), "backward": harness.summarize(b),
                  "optimizer": harness.summarize(o),
                  "step": harness.summarize([x + y + z for x, y, z in zip(f, b, o)])}
+        if infer[name]:
+            spans["inference"] = harness.summarize(infer[name])
         rec["timings"] = {k: {"median_ms": v.median_ms, "min_ms": v.min_ms, "max_ms": v.max_ms,
                               "times_ms": list(v.times_ms)} for k, v in spans.items()}
         rec.update(forward_ms=spans["forward"].median_ms, backward_ms=spans["backward"].median_ms,
                    optimizer_ms=spans["optimizer"].median_ms, step_ms=spans["step"].median_ms,
-                   tokens_per_s=work.tokens / (spans["step"].median_ms / 1e3))
+                   tokens_per_s=work.tokens / (spans["step"].median_ms / 1e3),
+                   infer_ms=spans["inference"].median_ms if "inference" in spans else None)
         rec.update(measure_memory(lambda: train_step(prep, work, device, args.dtype), device))
         rec["state_mem_mb"] = tm.mib(tm.state_bytes(prep))
         rec["breakdown"], rec["breakdown_ms"], rec["breakdown_other_ops"] = _profile(prep, work, device, args.dtype)
@@ -558,6 +581,8 @@ def run(args) -> int:
             # slow phases of a shared machine better than the ratio of the medians
             pairs = zip(dense["timings"]["step"]["times_ms"], rec["timings"]["step"]["times_ms"])
             rec["speedup_vs_dense_paired"] = statistics.median(d / m for d, m in pairs)
+        if rec["infer_ms"] is not None and dense["infer_ms"] is not None:
+            rec["infer_speedup_vs_dense"] = dense["infer_ms"] / rec["infer_ms"]
 
     _print_tables(records)
     payload = {"benchmark": "train", "config": harness.config(args), "machine": machine,
@@ -598,6 +623,8 @@ def _print_tables(records: list[dict]) -> None:
             C("range", "min-max", missing="-"), C("tokens_per_s", "tok/s", ".0f", missing="-"),
             C("speedup_vs_dense", "vs dense", lambda v: f"{v:.2f}x", missing="-"),
             C("speedup_vs_dense_paired", "paired", lambda v: f"{v:.2f}x", missing="-"),
+            C("infer_ms", "infer ms", ".1f", missing="-"),
+            C("infer_speedup_vs_dense", "infer vs dense", lambda v: f"{v:.2f}x", missing="-"),
             C("peak_mem_mb", "peak MB", ".0f", missing="-"), C("step_mem_mb", "step MB", ".0f", missing="-"),
             C("backend", "backend", align="<", missing="-"), C("note", "note", align="<")]
     rows = []

@@ -17,6 +17,11 @@ Modes (:func:`parse_mode`, an explicit registry of families that raises on unkno
 * ``mlprunedNN``: :class:`sparse.mlpruning.MLPruner` one-shot (heads and rows, magnitude scores) to
   NN % of the encoder Linear weights pruned, then packed (pruned heads and rows physically removed);
   whole Hugging Face encoders only (``--model minilm``), unavailable elsewhere with the reason.
+* ``packed:DIR``: a packed MLPruning run folder (``sparse finetune mlpruning-minilm-bbc`` saves one;
+  :func:`sparse.mlpruning.load_packed`), i.e. the model the fine-tune really trained, with its learned
+  per-layer head counts and widths (and ``BlockSparseLinear`` matrices after the block stage); checked
+  against the same model with every block-sparse matrix expanded to a dense ``nn.Linear``
+  (``--model minilm`` only: the same family and number of labels).
 
 :func:`reference_masks` gives the masks of the masked-dense computation that every mode is checked
 against, built from the original weights by the pattern API, independently of the mode's own build.
@@ -218,6 +223,7 @@ class Mode:
     m: int = 0
     transposable: bool = False
     sparsity: float = 0.0
+    path: str = ""  # packed: the packed MLPruning folder
 
     def pattern(self):
         """The :mod:`sparse.pruning.patterns` object of this mode (None for dense and mlpruned)."""
@@ -236,6 +242,8 @@ class Mode:
             return f"{self.n}:{self.m}{' transposable' if self.transposable else ''} masked dense"
         if self.kind == "block":
             return f"BlockSparseLinear, {BLOCK}x{BLOCK} blocks {100 * self.sparsity:g}% pruned"
+        if self.kind == "packed":
+            return f"packed MLPruning run {self.path}"
         return f"MLPruning heads+rows, {100 * self.sparsity:g}% of the encoder weights pruned, packed"
 
 
@@ -243,7 +251,8 @@ _NM = re.compile(r"(?P<n>\d+)of(?P<m>\d+)(?P<t>-t)?")
 _PCT = re.compile(r"(?P<family>block|mlpruned)(?P<pct>\d+)")
 MODE_FORMS = ("dense", "NofM (masked dense N:M, e.g. 2of4)", "NofM-t (transposable, e.g. 2of4-t, 4of8-t)",
               "blockNN (NN% of 32x32 blocks pruned, BlockSparseLinear; e.g. block50, block90)",
-              "mlprunedNN (MLPruning heads+rows, NN% of encoder weights pruned, packed; e.g. mlpruned50)")
+              "mlprunedNN (MLPruning heads+rows, NN% of encoder weights pruned, packed; e.g. mlpruned50)",
+              "packed:DIR (a packed MLPruning run folder, e.g. packed:sparse-runs/mlpruning-minilm-bbc-seed0)")
 
 
 def parse_mode(name: str) -> Mode:
@@ -251,6 +260,15 @@ def parse_mode(name: str) -> Mode:
     text = name.strip()
     if text == "dense":
         return Mode("dense", "dense")
+    if text.startswith("packed:"):
+        from sparse.mlpruning.io import is_packed_folder
+
+        path = text[len("packed:"):]
+        if not is_packed_folder(path):
+            raise ValueError(f"--modes: {name!r}: expected a packed MLPruning folder (config.json with an "
+                             f"'mlpruning' record, as `sparse finetune mlpruning-minilm-bbc` saves), got "
+                             f"{'a missing path' if not os.path.exists(path) else 'a folder without one'}")
+        return Mode(text, "packed", path=path)
     match = _NM.fullmatch(text)
     if match:
         n, m = int(match["n"]), int(match["m"])
@@ -264,6 +282,16 @@ def parse_mode(name: str) -> Mode:
 
 def unavailable(mode: Mode, work: Workload, device: torch.device) -> str | None:
     """Why ``mode`` cannot run on ``work`` here, or None."""
+    if mode.kind == "packed":
+        if work.name != "minilm":
+            return "a packed MLPruning run is a whole MiniLM classifier: use --model minilm"
+        with open(os.path.join(mode.path, "config.json"), encoding="utf-8") as f:
+            import json
+
+            labels = len(json.load(f).get("id2label") or {}) or None
+        if labels not in (None, NUM_LABELS):
+            return f"the packed model classifies {labels} labels; the benchmark's batch has {NUM_LABELS}"
+        return None
     if mode.kind == "mlpruned":
         try:
             mlp = importlib.import_module("sparse.mlpruning")
@@ -297,6 +325,7 @@ class Prepared:
     # The masked-dense computation to check against when the masks are the mode's own (MLPruning's
     # learned heads/rows), else None: the checker masks the original weights by the pattern itself.
     reference: nn.Module | None = None
+    reference_masks: dict[str, torch.Tensor] = field(default_factory=dict)  # with ``reference``: fqn -> mask
     # "all": every gradient of the dense model has its counterpart; "shared": only the parameters that
     # kept their name and shape (a packed model lost rows; its embeddings' gradients still pass
     # through every packed layer)
@@ -357,11 +386,35 @@ def build_mlpruned(mode: Mode, work: Workload, device) -> Prepared:
                     f"{100 * kept:.1f}% of the encoder weights remain", reference=masked, compare="shared")
 
 
+def build_packed(mode: Mode, work: Workload, device) -> Prepared:
+    """A packed MLPruning run folder as trained; the reference is the same model with its
+    block-sparse matrices expanded to dense ``nn.Linear`` (the masked-dense computation)."""
+    from sparse.mlpruning import load_packed
+
+    model = load_packed(mode.path, dtype=torch.float32).to(device)
+    ref = copy.deepcopy(model)
+    blocks = [n for n, m in ref.named_modules() if isinstance(m, BlockSparseLinear)]
+    masks = {}
+    for fqn in blocks:
+        mod = ref.get_submodule(fqn)
+        b = mod.out_features // mod.block_mask.shape[0]
+        # pruned blocks' gradients do not exist on the kernel: compare inside the mask only
+        masks[f"{fqn}.weight"] = mod.block_mask.repeat_interleave(b, 0).repeat_interleave(b, 1)
+        ref.set_submodule(fqn, mod.to_dense())
+    record = getattr(model.config, "mlpruning", None) or {}
+    kept = record.get("remaining_fraction")
+    note = (f"{100 * kept:.1f}% of the encoder weights remain" if kept is not None else "") + (
+        f"; {len(blocks)} BlockSparseLinear" if blocks else "")
+    backend = "csrc/torch (packed, BlockSparseLinear)" if blocks else "torch (packed: heads and rows removed)"
+    return Prepared(mode, model, _adamw(model), backend, note, reference=ref.train(), reference_masks=masks)
+
+
 BUILDERS: dict[str, Callable[[Mode, Workload, Any], Prepared]] = {
     "dense": build_dense,
     "nm": build_nm,
     "block": build_block,
     "mlpruned": build_mlpruned,
+    "packed": build_packed,
 }
 
 

@@ -35,7 +35,7 @@ def _by_mode(payload):
 
 
 NUMBERS = ("forward_ms", "backward_ms", "optimizer_ms", "step_ms", "tokens_per_s", "speedup_vs_dense",
-           "speedup_vs_dense_paired", "peak_mem_mb", "state_mem_mb")
+           "speedup_vs_dense_paired", "peak_mem_mb", "state_mem_mb", "infer_ms", "infer_speedup_vs_dense")
 
 
 def test_mlp_records_are_complete_and_typed(tmp_path, capsys):
@@ -58,6 +58,10 @@ def test_mlp_records_are_complete_and_typed(tmp_path, capsys):
         assert r["breakdown"]["linear"] > 0
         assert r["check"]["loss_rel_err"] <= r["check"]["tolerance"]["loss_rtol"]
     assert recs["dense"]["speedup_vs_dense"] == 1.0                # exactly: the same measurement
+    assert recs["dense"]["infer_speedup_vs_dense"] == 1.0
+    assert recs["block50"]["infer_speedup_vs_dense"] == pytest.approx(
+        recs["dense"]["infer_ms"] / recs["block50"]["infer_ms"])
+    assert len(recs["block50"]["timings"]["inference"]["times_ms"]) == 1
     assert recs["dense"]["speedup_vs_dense_paired"] == 1.0
     assert recs["block50"]["speedup_vs_dense"] == pytest.approx(recs["dense"]["step_ms"] / recs["block50"]["step_ms"])
     assert "no speed claim" in recs["2of4"]["note"]
@@ -214,3 +218,44 @@ def test_minilm_dense_block_and_mlpruned(tmp_path, minilm_dir, monkeypatch):
     argv[3] = "dense,mlpruned50"
     bad = _by_mode(_run(tmp_path, argv, "bad.json"))["mlpruned50"]
     assert bad["correct"] is False and bad["step_ms"] is None
+
+
+def test_no_inference_leaves_inference_out(tmp_path):
+    payload = _run(tmp_path, ["--model", "mlp", "--modes", "dense", "--batch", "1", "--seq", "4",
+                              "--steps", "1", "--warmup", "0", "--threads", "1", "--no-inference"])
+    rec = payload["records"][0]
+    assert rec["infer_ms"] is None and "inference" not in rec["timings"] and isinstance(rec["step_ms"], float)
+
+
+def test_packed_runs_head_row_and_block_stages(tmp_path, minilm_dir, monkeypatch):
+    """``packed:DIR`` times a saved MLPruning model (as a fine-tune leaves it) against dense MiniLM:
+    the head/row stage and the block stage (BlockSparseLinear) pass the check against the same model
+    with its blocks expanded to dense; a perturbed one is refused; a wrong folder is a clear error."""
+    from sparse.mlpruning import MLPruner, save_packed
+
+    work = tm.MODELS["minilm"](1, 8, torch.device("cpu"))
+    first = MLPruner(work.model, {"levels": ["heads", "rows"], "target": 0.5, "row_multiple": 32})
+    first.one_shot(0.5)
+    stage1 = first.pack()
+    save_packed(stage1, tmp_path / "stage1")
+    second = MLPruner(stage1, {"levels": ["blocks"], "block": [32, 32], "target": 0.3})
+    second.one_shot(0.3)
+    save_packed(second.pack(), tmp_path / "stage2")
+    modes = f"dense,packed:{tmp_path / 'stage1'},packed:{tmp_path / 'stage2'}"
+    argv = ["--model", "minilm", "--modes", modes, "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "0",
+            "--threads", "1"]
+    recs = list(_by_mode(_run(tmp_path, argv)).values())
+    assert [r["kind"] for r in recs] == ["dense", "packed", "packed"]
+    for r in recs:
+        assert r["correct"] is True, r["check"]
+        assert isinstance(r["step_ms"], float) and isinstance(r["infer_ms"], float)
+    assert "remain" in recs[1]["note"] and "BlockSparseLinear" not in recs[1]["note"]
+    assert "BlockSparseLinear" in recs[2]["note"]
+    monkeypatch.setitem(tm.BUILDERS, "packed", _perturbing(tm.BUILDERS["packed"]))
+    argv[3] = f"dense,packed:{tmp_path / 'stage2'}"
+    bad = _by_mode(_run(tmp_path, argv, "bad.json"))[f"packed:{tmp_path / 'stage2'}"]
+    assert bad["correct"] is False and bad["step_ms"] is None
+    with pytest.raises(ValueError, match="packed MLPruning folder"):
+        tm.parse_mode(f"packed:{tmp_path / 'nothing'}")
+    with pytest.raises(ValueError, match="without one"):
+        tm.parse_mode(f"packed:{minilm_dir}")
