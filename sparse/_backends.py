@@ -57,8 +57,9 @@ def _probe_cpu() -> BackendInfo:
             elif mod.bsr_brgemm_supported(dt, 32):
                 native.append(f"{dt} (blocks of 32k)")
     kernels = ", ".join(mod.bsr_cpu_kernels()) if hasattr(mod, "bsr_cpu_kernels") else "brgemm"
+    dropout = f"; dropout kernel: {mod.dropout_isa()}" if hasattr(mod, "dropout_isa") else ""
     return BackendInfo("csrc-cpu", True, f"sparse._C, OpenMP threads={threads}, native block-sparse dtypes: "
-                                         f"{', '.join(native) or 'none'} (kernels: {kernels})")
+                                         f"{', '.join(native) or 'none'} (kernels: {kernels}){dropout}")
 
 
 def _probe_cuda() -> BackendInfo:

@@ -3,6 +3,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import sparse
 from sparse._backends import BackendInfo
 
@@ -44,3 +46,13 @@ def test_import_sparse_does_not_import_triton_or_transformers():
     code = "import sys, sparse; print(sorted(m for m in ('triton', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cpu_backend_names_the_dropout_kernel():
+    import sparse
+    from sparse.ops.dropout import native_isa
+
+    info = sparse.backends()["csrc-cpu"]
+    if not info.available:
+        pytest.skip("sparse._C not built")
+    assert f"dropout kernel: {native_isa()}" in info.reason
