@@ -3,12 +3,17 @@
 :func:`finetune` reads as its steps, each a function of its own:
 
 1. :func:`check_args`, :func:`check_out_dir`, :func:`apply_overrides` (``epochs``, ``seed``);
-2. :func:`load_data`: tokenise once (max_length, padded); :func:`plan_run`: steps and cache key;
+2. :func:`load_data`: the recipe's train / validation / test splits (:func:`sparse.data.load_splits`: a
+   packaged dataset or the user's CSV / JSON Lines / ``datasets`` files), tokenised once (max_length,
+   padded; sentence pairs with ``data.text_pair``); :func:`plan_run`: steps and cache key;
 3. :func:`build_model`; :func:`build_optimizer`: AdamW, ``train.head_lr`` for the layers that the
    layer policy calls heads (:func:`sparse.policy.is_head`), linear warm-up/decay, wrapped in
    :class:`~sparse.SparseOptimizer`;
-4. :func:`train`: :func:`train_epoch` then :func:`evaluate` on the test split, epoch after epoch;
-   bf16 autocast on CPU (about 2x faster than fp32 here), gradient clipping;
+4. :func:`train`: :func:`train_epoch` then :func:`score_split` on the *validation* split, epoch after
+   epoch; bf16 autocast on CPU (about 2x faster than fp32 here), gradient clipping. The epoch with the best
+   validation macro-F1 (:func:`eligible_epoch`: once every pruning entry's mask is final; the last epoch of
+   an MLPruning run) is kept: its model and optimizer state are held in memory and restored after the last
+   epoch (the model of that epoch itself, not a re-run); then the test split is evaluated once;
 5. :func:`cache_accuracy`, :func:`save_run` (model and masks as safetensors, ``result.json``,
    written atomically), :func:`save_teacher`.
 
@@ -25,6 +30,9 @@ run saves the *packed* model (:func:`sparse.mlpruning.io.write_packed`), reporti
 packed folder as ``model.source`` (or as ``distill.teacher``) is loaded with
 :func:`sparse.mlpruning.load_packed`: the second, block stage starts from the first stage's run.
 
+Results report validation and test accuracy and macro-F1 (:func:`metrics`); ``accuracy`` is the test
+accuracy of the chosen epoch's model, ``epoch_accuracy`` the validation accuracy after each epoch.
+
 Dense runs are cached (accuracy keyed by everything that defines the run except the pruning entries)
 so a sparse run with the same model, data, training settings, seed and steps can report
 dense-vs-sparse accuracy; the dense model itself is cached too (``teachers/<key>``) as the teacher of
@@ -34,6 +42,7 @@ such runs whose recipe says ``distill: {teacher: dense}``. The teacher is the ca
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -59,7 +68,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneResult:
-    """Outcome of one :func:`finetune` run (accuracies are fractions in [0, 1])."""
+    """Outcome of one :func:`finetune` run (accuracies and macro-F1 are fractions in [0, 1]).
+
+    ``accuracy`` / ``macro_f1``: the test split, evaluated once with the model of the chosen epoch
+    ``best_epoch`` (1-based); ``val_accuracy`` / ``val_macro_f1``: that epoch's validation scores;
+    ``epoch_accuracy`` / ``epoch_val_macro_f1``: validation after each epoch."""
     recipe: str
     seed: int
     steps: int
@@ -80,6 +93,15 @@ class FinetuneResult:
     kernel_step: int | None = None
     seconds_per_step_before_swap: float | None = None
     seconds_per_step_after_swap: float | None = None
+    # three splits (issue 16): validation chooses the epoch, the test split is evaluated once at the end
+    macro_f1: float | None = None
+    val_accuracy: float | None = None
+    val_macro_f1: float | None = None
+    epoch_val_macro_f1: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    n_val: int = 0
+    dense_macro_f1: float | None = None
+    label_names: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -87,27 +109,37 @@ class FinetuneResult:
 
 @dataclass
 class Split:
-    """One tokenised split: ``[N, L]`` int64 ids and attention mask, ``[N]`` int64 labels."""
+    """One tokenised split: ``[N, L]`` int64 ids and attention mask, ``[N]`` int64 labels; sentence pairs
+    also ``[N, L]`` int64 ``token_type_ids`` (None for single texts: the model's default, all zeros)."""
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    token_type_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def inputs(self, idx) -> dict:
-        return {"input_ids": self.input_ids[idx], "attention_mask": self.attention_mask[idx]}
+        out = {"input_ids": self.input_ids[idx], "attention_mask": self.attention_mask[idx]}
+        if self.token_type_ids is not None:
+            out["token_type_ids"] = self.token_type_ids[idx]
+        return out
 
 
 @dataclass
 class RunData:
     """What :func:`load_data` prepares: the tokenised splits, the label names, the model folder and
-    its tokenizer (saved with the run so that the run folder is a model folder)."""
+    its tokenizer (saved with the run so that the run folder is a model folder). ``val``: the validation
+    split that chooses the epoch (None: the test split plays that part, as before issue 16);
+    ``fingerprint``: :meth:`sparse.data.TextSplit.fingerprint` of a user's files (None for packaged data)."""
     train: Split
     test: Split
     label_names: list[str]
     model_path: str
     tokenizer: Any
+    val: Split | None = None
+    fingerprint: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -120,21 +152,31 @@ class RunPlan:
 
 @dataclass
 class TrainLog:
-    epoch_accuracy: list[float]
+    epoch_accuracy: list[float]  # validation accuracy after each epoch
     seconds: float          # training and per-epoch evaluation
     train_seconds: float    # training only
     step_seconds: list[float] = field(default_factory=list)  # each optimizer step's wall time
+    epoch_macro_f1: list[float] = field(default_factory=list)  # validation macro-F1 after each epoch
+    best_epoch: int | None = None    # 1-based epoch whose model the run keeps (restored after the last)
+    notes: list[str] = field(default_factory=list)
 
 
 def cache_dir() -> str:
     return os.environ.get("SPARSE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sparse", "finetune")
 
 
-def run_key(recipe: Recipe, seed: int, steps: int, n_train: int, n_test: int) -> str:
-    """Identity of a run without its pruning entries (so dense and sparse runs pair up)."""
-    blob = json.dumps({"model": dataclasses.asdict(recipe.model), "data": dataclasses.asdict(recipe.data),
-                       "train": {**dataclasses.asdict(recipe.train), "seed": seed}, "steps": steps,
-                       "n_train": n_train, "n_test": n_test}, sort_keys=True)
+def run_key(recipe: Recipe, seed: int, steps: int, n_train: int, n_test: int,
+            data_fingerprint: str | None = None) -> str:
+    """Identity of a run without its pruning entries (so dense and sparse runs pair up): the model, every
+    data setting (dataset or files and columns, split sizes and seed), the training settings, seed, steps
+    and split sizes; ``data_fingerprint``: the content of a user's data files (so that a file edited in
+    place is a new run), left out when None."""
+    d = {"model": dataclasses.asdict(recipe.model), "data": dataclasses.asdict(recipe.data),
+         "train": {**dataclasses.asdict(recipe.train), "seed": seed}, "steps": steps,
+         "n_train": n_train, "n_test": n_test}
+    if data_fingerprint is not None:
+        d["data_fingerprint"] = data_fingerprint
+    blob = json.dumps(d, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -219,12 +261,18 @@ def model_path(recipe: Recipe) -> str:
 
 
 def load_texts(recipe: Recipe, limit_train: int | None = None, limit_test: int | None = None):
-    """The recipe's dataset as texts (a :class:`sparse.data.TextSplit`), cut to the first N examples."""
-    from .data import load_bbc_news  # the only registered dataset (recipe.DATASETS)
+    """The recipe's train / validation / test texts (a :class:`sparse.data.TextSplit`,
+    :func:`sparse.data.load_splits`), cut to the first N examples: ``limit_test`` caps the validation
+    split too (smoke tests evaluate it every epoch)."""
+    from .data import load_splits
 
-    d = load_bbc_news(test_size=recipe.data.test_size, seed=recipe.data.split_seed)
-    return dataclasses.replace(d, train_texts=d.train_texts[:limit_train], train_labels=d.train_labels[:limit_train],
-                               test_texts=d.test_texts[:limit_test], test_labels=d.test_labels[:limit_test])
+    return load_splits(recipe.data).cut(limit_train, limit_test, limit_test)
+
+
+def data_fingerprint(recipe: Recipe, texts) -> str | None:
+    """The content fingerprint that goes into the cache key for a user's files (``data.format``), None
+    for the packaged datasets (fixed by their package version and the data settings)."""
+    return texts.fingerprint() if recipe.data.format is not None else None
 
 
 def _quiet_transformers() -> None:
@@ -252,24 +300,36 @@ def load_data(recipe: Recipe, limit_train: int | None = None, limit_test: int | 
     path = model_path(recipe)
     check_max_length(recipe, path)
     texts = load_texts(recipe, limit_train, limit_test)
+    for note in texts.notes:
+        log.info("data: %s", note)
     tok = AutoTokenizer.from_pretrained(path)
-
-    def split(x: list[str], y: list[int]) -> Split:
-        enc = tok(x, truncation=True, max_length=recipe.model.max_length, padding="max_length", return_tensors="pt")
-        return Split(enc["input_ids"], enc["attention_mask"], torch.tensor(y, dtype=torch.long))
-
-    return RunData(split(texts.train_texts, texts.train_labels), split(texts.test_texts, texts.test_labels),
-                   list(texts.label_names), path, tok)
+    return RunData(tokenize(tok, texts.train_texts, texts.train_labels, recipe.model.max_length, texts.train_pairs),
+                   tokenize(tok, texts.test_texts, texts.test_labels, recipe.model.max_length, texts.test_pairs),
+                   list(texts.label_names), path, tok,
+                   val=tokenize(tok, texts.val_texts, texts.val_labels, recipe.model.max_length, texts.val_pairs),
+                   fingerprint=data_fingerprint(recipe, texts), notes=list(texts.notes))
 
 
-def plan_run(recipe: Recipe, n_train: int, n_test: int, max_steps: int | None = None) -> RunPlan:
+def tokenize(tok, texts: list[str], labels: list[int], max_length: int, pairs: list[str] | None = None) -> Split:
+    """A tokenised :class:`Split` padded to ``max_length``; ``pairs``: the second texts of sentence pairs
+    (truncated longest-first with the first)."""
+    if not texts:
+        empty = torch.zeros(0, max_length, dtype=torch.long)
+        return Split(empty, empty.clone(), torch.zeros(0, dtype=torch.long))
+    enc = tok(texts, pairs, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
+    types = enc.get("token_type_ids") if pairs is not None else None
+    return Split(enc["input_ids"], enc["attention_mask"], torch.tensor(labels, dtype=torch.long), types)
+
+
+def plan_run(recipe: Recipe, n_train: int, n_test: int, max_steps: int | None = None,
+             data_fingerprint: str | None = None) -> RunPlan:
     """Steps per epoch, total steps (``train.epochs`` of them, at most ``max_steps``) and the cache key."""
     tc = recipe.train
     steps_per_epoch = math.ceil(n_train / tc.batch_size)
     total = tc.epochs * steps_per_epoch
     if max_steps is not None:
         total = min(total, max_steps)
-    return RunPlan(steps_per_epoch, total, run_key(recipe, tc.seed, total, n_train, n_test))
+    return RunPlan(steps_per_epoch, total, run_key(recipe, tc.seed, total, n_train, n_test, data_fingerprint))
 
 
 def check_teacher_labels(teacher: torch.nn.Module | None, num_labels: int) -> None:
@@ -445,18 +505,78 @@ def evaluate(model, input_ids, attention_mask, labels, batch_size: int, bf16: bo
 
 def evaluate_split(model: torch.nn.Module, split: Split, recipe: Recipe) -> float:
     """:func:`evaluate` on a tokenised split with the recipe's evaluation batch size and precision."""
-    return evaluate(model, split.input_ids, split.attention_mask, split.labels, recipe.train.eval_batch_size,
-                    recipe.train.bf16)
+    return score_split(model, split, recipe)["accuracy"]
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, split: Split, batch_size: int, bf16: bool) -> torch.Tensor:
+    """``[N]`` int64 predicted classes of ``model`` (eval mode while predicting) on a tokenised split."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(split), batch_size):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**split.inputs(slice(i, i + batch_size))).logits
+        out.append(logits.argmax(-1))
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def metrics(predicted: torch.Tensor, labels: torch.Tensor) -> dict:
+    """``{"accuracy", "macro_f1"}`` of ``[N]`` int64 predictions against ``[N]`` int64 labels (fractions).
+
+    Macro-F1: the unweighted mean over the classes present in the labels or the predictions of each
+    class's F1 = 2 TP / (2 TP + FP + FN), as scikit-learn's ``f1_score(average="macro")`` (a class never
+    predicted correctly scores 0). Both 0.0 for an empty split."""
+    if len(labels) == 0:
+        return {"accuracy": 0.0, "macro_f1": 0.0}
+    classes = torch.unique(torch.cat([predicted, labels]))
+    f1 = []
+    for c in classes:
+        tp = int(((predicted == c) & (labels == c)).sum())
+        fp = int(((predicted == c) & (labels != c)).sum())
+        fn = int(((predicted != c) & (labels == c)).sum())
+        f1.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": int((predicted == labels).sum()) / len(labels), "macro_f1": sum(f1) / len(f1)}
+
+
+def score_split(model: torch.nn.Module, split: Split, recipe: Recipe) -> dict:
+    """:func:`metrics` of ``model`` on a tokenised split, with the recipe's evaluation batch size and
+    precision."""
+    return metrics(predict(model, split, recipe.train.eval_batch_size, recipe.train.bf16), split.labels)
+
+
+def final_mask_step(recipe: Recipe) -> int:
+    """The optimizer step after which no pruning entry's mask or layer form changes any more (schedules
+    done, kernels swapped); masks that ``refresh_every`` keeps recomputing count as final from then on."""
+    return max((e.final_step for e in recipe.pruning), default=0)
+
+
+def eligible_epoch(recipe: Recipe, step: int, total: int) -> bool:
+    """Whether the model after an epoch that ended at ``step`` may be the run's chosen model: the last
+    epoch always; others once every pruning entry's mask is final (:func:`final_mask_step`: an earlier
+    epoch would be less sparse than the recipe asks), never for an MLPruning run (its thresholds reach
+    the target only at the end)."""
+    if step >= total:
+        return True
+    return recipe.mlpruning is None and step >= final_mask_step(recipe)
 
 
 def train(model: torch.nn.Module, opt: SparseOptimizer, sched, data: RunData, recipe: Recipe, total: int,
           teacher: torch.nn.Module | None = None, progress: bool = True, pruner=None) -> TrainLog:
     """Epochs of :func:`train_epoch` (a fresh ``train.seed``-seeded order each) until ``total`` steps,
-    each followed by an evaluation on the test split."""
+    each followed by :func:`score_split` on the validation split (``data.val``; the test split when there
+    is none). The model and optimizer state of the eligible epoch (:func:`eligible_epoch`) with the best
+    validation macro-F1 (the earliest on ties) are copied in memory and restored after the last epoch,
+    so ``model`` and ``opt`` end as that epoch left them (masks, SR-STE weights and all)."""
     from tqdm.auto import tqdm
 
+    held_out = data.val if data.val is not None and len(data.val) else data.test
+    what = "validation" if held_out is data.val else "test"
     gen = torch.Generator().manual_seed(recipe.train.seed)
     epoch_acc: list[float] = []
+    epoch_f1: list[float] = []
+    best: tuple[float, int, dict, dict] | None = None  # (macro-F1, epoch, model state, optimizer state)
     step = 0
     t0 = time.perf_counter()
     train_time = 0.0
@@ -468,11 +588,31 @@ def train(model: torch.nn.Module, opt: SparseOptimizer, sched, data: RunData, re
         step = train_epoch(model, opt, sched, data.train, perm, recipe, teacher, step, total, bar, pruner,
                            step_seconds)
         train_time += time.perf_counter() - ts
-        epoch_acc.append(evaluate_split(model, data.test, recipe))
-        bar.write(f"epoch {len(epoch_acc)}: step {step}/{total}  test accuracy {100 * epoch_acc[-1]:.2f}%"
+        scores = score_split(model, held_out, recipe)
+        epoch_acc.append(scores["accuracy"])
+        epoch_f1.append(scores["macro_f1"])
+        chosen = ""
+        if eligible_epoch(recipe, step, total) and (best is None or scores["macro_f1"] > best[0]):
+            last = step >= total  # the final state needs no copy: it is what the model holds at the end
+            best = (scores["macro_f1"], len(epoch_acc), {} if last else copy.deepcopy(model.state_dict()),
+                    {} if last else copy.deepcopy(opt.state_dict()))
+            chosen = "  (best so far)"
+        bar.write(f"epoch {len(epoch_acc)}: step {step}/{total}  {what} accuracy {100 * epoch_acc[-1]:.2f}%  "
+                  f"macro-F1 {100 * epoch_f1[-1]:.2f}%" + chosen
                   + (f"  remaining {100 * pruner.remaining_fraction(hard=True):.1f}%" if pruner is not None else ""))
     bar.close()
-    return TrainLog(epoch_acc, time.perf_counter() - t0, train_time, step_seconds)
+    notes = []
+    best_epoch = best[1] if best is not None else None
+    if best is not None and best[2]:
+        if set(best[2]) == set(model.state_dict()):
+            model.load_state_dict(best[2])
+            opt.load_state_dict(best[3])
+            log.info("keeping the model of epoch %d (best %s macro-F1 %.4f)", best[1], what, best[0])
+        else:  # cannot happen for eligible epochs (layer forms are final); kept as a guard
+            best_epoch = len(epoch_acc)
+            notes.append(f"epoch selection: epoch {best[1]} had the best {what} macro-F1 but the model's layers "
+                         f"changed form since; the last epoch's model is kept")
+    return TrainLog(epoch_acc, time.perf_counter() - t0, train_time, step_seconds, epoch_f1, best_epoch, notes)
 
 
 def swap_timing(step_seconds: list[float], kernel_step: int | None) -> tuple[float | None, float | None]:
@@ -488,19 +628,28 @@ def swap_timing(step_seconds: list[float], kernel_step: int | None) -> tuple[flo
     return mean(step_seconds[:kernel_step]), mean(step_seconds[kernel_step:])
 
 
-def cache_accuracy(recipe: Recipe, plan: RunPlan, accuracy: float) -> float | None:
-    """The dense-accuracy cache: a dense run records its ``accuracy`` (and returns None); any other run
-    returns the accuracy a dense run with the same key recorded, or None."""
+def cache_accuracy(recipe: Recipe, plan: RunPlan, accuracy: float, scores: dict | None = None) -> float | None:
+    """The dense-accuracy cache: a dense run records its test ``accuracy`` (and ``scores``: its other
+    figures, e.g. ``macro_f1``, ``val_macro_f1``) and returns None; any other run returns the accuracy a
+    dense run with the same key recorded, or None (:func:`cached_dense` gives the whole record)."""
     cache_file = os.path.join(cache_dir(), f"{plan.key}.json")
     if is_dense(recipe):
         os.makedirs(cache_dir(), exist_ok=True)
-        atomic_write_json(cache_file, {"accuracy": accuracy, "recipe": recipe.name, "seed": recipe.train.seed,
-                                       "steps": plan.total})
+        atomic_write_json(cache_file, {**(scores or {}), "accuracy": accuracy, "recipe": recipe.name,
+                                       "seed": recipe.train.seed, "steps": plan.total})
         return None
+    record = cached_dense(plan)
+    return None if record is None else float(record["accuracy"])
+
+
+def cached_dense(plan: RunPlan) -> dict | None:
+    """The record a dense run with ``plan``'s key left in the cache (``accuracy``, and since issue 16
+    ``macro_f1``, ``val_accuracy``, ``val_macro_f1``), or None."""
+    cache_file = os.path.join(cache_dir(), f"{plan.key}.json")
     if not os.path.isfile(cache_file):
         return None
     with open(cache_file, encoding="utf-8") as f:
-        return float(json.load(f)["accuracy"])
+        return json.load(f)
 
 
 def save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result: FinetuneResult,
@@ -589,9 +738,11 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
         use_cache: read and write the dense-run cache (:func:`cache_dir`).
         keep_sparse_modules: also save the layers that run on a block-sparse kernel as such
             (``sparse_modules.safetensors`` / ``.json`` next to the dense-shaped model).
-        after: called as ``after(model, test_accuracy)`` once training ends, where
-            ``test_accuracy(m)`` evaluates any model ``m`` on the run's test split; its dict is kept in
-            ``result.extra`` (e.g. accuracy of the fine-tuned model pruned one-shot afterwards).
+        after: called as ``after(model, test_accuracy)`` once training ends (with the chosen epoch's
+            model), where ``test_accuracy(m)`` evaluates any model ``m`` on the run's test split; its dict
+            is kept in ``result.extra`` (e.g. accuracy of the fine-tuned model pruned one-shot afterwards).
+
+    The validation split chooses the epoch (:func:`train`); the test split is evaluated once, at the end.
     """
     recipe = load_recipe(recipe)
     check_args(recipe, teacher, max_steps=max_steps, epochs=epochs, seed=seed, limit_train=limit_train,
@@ -600,21 +751,28 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
     recipe = apply_overrides(recipe, epochs, seed)
     data = load_data(recipe, limit_train, limit_test)
     check_teacher_labels(teacher, len(data.label_names))
-    plan = plan_run(recipe, len(data.train), len(data.test), max_steps)
+    plan = plan_run(recipe, len(data.train), len(data.test), max_steps, data.fingerprint)
     model = build_model(recipe, data)
     use_dropout(model, recipe)
     pruner = build_pruner(model, recipe)
     opt, sched = build_optimizer(model, recipe, plan.total, pruner)
     notes = run_notes(recipe, plan.total, teacher)
     trained = train(model, opt, sched, data, recipe, plan.total, teacher, progress, pruner)
-    accuracy = trained.epoch_accuracy[-1]
-    dense_accuracy = cache_accuracy(recipe, plan, accuracy) if use_cache else None
+    test = score_split(model, data.test, recipe)  # the test split's one evaluation
+    best = trained.best_epoch - 1
+    scores = {"macro_f1": test["macro_f1"], "val_accuracy": trained.epoch_accuracy[best],
+              "val_macro_f1": trained.epoch_macro_f1[best]}
+    dense_accuracy = cache_accuracy(recipe, plan, test["accuracy"], scores) if use_cache else None
+    dense_record = cached_dense(plan) if use_cache and dense_accuracy is not None else None
     result = FinetuneResult(recipe=recipe.name, seed=recipe.train.seed, steps=plan.total,
-                            epochs_run=plan.total / plan.steps_per_epoch, accuracy=accuracy,
+                            epochs_run=plan.total / plan.steps_per_epoch, accuracy=test["accuracy"],
                             epoch_accuracy=trained.epoch_accuracy, dense_accuracy=dense_accuracy,
                             seconds=trained.seconds, seconds_per_step=trained.train_seconds / max(plan.total, 1),
                             n_train=len(data.train), n_test=len(data.test), layers=opt.report(), out_dir=out_dir,
-                            notes=notes)
+                            notes=notes + trained.notes + data.notes, epoch_val_macro_f1=trained.epoch_macro_f1,
+                            best_epoch=trained.best_epoch, n_val=len(data.val) if data.val is not None else 0,
+                            dense_macro_f1=(dense_record or {}).get("macro_f1"),
+                            label_names=list(data.label_names), **scores)
     if opt.kernel_step is not None and opt.kernel_step < plan.total:
         result.kernel_step = opt.kernel_step
         result.seconds_per_step_before_swap, result.seconds_per_step_after_swap = swap_timing(
@@ -641,8 +799,8 @@ def pack_run(pruner, result: FinetuneResult, data: RunData, recipe: Recipe) -> t
     report = pruner.report()
     packed = pruner.pack()
     record = packed.config.mlpruning
-    packed_accuracy = evaluate(packed, data.test.input_ids, data.test.attention_mask, data.test.labels,
-                               recipe.train.eval_batch_size, bf16=False)
+    packed_accuracy = metrics(predict(packed, data.test, recipe.train.eval_batch_size, bf16=False),
+                              data.test.labels)["accuracy"]
     result.notes.append(f"mlpruning: the packed model keeps {100 * record['remaining_fraction']:.1f}% of the dense "
                         f"encoder's Linear weights (target {100 * report['target']:.0f}%); packed test accuracy "
                         f"{100 * packed_accuracy:.2f}% (fp32)")
@@ -694,7 +852,8 @@ def resolve_teacher(recipe: Any, *, max_steps: int | None = None, epochs: int | 
     if recipe.distill.teacher != "dense":
         return load_teacher(recipe.distill.teacher)
     texts = load_texts(recipe, limit_train, limit_test)
-    key = plan_run(recipe, len(texts.train_labels), len(texts.test_labels), max_steps).key
+    key = plan_run(recipe, len(texts.train_labels), len(texts.test_labels), max_steps,
+                   data_fingerprint(recipe, texts)).key
     folder = teacher_dir(key)
     if use_cache and os.path.isfile(os.path.join(folder, "model.safetensors")):
         return load_teacher(folder)

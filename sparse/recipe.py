@@ -44,7 +44,7 @@ from .policy import HEAD_REGEX
 
 __all__ = ["RecipeError", "Recipe", "PruningEntry", "Targets", "Pattern", "Method", "Schedule",
            "ModelConfig", "DataConfig", "TrainConfig", "DistillConfig", "load_recipe", "DEFAULT_EXCLUDE", "MODULE_TYPES",
-           "PATTERN_KINDS", "METHOD_KINDS", "KERNELS", "SCHEDULE_KINDS", "SOLVERS", "MODELS", "DATASETS", "TEACHERS",
+           "PATTERN_KINDS", "METHOD_KINDS", "KERNELS", "SCHEDULE_KINDS", "SOLVERS", "MODELS", "DATASETS", "DATA_FORMATS", "TEACHERS",
            "MAX_RECIPE_BYTES", "MAX_YAML_NODES", "MAX_YAML_DEPTH", "MAX_SEED", "check_plain_name"]
 
 
@@ -64,7 +64,8 @@ SCHEDULE_KINDS: tuple[str, ...] = ("oneshot", "cubic")
 SOLVERS: tuple[str, ...] = ("auto", "exact", "approx", "greedy", "flow")
 ON_INDIVISIBLE: tuple[str, ...] = ("error", "skip")
 MODELS: tuple[str, ...] = ("minilm",)  # or a path to a Hugging Face model folder
-DATASETS: tuple[str, ...] = ("bbc_news",)
+DATASETS: tuple[str, ...] = ("bbc_news", "tweets")
+DATA_FORMATS: tuple[str, ...] = ("csv", "jsonl", "hf")
 TEACHERS: tuple[str, ...] = ("dense",)  # or a path to a fine-tuned model folder
 
 # Bounds on the work an untrusted recipe file can cause. A real recipe is under 2 KiB, about 100 YAML
@@ -453,17 +454,108 @@ class ModelConfig:
                                       "max_length": _check(_int, 8, 4096)})
 
 
+def _size(v: Any, key: str) -> "float | int":
+    """A split size: a fraction in (0, 1) or a count >= 1 (as scikit-learn's ``train_test_split``)."""
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1:
+        return int(v)
+    if isinstance(v, numbers.Real) and not isinstance(v, bool) and 0.0 < float(v) < 1.0:
+        return float(v)
+    raise RecipeError(f"{key}: expected a fraction in (0, 1) or a count >= 1, got {_got(v)}")
+
+
+def _file_path(v: Any, key: str) -> str:
+    v = _str(v, key)
+    if not v.isprintable():
+        raise RecipeError(f"{key}: expected a path of printable characters, got {_show(v)}")
+    return v
+
+
+def _column(v: Any, key: str) -> str:
+    v = _str(v, key)
+    if len(v) > 256 or not v.isprintable():
+        raise RecipeError(f"{key}: expected a column name of at most 256 printable characters, got {_show(v)}")
+    return v
+
+
+def _encoding(v: Any, key: str) -> str:
+    import codecs
+
+    v = _str(v, key)
+    try:
+        return codecs.lookup(v).name
+    except LookupError:
+        raise RecipeError(f"{key}: unknown text encoding {_show(v)} (e.g. utf-8, latin-1)") from None
+
+
+# the tweets benchmark: a fixed stratified subsample of the de-duplicated 37,243 tweets
+TWEETS_SIZES = {"train_size": 12000, "val_size": 2000, "test_size": 4000}
+FILE_KEYS: tuple[str, ...] = ("path", "val_path", "test_path", "text", "label", "text_pair", "encoding")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "bbc_news"
-    test_size: float = 0.2
+    """What to fine-tune on (:func:`sparse.data.load_splits`).
+
+    ``dataset``: a packaged dataset (``bbc_news``, ``tweets``), or None when ``format`` is given: ``csv``
+    or ``jsonl`` files (``path``, optional ``val_path`` / ``test_path``; columns ``text``, ``label``,
+    optional ``text_pair``; ``encoding``) or ``hf`` (``path``: a ``save_to_disk`` folder).
+    Splits the data does not have are carved, stratified and seeded with ``split_seed``: test
+    (``test_size``) from the training data, then validation (``val_size``) from what is left; then
+    ``train_size`` (None: all) subsamples the rest. Sizes: a fraction in (0, 1) or a count >= 1.
+    ``tweets`` defaults to 12,000 / 2,000 / 4,000 (:data:`TWEETS_SIZES`).
+    """
+    dataset: str | None = "bbc_news"
+    format: str | None = None
+    path: str | None = None
+    val_path: str | None = None
+    test_path: str | None = None
+    text: str = "text"
+    label: str = "label"
+    text_pair: str | None = None
+    encoding: str = "utf-8"
+    test_size: float | int = 0.2
+    val_size: float | int = 0.1
+    train_size: float | int | None = None
     split_seed: int = 0
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "DataConfig":
-        return _build(cls, d, where, {"dataset": _check(_choice, DATASETS),
-                                      "test_size": _check(_float, 0.0, 1.0, lo_open=True, hi_open=True),
-                                      "split_seed": _check(_int, 0, MAX_SEED)})
+        checks = {"dataset": _check(_choice, DATASETS), "format": _check(_choice, DATA_FORMATS),
+                  "path": _file_path, "val_path": _file_path, "test_path": _file_path, "text": _column,
+                  "label": _column, "text_pair": _column, "encoding": _encoding, "test_size": _size,
+                  "val_size": _size, "train_size": _size, "split_seed": _check(_int, 0, MAX_SEED)}
+        keys = _check_keys(d, tuple(checks), where)
+        fmt = keys.get("format")
+        if fmt is not None:
+            if "dataset" in keys:
+                raise RecipeError(f"{where}.dataset: give either dataset ({', '.join(DATASETS)}) or format "
+                                  f"({', '.join(DATA_FORMATS)}), not both")
+            if "path" not in keys:
+                raise RecipeError(f"{where}.path: required with {where}.format {_show(fmt)} (the training file, or "
+                                  f"for hf the save_to_disk folder)")
+        else:
+            given = [k for k in FILE_KEYS if k in keys]
+            if given:
+                raise RecipeError(f"{where}.{given[0]}: only with {where}.format ({', '.join(DATA_FORMATS)}); "
+                                  f"the packaged datasets ({', '.join(DATASETS)}) bring their own files")
+        fixed: dict = {"dataset": None} if fmt is not None else {}
+        if keys.get("dataset") == "tweets":
+            fixed.update({k: v for k, v in TWEETS_SIZES.items() if k not in keys})
+        c = _build(cls, keys, where, checks, **fixed)
+        if c.format == "hf":
+            for k in ("val_path", "test_path", "encoding"):
+                if k in keys:
+                    raise RecipeError(f"{where}.{k}: only with format csv or jsonl (an hf dataset folder holds its "
+                                      f"own splits and encoding)")
+        if c.text_pair is not None and c.text_pair in (c.text, c.label) or c.text == c.label:
+            raise RecipeError(f"{where}: text ({c.text!r}), label ({c.label!r}) and text_pair "
+                              f"({c.text_pair!r}) must be different columns")
+        return c
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 can be faster on a busy machine)")
     parser.add_argument("--limit-train", type=int, default=None, help="use only the first N training examples")
-    parser.add_argument("--limit-test", type=int, default=None, help="use only the first N test examples")
+    parser.add_argument("--limit-test", type=int, default=None, help="use only the first N test and validation examples")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--keep-sparse-modules", action="store_true",
                         help="also save the layers that run on a block-sparse kernel (recipe entries with "
@@ -170,12 +170,15 @@ def summary(res, recipe, out: str) -> str:
     lines = ["", format_report(res.layers), ""] if res.layers else [""]
     lines += [f"recipe        {res.recipe}  (seed {res.seed}, {res.steps} steps, {res.epochs_run:.2f} epochs, "
               f"{res.seconds_per_step:.2f} s/step)",
-              what,
-             f"accuracy      {100 * res.accuracy:.2f}%  (per epoch: "
-             f"{', '.join(f'{100 * a:.2f}%' for a in res.epoch_accuracy)}; {res.n_test} test docs)"]
+              what]
+    lines += score_lines(res)
     if res.dense_accuracy is not None:
+        dense_f1 = getattr(res, "dense_macro_f1", None)
+        f1 = getattr(res, "macro_f1", None)
+        f1_gap = (f"; macro-F1 {100 * dense_f1:.2f}%, gap {100 * (f1 - dense_f1):+.2f} points"
+                  if dense_f1 is not None and f1 is not None else "")
         lines.append(f"dense         {100 * res.dense_accuracy:.2f}%  (cached dense run, same seed/steps)  "
-                     f"gap {100 * (res.accuracy - res.dense_accuracy):+.2f} points")
+                     f"gap {100 * (res.accuracy - res.dense_accuracy):+.2f} points" + f1_gap)
     elif recipe.pruning:
         lines.append("dense         (no cached dense run with the same settings: run minilm-bbc-dense to compare)")
     if res.kernel_step is not None:
@@ -189,6 +192,20 @@ def summary(res, recipe, out: str) -> str:
     lines.append(f"saved         {out}/ (a Hugging Face model folder: model.safetensors, config.json, tokenizer; "
                  f"plus masks.safetensors, result.json" + (", sparse_modules.*" if kept else "") + ")")
     return "\n".join(lines)
+
+
+def score_lines(res) -> list[str]:
+    """The validation and test lines of :func:`summary` (runs from before issue 16 report test only)."""
+    val_f1 = getattr(res, "val_macro_f1", None)
+    if val_f1 is None:
+        return [f"accuracy      {100 * res.accuracy:.2f}%  (per epoch: "
+                f"{', '.join(f'{100 * a:.2f}%' for a in res.epoch_accuracy)}; {res.n_test} test docs)"]
+    per_epoch = ", ".join(f"{100 * f:.2f}%" for f in res.epoch_val_macro_f1)
+    return [f"validation    accuracy {100 * res.val_accuracy:.2f}%  macro-F1 {100 * val_f1:.2f}%  (epoch "
+            f"{res.best_epoch} of {len(res.epoch_accuracy)} chosen on validation macro-F1: {per_epoch}; "
+            f"{res.n_val} docs)",
+            f"test          accuracy {100 * res.accuracy:.2f}%  macro-F1 {100 * res.macro_f1:.2f}%  (evaluated once, "
+            f"at the end; {res.n_test} docs)"]
 
 
 def run(args) -> int:

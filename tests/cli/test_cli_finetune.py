@@ -80,8 +80,11 @@ def test_finetune_real_minilm_smoke(tmp_path, monkeypatch, capsys):
     assert "pruned layers 36/36  valid 36/36" in text
     assert "dense         50.00%" in text and "gap" in text
     res = json.loads(js.read_text())
-    assert res["steps"] == 2 and res["epoch_accuracy"] == [res["accuracy"]]
-    assert res["n_train"] == 32 and res["n_test"] == 16 and res["dense_accuracy"] == 0.5
+    # one (partial) epoch: chosen on validation, then the test split evaluated once
+    assert res["steps"] == 2 and res["epoch_accuracy"] == [res["val_accuracy"]] and res["best_epoch"] == 1
+    assert res["epoch_val_macro_f1"] == [res["val_macro_f1"]] and 0 <= res["macro_f1"] <= 1
+    assert res["n_train"] == 32 and res["n_test"] == 16 and res["n_val"] == 16 and res["dense_accuracy"] == 0.5
+    assert "validation    accuracy" in text and "test          accuracy" in text and "evaluated once" in text
     masks = load_file(str(out / "masks.safetensors"))
     weights = load_file(str(out / "model.safetensors"))
     assert len(masks) == 36

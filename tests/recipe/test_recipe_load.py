@@ -99,7 +99,7 @@ def test_bad_values(entry, match):
 def test_bad_top_level_values():
     with pytest.raises(RecipeError, match=r"train\.lr: expected a number in \(0.0, inf\], got -1"):
         load_recipe({"name": "t", "train": {"lr": -1}})
-    with pytest.raises(RecipeError, match=r"data\.dataset: expected one of bbc_news, got 'imdb'"):
+    with pytest.raises(RecipeError, match=r"data\.dataset: expected one of bbc_news, tweets, got 'imdb'"):
         load_recipe({"name": "t", "data": {"dataset": "imdb"}})
     with pytest.raises(RecipeError, match=r"model\.source: expected one of minilm or a path"):
         load_recipe({"name": "t", "model": {"source": "bert-base"}})
