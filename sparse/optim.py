@@ -21,6 +21,13 @@ A step skipped by ``torch.amp.GradScaler`` (inf/NaN gradients) never reaches :me
 schedule does not advance. Masks are computed deterministically from the weights (stable sorts), so
 every DDP rank derives the same masks; when ``torch.distributed`` is initialised they are also
 broadcast from rank 0. LR schedulers take the wrapped optimizer: ``LambdaLR(sparse_opt.optimizer, f)``.
+
+FSDP2 (``fully_shard``, DTensor weights): a target whose weight is a DTensor gets a sharded target
+(:mod:`sparse.distributed.targets`): its mask is a bool DTensor with the weight's placements, computed
+on each rank's shard when the pattern allows it (N:M along the input dimension under row sharding;
+transposable tiles when every shard's rows divide by m), else from the weight gathered for the mask
+computation only (``allow_gather``; the report's ``sharding`` column says which). The step works on local
+shards without communication. Sharded checkpoints: :mod:`sparse.distributed.checkpoint`.
 """
 from __future__ import annotations
 
@@ -41,6 +48,8 @@ from .pruning.patterns import pattern_from_recipe
 from .pruning.schedules import is_update_step, sparsity_at
 from .pruning.targets import select_modules
 from .recipe import Recipe, RecipeError, load_recipe
+from .distributed.sharding import is_dtensor, local, sum_over_shards
+from .distributed.targets import SHARDED_TARGET_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +67,27 @@ class SparseOptimizer:
         model: the module whose weights are pruned (a DDP-wrapped model works: regexes are searched; not
             with ``kernel: block-sparse`` entries, whose module swaps DDP cannot follow: refused).
         recipe: a :class:`sparse.recipe.Recipe`, a YAML path or a mapping.
+        allow_gather: for FSDP2-sharded (DTensor) weights whose pattern cannot be computed on each rank's
+            shard (unstructured and block patterns; transposable tiles that straddle shard boundaries):
+            True (default) all-gathers such a weight for the mask computation only; False raises
+            ``ValueError`` here naming the layer and why. N:M along the input dimension under FSDP's row
+            sharding is always shard-local: no full weight is materialised on any rank.
 
     Attributes:
         optimizer: the wrapped optimizer (give it to LR schedulers).
         masks: ``dict`` parameter fqn (e.g. ``"bert.encoder.layer.0.attention.self.query.weight"``) ->
             ``torch.bool`` mask of the weight's shape, for the layers pruned so far (also for layers that
-            run on a block-sparse kernel: their final mask).
+            run on a block-sparse kernel: their final mask); a bool DTensor with the weight's placements
+            for a DTensor weight.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, recipe: Any):
+    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module, recipe: Any, *, allow_gather: bool = True):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if not isinstance(model, nn.Module):
             raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(allow_gather, bool):
+            raise ValueError(f"allow_gather: expected a bool, got {allow_gather!r}")
         self.optimizer = optimizer
         self.recipe: Recipe = load_recipe(recipe)
         self._state_opt = base_optimizer(optimizer)  # owns the per-weight state (see pruning.optim_state)
@@ -102,6 +119,9 @@ class SparseOptimizer:
                                       f"pattern {pattern.describe()}: {why}; set targets.on_indivisible: skip "
                                       f"to leave such layers dense, or exclude it")
                 _check_target_weight(module.weight, fqn, i, entry.name, in_optimizer)
+                if is_dtensor(module.weight):
+                    self._targets.append(_sharded_target(fqn, entry, module.weight, pattern, i, allow_gather))
+                    continue
                 if entry.kernel != "none":
                     check_swappable_module(module, mod_fqn, f"pruning[{i}] ({entry.name})")
                 self._targets.append(TARGET_CLASSES[entry.method.kind](fqn, entry, module.weight, pattern))
@@ -193,12 +213,13 @@ class SparseOptimizer:
             if is_update_step(entry.schedule, self._step, entry.refresh_every, t.mask is not None):
                 s = sparsity_at(entry.schedule, t.pattern.target_sparsity, self._step)
                 if s is not None:
+                    sharded = hasattr(t, "compute_mask")  # a DTensor weight: its own (shard-local) computation
                     try:
-                        mask = t.pattern.mask(t.mask_source(), s)
+                        mask = t.compute_mask(s) if sharded else t.pattern.mask(t.mask_source(), s)
                     except ValueError as exc:  # e.g. NaN weights: say which layer, not only "weight"
                         i = self.recipe.pruning.index(entry)
                         raise ValueError(f"pruning[{i}] ({entry.name}): mask of {t.fqn}: {exc}") from exc
-                    t.set_mask(_broadcast_mask(mask), s)
+                    t.set_mask(mask if sharded else _broadcast_mask(mask), s)
             t.apply_mask()
 
     # ------------------------------------------------------------------------------ kernel swap
@@ -237,6 +258,32 @@ class SparseOptimizer:
                 "sparsity": {fqn: st["sparsity"] for fqn, st in per_target.items() if "mask" in st},
             },
         }
+
+    def state_dict_template(self, step: int) -> dict:
+        """A :meth:`state_dict` with the structure of one saved at optimizer step ``step`` (the masks and
+        SR-STE dense weights that step has, as zero placeholders with this model's layout: DTensors for
+        DTensor weights), to load into with ``torch.distributed.checkpoint.load``, which fills a given
+        structure in place and resharding as needed; then pass it to :meth:`load_state_dict`.
+        ``"optimizer"`` is the wrapped optimizer's current ``state_dict()``: its per-weight state must exist
+        (:func:`sparse.distributed.checkpoint.load_sharded` does all of this)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step: expected an integer >= 0, got {step!r}")
+        masks, dense, sparsity = {}, {}, {}
+        for t in self._targets:
+            if sparsity_at(t.entry.schedule, t.pattern.target_sparsity, step) is None:
+                continue
+            if t.entry.kernel != "none" and swap_due(t.entry, step):
+                raise ValueError(f"step: at step {step} {t.fqn} runs on the {t.entry.kernel} kernel; a template "
+                                 f"for block-sparse layers is not supported (load a state saved with torch.save)")
+            ref = t.param.detach()
+            masks[t.fqn] = torch.zeros_like(ref, dtype=torch.bool)
+            sparsity[t.fqn] = 0.0
+            if isinstance(t, SRSTETarget):
+                dense[t.fqn] = torch.zeros_like(ref)
+        return {"optimizer": self.optimizer.state_dict(),
+                "sparse": {"version": _STATE_VERSION, "recipe": self.recipe.pruning_fingerprint(),
+                           "recipe_name": self.recipe.name, "step": step, "masks": masks, "dense": dense,
+                           "sparsity": sparsity}}
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: dict) -> None:
@@ -352,7 +399,7 @@ class SparseOptimizer:
         s = sparsity[t.fqn]
         if isinstance(s, bool) or not isinstance(s, numbers.Real) or not 0.0 <= float(s) <= 1.0:
             raise ValueError(f"{where}['sparsity'][{t.fqn!r}]: expected a number in [0, 1], got {_short(s)}")
-        if not t.pattern.valid(mask, float(s)):
+        if not _mask_valid(t, mask, float(s)):
             fixed = getattr(t.pattern, "n", None) is not None  # N:M: the sparsity is the pattern's
             raise ValueError(f"{where}['masks'][{t.fqn!r}]: not a valid {t.pattern.describe()} mask"
                              + ("" if fixed else f" at sparsity {float(s):g}"))
@@ -361,7 +408,7 @@ class SparseOptimizer:
                              f"mask; load the state into a fresh model and optimizer")
         if has_dense:
             w = _checked_tensor(dense[t.fqn], t.param.dtype, shape, f"{where}['dense'][{t.fqn!r}]")
-            bad = int((~torch.isfinite(w)).sum())
+            bad = _count(~torch.isfinite(local(w)), w)
             if bad:
                 raise ValueError(f"{where}['dense'][{t.fqn!r}]: expected finite values, got {bad} NaN/Inf entries")
 
@@ -371,25 +418,32 @@ class SparseOptimizer:
         """One row per targeted layer: ``fqn``, ``entry``, ``pattern``, ``method``, ``shape``,
         ``sparsity`` (fraction of zeros in the weight), ``mask_sparsity``, ``valid`` (mask satisfies the
         pattern and the weight is inside it), ``status`` ("pruned", "dense (not yet)", "skipped: why"),
-        ``kernel`` (``"block-sparse"`` once the layer runs on that kernel, else None) and ``backend`` (the
-        ``sparse.ops`` backend that ran the block-sparse linear last, None before it ran)."""
+        ``kernel`` (``"block-sparse"`` once the layer runs on that kernel, else None), ``backend`` (the
+        ``sparse.ops`` backend that ran the block-sparse linear last, None before it ran) and ``sharding``
+        (None for an ordinary weight; for a DTensor weight ``"shard-local"`` or ``"gathered (why)"``: how
+        its masks are computed). With DTensor weights every rank must call it (counts are all-reduced)."""
         rows = []
         for t in self._targets:
             w = t.dense_weight()
+            sharded = hasattr(t, "compute_mask")
             row = {"fqn": t.fqn, "entry": t.entry.name, "pattern": t.pattern.describe(),
                    "method": t.entry.method.kind, "shape": list(w.shape),
-                   "sparsity": float((w == 0).sum()) / w.numel(), "kernel": t.kernel,
-                   "backend": last_backend("block_sparse.linear") if t.kernel is not None else None}
+                   "sparsity": _count(local(w) == 0, w) / w.numel(), "kernel": t.kernel,
+                   "backend": last_backend("block_sparse.linear") if t.kernel is not None else None,
+                   "sharding": t.plan.describe() if sharded else None}
             if t.mask is None:
                 row.update(mask_sparsity=0.0, valid=None, status="dense (not yet)")
             else:
-                inside = bool((w.masked_fill(t.mask, 0) == 0).all())
-                row.update(mask_sparsity=float((~t.mask).sum()) / t.mask.numel(),
-                           valid=inside and t.pattern.valid(t.mask, t.sparsity), status="pruned")
+                if sharded:
+                    inside = t.weight_outside_mask() == 0
+                else:
+                    inside = bool((w.masked_fill(t.mask, 0) == 0).all())
+                row.update(mask_sparsity=_count(~local(t.mask), t.mask) / t.mask.numel(),
+                           valid=inside and _mask_valid(t, t.mask, t.sparsity), status="pruned")
             rows.append(row)
         for fqn, why in self.skipped.items():
             rows.append({"fqn": fqn, "entry": "", "pattern": "", "method": "", "shape": [], "sparsity": 0.0,
-                         "kernel": None, "backend": None, "mask_sparsity": 0.0, "valid": None,
+                         "kernel": None, "backend": None, "sharding": None, "mask_sparsity": 0.0, "valid": None,
                          "status": f"skipped: {why}"})
         return rows
 
@@ -433,6 +487,34 @@ def _check_target_weight(weight: torch.Tensor, fqn: str, index: int, entry: str,
         raise ValueError(f"model: weight {fqn} (targeted by entry {entry!r}) is not among the "
                          f"optimizer's parameters; build the optimizer over this model's parameters (a frozen "
                          f"layer, requires_grad=False, may stay out of it)")
+
+
+def _sharded_target(fqn: str, entry, weight: torch.Tensor, pattern, index: int, allow_gather: bool):
+    """The :mod:`sparse.distributed.targets` object of a DTensor weight (FSDP2), or ValueError."""
+    where = f"pruning[{index}] ({entry.name})"
+    if entry.kernel != "none":
+        raise ValueError(f"{where}: kernel: {entry.kernel} swaps modules, which FSDP2-sharded (DTensor) weights "
+                         f"such as {fqn} cannot follow; use kernel: none for sharded models")
+    cls = SHARDED_TARGET_CLASSES.get(entry.method.kind)
+    if cls is None:
+        raise ValueError(f"{where}: method {entry.method.kind!r} has no sharded form for the DTensor weight {fqn}; "
+                         f"sharded weights support {', '.join(SHARDED_TARGET_CLASSES)}")
+    t = cls(fqn, entry, weight, pattern, allow_gather=allow_gather, where=where)
+    if not t.plan.shard_local:
+        log.info("%s: %s masks of %s are computed on the gathered weight: %s", where, pattern.describe(), fqn,
+                 t.plan.reason)
+    return t
+
+
+def _mask_valid(t, mask: torch.Tensor, sparsity: float | None) -> bool:
+    """``t.pattern.valid`` for an ordinary target; for a sharded one, checked per shard (or gathered)."""
+    return t.mask_valid(mask, sparsity) if hasattr(t, "mask_valid") else bool(t.pattern.valid(mask, sparsity))
+
+
+def _count(flags: torch.Tensor, ref: torch.Tensor) -> int:
+    """True entries of the local bool tensor ``flags``, summed over ``ref``'s shards when it is a DTensor."""
+    n = int(flags.sum())
+    return sum_over_shards(n, ref) if is_dtensor(ref) else n
 
 
 def _broadcast_mask(mask: torch.Tensor) -> torch.Tensor:
