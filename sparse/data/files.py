@@ -196,7 +196,7 @@ def _hf_table(ds, source: str, text: str, label: str, text_pair: str | None) -> 
         raise ValueError(f"{source}: empty split (no examples)")
     feature = ds.features[label]
     names = list(feature.names) if hasattr(feature, "names") and hasattr(feature, "str2int") else None
-    values = {role: ds[column] for role, column in cols.items()}
+    values = {role: list(ds[column]) for role, column in cols.items()}  # datasets 5 gives Column objects
     places = [f"{source} row {i}" for i in range(len(ds))]
     for role, column in cols.items():
         check = _check_label if role == "label" else (lambda v, p, c, r=role: _check_text(v, p, r, c))
