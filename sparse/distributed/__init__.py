@@ -11,9 +11,9 @@ Nothing here is imported by ``import sparse`` beyond the first two (the checkpoi
 """
 from __future__ import annotations
 
-from .sharding import MaskPlan, is_dtensor, plan_mask
+from .sharding import MaskPlan, is_dtensor, plan_layout, plan_mask
 
-__all__ = ["MaskPlan", "is_dtensor", "plan_mask", "save_sharded", "load_sharded", "save_full_pretrained"]
+__all__ = ["MaskPlan", "is_dtensor", "plan_layout", "plan_mask", "save_sharded", "load_sharded", "save_full_pretrained"]
 
 
 def __getattr__(name: str):

@@ -25,7 +25,7 @@ import torch
 
 from ..pruning.patterns import NMPattern, TransposableNMPattern
 
-__all__ = ["is_dtensor", "local", "MaskPlan", "plan_mask", "like", "from_local", "global_count", "sum_over_shards",
+__all__ = ["is_dtensor", "local", "MaskPlan", "plan_mask", "plan_layout", "like", "from_local", "global_count", "sum_over_shards",
            "mesh_all_true"]
 
 
@@ -72,15 +72,26 @@ def _chunk(length: int, parts: int) -> int:
 
 def plan_mask(weight, pattern) -> MaskPlan:
     """The :class:`MaskPlan` of a DTensor ``weight`` under ``pattern`` (a :mod:`sparse.pruning.patterns`
-    object). Depends only on the global shape, mesh shape and placements (the same on every rank).
+    object): :func:`plan_layout` of its global shape, mesh shape and placements (the same on every rank).
 
     Raises:
-        ValueError: for a placement a parameter cannot have (``Partial``) or a layout not understood.
+        ValueError: for a placement a parameter cannot have (``Partial``).
+    """
+    return plan_layout(tuple(weight.shape), tuple(weight.device_mesh.shape), tuple(weight.placements), pattern)
+
+
+def plan_layout(shape: tuple[int, ...], mesh_shape: tuple[int, ...], placements: tuple, pattern) -> MaskPlan:
+    """Whether masks of ``pattern`` for a weight of global ``shape`` laid out with ``placements`` (one per
+    mesh dimension, sizes ``mesh_shape``; ``torch.chunk`` sharding) can be computed shard by shard with
+    the same result as on the whole weight. Pure: no communication, no tensors.
+
+    Raises:
+        ValueError: for a ``Partial`` placement (partial sums cannot hold a mask).
     """
     from torch.distributed.tensor import Replicate, Shard
 
-    mesh, placements, shape = weight.device_mesh, tuple(weight.placements), tuple(weight.shape)
-    text = f"{list(placements)} on a mesh of shape {tuple(mesh.shape)}"
+    shape, placements = tuple(int(s) for s in shape), tuple(placements)
+    text = f"{list(placements)} on a mesh of shape {tuple(mesh_shape)}"
     split = {}  # tensor dim -> number of shards along it
     for mesh_dim, p in enumerate(placements):
         if isinstance(p, Replicate):
@@ -93,7 +104,8 @@ def plan_mask(weight, pattern) -> MaskPlan:
         d = p.dim % len(shape)
         if d in split:
             return MaskPlan(False, f"dimension {d} is sharded over several mesh dimensions", text)
-        split[d] = mesh.size(mesh_dim)
+        split[d] = int(mesh_shape[mesh_dim])
+    split = {d: parts for d, parts in split.items() if _chunk(shape[d], parts) < shape[d]}  # 1 shard: whole
     if not split:
         return MaskPlan(True, "", text)
     if len(shape) != 2 and any(d != 0 for d in split):
@@ -105,7 +117,7 @@ def plan_mask(weight, pattern) -> MaskPlan:
     need = {1} | ({0} if isinstance(pattern, TransposableNMPattern) else set())  # dims whose split must align
     for d, parts in sorted(split.items()):
         c = _chunk(shape[d], parts)
-        if d in need and c % m and c < shape[d]:
+        if d in need and c % m:
             what = "rows" if d == 0 else "columns"
             unit = "m x m tiles" if isinstance(pattern, TransposableNMPattern) else "groups of m"
             return MaskPlan(False, f"{parts} shards of {c} {what} of weight {list(shape)}: {c} is not a multiple of "
