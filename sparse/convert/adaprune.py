@@ -270,79 +270,68 @@ def _collect(model, tokenizer, texts: list[str], cfg: AdaPruneConfig, collector:
         model(**enc)
 
 
+def fit_layer(mod: torch.nn.Linear, key: str, g1: torch.Tensor, tokens: int,
+              pattern: NMPattern | TransposableNMPattern, cfg: AdaPruneConfig,
+              file_tensors: dict[str, tuple[torch.dtype, tuple[int, ...]]]
+              ) -> tuple[dict[str, torch.Tensor], torch.Tensor, LayerCalibration]:
+    """AdaPrune one Linear whose weight is the file tensor ``key``.
+
+    ``g1``: ``[in+1, in+1]`` float64 Gram ``[X 1]^T [X 1]`` of its calibration inputs (summed over
+    ``tokens``). Returns ``(overrides, mask, result)``: the fitted weight (in the file's dtype, zero
+    outside ``mask``) and refitted bias under their file names, the kept mask ``[out, in]`` bool,
+    and the layer's relative output errors.
+    """
+    file_dtype = file_tensors[key][0]
+    w = mod.weight.detach().to(file_dtype)
+    _, mask, _ = prune_tensor(w, pattern, name=key)
+    w0 = mod.weight.detach().double()
+    out_f, in_f = w0.shape
+    has_bias = mod.bias is not None
+    bias_key = key[: -len("weight")] + "bias"
+    fit_bias = has_bias and cfg.fit_bias and bias_key in file_tensors
+    v0 = torch.cat([w0, mod.bias.detach().double()[:, None]], 1) if has_bias else w0
+    extra = torch.zeros(out_f, 1, dtype=torch.bool)
+    support = torch.cat([mask, extra | fit_bias], 1) if has_bias else mask
+    pruned = torch.cat([~mask, extra], 1) if has_bias else ~mask
+    keep = torch.cat([mask, extra | True], 1) if has_bias else mask
+    g = (g1 if has_bias else g1[:-1, :-1]) / max(tokens, 1)
+    masked = torch.where(pruned, torch.zeros_like(v0), v0)
+    err_before = relative_error(masked, v0, g)
+    init = masked
+    if cfg.add_pruned_mean:
+        shifted = mean_shift(w0, mask, pattern.n, pattern.m)
+        init = torch.cat([shifted, v0[:, in_f:]], 1) if has_bias else shifted
+    if cfg.fit == "lstsq":
+        v = cg_fit(v0, support, pruned, g, cfg.damp, cfg.cg_iters)
+    elif cfg.fit == "lstsq-exact":
+        v = lstsq_fit(v0, support, pruned, g, cfg.damp, cfg.rows_per_solve)
+    elif cfg.fit == "adam":
+        lr = cfg.lr * float(w0[mask].abs().mean() or 1.0)
+        v = adam_fit(init, v0, keep, g, cfg.steps, lr)
+        if not fit_bias and has_bias:
+            v[:, in_f] = v0[:, in_f]
+    else:
+        v = init
+    err_after = relative_error(v, v0, g)
+    overrides = {key: torch.where(mask, v[:, :in_f].to(file_dtype), torch.zeros((), dtype=file_dtype))}
+    if fit_bias:
+        overrides[bias_key] = v[:, in_f].to(file_tensors[bias_key][0])
+    result = LayerCalibration(name=key, error_before=err_before, error_after=err_after, tokens=tokens,
+                              bias_updated=bool(fit_bias), method="adaprune")
+    return overrides, mask, result
+
+
 def calibrate_hf_folder(source: Source, pattern: NMPattern | TransposableNMPattern, targets: TargetFilter,
-                        cfg: AdaPruneConfig, texts: list[str] | None = None
+                        cfg: AdaPruneConfig, texts: list[str] | None = None, sequential: bool = False
                         ) -> tuple[dict[str, torch.Tensor], list[LayerCalibration]]:
     """Run AdaPrune on the HF model folder ``source.root`` for an N:M (or transposable) ``pattern``.
 
     Returns ``(overrides, per-layer results)``: ``overrides`` maps file tensor names to the fitted
-    weights (already zero outside the mask, in the file's dtype) and refitted biases.
+    weights (already zero outside the mask, in the file's dtype) and refitted biases. (The
+    conversion calls :func:`sparse.convert.calibration.calibrate_hf_folder`, which also returns
+    the masks and runs the other methods.)
     """
-    try:
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError as exc:
-        raise ModuleNotFoundError("calibrate needs transformers: pip install -e '.[hf]'") from exc
-    if texts is None:
-        texts = _default_texts(cfg.num_texts)
-    texts = [t for t in texts if isinstance(t, str) and t.strip()][:cfg.num_texts]
-    if not texts:
-        raise ValueError("calibration_texts: expected at least one non-empty text, got none")
-    root = source.root
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tokenizer = AutoTokenizer.from_pretrained(root)
-    model = AutoModel.from_pretrained(root, dtype=torch.float32).eval()
-    file_tensors = {name: (dt, shape) for name, dt, shape in list_tensors(source.path)}
-    layers = _match_modules(model, file_tensors, targets, pattern)
-    if not layers:
-        log.warning("calibrate: no Linear of the model matches a conversion target; nothing to fit")
-        return {}, []
-    collector = GramCollector({fqn: mod for fqn, (mod, _) in layers.items()})
-    try:
-        _collect(model, tokenizer, texts, cfg, collector)
-    finally:
-        collector.close()
-    log.info("calibration: %d texts, %d tokens, %d layers", len(texts), collector.tokens, len(layers))
+    from .calibration import calibrate_hf_folder as run
 
-    overrides: dict[str, torch.Tensor] = {}
-    results = []
-    for fqn, (mod, key) in layers.items():
-        file_dtype = file_tensors[key][0]
-        w = mod.weight.detach().to(file_dtype)
-        _, mask, _ = prune_tensor(w, pattern, name=key)
-        w0 = mod.weight.detach().double()
-        out_f, in_f = w0.shape
-        has_bias = mod.bias is not None
-        bias_key = key[: -len("weight")] + "bias"
-        fit_bias = has_bias and cfg.fit_bias and bias_key in file_tensors
-        v0 = torch.cat([w0, mod.bias.detach().double()[:, None]], 1) if has_bias else w0
-        extra = torch.zeros(out_f, 1, dtype=torch.bool)
-        support = torch.cat([mask, extra | fit_bias], 1) if has_bias else mask
-        pruned = torch.cat([~mask, extra], 1) if has_bias else ~mask
-        keep = torch.cat([mask, extra | True], 1) if has_bias else mask
-        g = collector.gram(fqn, has_bias) / max(collector.tokens, 1)
-        masked = torch.where(pruned, torch.zeros_like(v0), v0)
-        err_before = relative_error(masked, v0, g)
-        init = masked
-        if cfg.add_pruned_mean:
-            shifted = mean_shift(w0, mask, pattern.n, pattern.m)
-            init = torch.cat([shifted, v0[:, in_f:]], 1) if has_bias else shifted
-        if cfg.fit == "lstsq":
-            v = cg_fit(v0, support, pruned, g, cfg.damp, cfg.cg_iters)
-        elif cfg.fit == "lstsq-exact":
-            v = lstsq_fit(v0, support, pruned, g, cfg.damp, cfg.rows_per_solve)
-        elif cfg.fit == "adam":
-            lr = cfg.lr * float(w0[mask].abs().mean() or 1.0)
-            v = adam_fit(init, v0, keep, g, cfg.steps, lr)
-            if not fit_bias and has_bias:
-                v[:, in_f] = v0[:, in_f]
-        else:
-            v = init
-        err_after = relative_error(v, v0, g)
-        new_w = torch.where(mask, v[:, :in_f].to(file_dtype), torch.zeros((), dtype=file_dtype))
-        overrides[key] = new_w
-        if fit_bias:
-            overrides[bias_key] = v[:, in_f].to(file_tensors[bias_key][0])
-        results.append(LayerCalibration(name=key, error_before=err_before, error_after=err_after,
-                                        tokens=collector.tokens, bias_updated=bool(fit_bias)))
-        log.info("%s: output error %.4f -> %.4f", key, err_before, err_after)
+    overrides, _, results = run(source, pattern, targets, "adaprune", cfg, texts, sequential=sequential)
     return overrides, results

@@ -15,7 +15,7 @@ from ..io_utils import atomic_dir, atomic_file, atomic_write_text
 # parse_pattern is re-exported as sparse.convert.parse_pattern: the one parser of "N:M" strings
 from ..pruning.patterns import NMPattern, TransposableNMPattern, as_2d, parse_pattern
 from .atomic import check_paths
-from .prune import BlockBuffer, PruneStats, prune_blocks
+from .prune import BlockBuffer, PruneStats, prune_blocks, prune_tensor
 from .report import ConvertReport, TensorReport
 from .safetensors_io import SafetensorsReader, SafetensorsWriter, copy_raw
 from .sources import SAFETENSORS_EXT, TORCH_EXT, Shard, Source, copy_extra_files, resolve_source
@@ -131,7 +131,8 @@ def _out_kind(shard: Shard, source: Source, dst: str) -> str:
 
 def _convert_shard(shard: Shard, source: Source, out_path: str, out_kind: str,
                    pattern: NMPattern | TransposableNMPattern, targets: TargetFilter,
-                   overrides: dict[str, torch.Tensor], report: ConvertReport, progress) -> None:
+                   overrides: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], report: ConvertReport,
+                   progress) -> None:
     with ExitStack() as stack:
         src = _TensorSource(shard, stack)
         entries = [(name, *src.meta(name)) for name in src.names]
@@ -148,7 +149,8 @@ def _convert_shard(shard: Shard, source: Source, out_path: str, out_kind: str,
                         report.untouched += 1
                     else:
                         report.tensors.append(_convert_one(name, src.tensor(name), pattern, overrides.get(name), sink,
-                                                           lambda done, name=name: src.release(name, done)))
+                                                           lambda done, name=name: src.release(name, done),
+                                                           masks.get(name)))
                         sink.end_tensor(name, shape, dtype)
                         _trim_heap()
                 elif name in overrides:  # a bias refitted by calibration
@@ -168,9 +170,10 @@ def _convert_shard(shard: Shard, source: Source, out_path: str, out_kind: str,
             raise
 
 
-def _convert_one(name, weight, pattern, override, sink, consumed=None) -> TensorReport:
+def _convert_one(name, weight, pattern, override, sink, consumed=None, mask=None) -> TensorReport:
     """Prune (or write the calibrated override of) one target; ``consumed(nbytes)`` is told how many
-    leading bytes of the source are no longer needed, so their pages can be dropped early."""
+    leading bytes of the source are no longer needed, so their pages can be dropped early.
+    ``mask``: the calibration's kept mask ``[rows, cols]`` of ``override`` (default: the magnitude mask)."""
     stats = PruneStats()
     created = 0
     if override is None:
@@ -184,19 +187,27 @@ def _convert_one(name, weight, pattern, override, sink, consumed=None) -> Tensor
                 consumed(done)
         nnz_after = stats.nnz_after
     else:
-        # Calibrated: the mask (hence the kept/zeroed counts) is the same deterministic mask; the
-        # values written are the fitted ones, zero outside the mask.
+        # Calibrated (a model small enough to run, so whole tensors): the mask is the calibration's
+        # (SparseGPT and Wanda choose their own), the values written the calibrated ones.
         w2d, o2d = as_2d(weight), as_2d(override.to(weight.dtype))
-        row = 0
-        nnz_after = 0
-        for pruned, mask in prune_blocks(weight, pattern, stats, name):
-            blk = o2d[row:row + mask.shape[0]]
-            if bool((blk[~mask] != 0).any()):
-                raise RuntimeError(f"{name}: calibrated weight is non-zero outside its mask")
-            created += int(((blk != 0) & (w2d[row:row + mask.shape[0]] == 0)).sum())
-            nnz_after += int(torch.count_nonzero(blk))
-            sink.write_chunk(name, blk.contiguous())
-            row += mask.shape[0]
+        if mask is None:
+            _, mask, _ = prune_tensor(weight, pattern, name)
+        mask = mask.reshape(w2d.shape)
+        if not pattern.valid(mask):
+            raise RuntimeError(f"{name}: the calibrated mask is not a valid {pattern.describe()} mask")
+        if bool((o2d[~mask] != 0).any()):
+            raise RuntimeError(f"{name}: calibrated weight is non-zero outside its mask")
+        src_nz = w2d != 0
+        acc = torch.promote_types(w2d.dtype, torch.float32)
+        stats.numel = w2d.numel()
+        stats.nnz_before = int(src_nz.sum())
+        stats.kept_nonzero = int((src_nz & mask).sum())
+        stats.abs_before = float(torch.linalg.vector_norm(w2d, ord=1, dtype=acc))
+        stats.abs_kept = float(torch.linalg.vector_norm(torch.where(mask, w2d, torch.zeros((), dtype=w2d.dtype)),
+                                                        ord=1, dtype=acc))
+        created = int(((o2d != 0) & ~src_nz).sum())
+        nnz_after = int(torch.count_nonzero(o2d))
+        sink.write_chunk(name, o2d.contiguous())
     return TensorReport(name=name, shape=list(weight.shape), dtype=str(weight.dtype).replace("torch.", ""),
                         numel=stats.numel, nnz_before=stats.nnz_before, nnz_after=nnz_after,
                         kept_nonzero=stats.kept_nonzero, newly_zeroed=stats.newly_zeroed,
@@ -267,8 +278,8 @@ def _check_selection(src: str, targets: TargetFilter, include: list[str], exclud
 
 def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: bool = False, method: str = "auto",
                        *, include: list[str] | None = None, exclude: list[str] | None = None,
-                       calibrate: bool = False, calibration=None, calibration_texts: list[str] | None = None,
-                       calibration_file: str | None = None,
+                       calibrate: bool | str = False, calibration=None, calibration_texts: list[str] | None = None,
+                       calibration_file: str | None = None, sequential: bool | None = None,
                        force: bool = False, report_path: str | None = None,
                        progress: bool = False) -> ConvertReport:
     """Convert an (unstructured-sparse) checkpoint's Linear/conv weights to an N:M pattern.
@@ -285,8 +296,15 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
         transposable: every aligned MxM tile keeps N per row and per column (``sparse.masks.transposable_mask``).
         method: transposable mask method (``sparse.masks.METHODS``).
         include, exclude: regexes over tensor names (see :mod:`sparse.convert.targets`).
-        calibrate: AdaPrune (HF folders only): fit each pruned layer's output to the dense layer's.
-        calibration: an :class:`sparse.convert.adaprune.AdaPruneConfig` (defaults if None).
+        calibrate: HF folders only. ``"adaprune"`` (or True): the magnitude mask, then each pruned
+            layer's output (and bias) fitted to the source layer's; ``"sparsegpt"``: the mask chosen
+            inside an optimal-brain-surgeon column sweep that updates the remaining weights
+            (:mod:`sparse.convert.sparsegpt`); ``"wanda"``: the mask by ``|W_ij| * ||X_j||``, no update.
+            False/None: no calibration. Dense sources work too (one-shot pruning of a dense model).
+        calibration: an :class:`sparse.convert.adaprune.AdaPruneConfig` (adaprune) or
+            :class:`sparse.convert.calibration.CalibrationConfig` (sparsegpt, wanda); defaults if None.
+        sequential: calibrate block by block, each block on the outputs of the already-pruned earlier
+            blocks (:mod:`sparse.convert.calibration`); default (None): True when calibrating.
         calibration_texts: calibration texts (default: a slice of the BBC News training texts).
         calibration_file: or read them from this UTF-8 text file, one per non-empty line.
         force: replace an existing ``dst`` (and ``report_path``).
@@ -313,9 +331,17 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
     src, dst = _path_arg("src", src), _path_arg("dst", dst)
     if report_path is not None:
         report_path = _path_arg(REPORT_ARG, report_path)
+    from .calibration import resolve_method
+
+    calib_method = resolve_method(calibrate)
+    if sequential is not None and not isinstance(sequential, bool):
+        raise ValueError(f"sequential (--sequential): expected a bool or None, got {sequential!r}")
+    if sequential and calib_method is None:
+        raise ValueError("sequential (--sequential): only used with calibrate (--calibrate METHOD)")
+    sequential = calib_method is not None if sequential is None else sequential
     if calibration_file is not None:
         calibration_file = _path_arg(CALIBRATION_ARG, calibration_file)
-        if not calibrate:
+        if calib_method is None:
             raise ValueError(f"{CALIBRATION_ARG}: only used with calibrate=True (--calibrate)")
         if calibration_texts is not None:
             raise ValueError(f"{CALIBRATION_ARG}: give calibration_texts or calibration_file, not both")
@@ -327,7 +353,7 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
         inputs.append((CALIBRATION_ARG, calibration_file))
     outputs = [("dst", dst)] + ([(REPORT_ARG, report_path)] if report_path is not None else [])
     check_paths(inputs, outputs, force=force, folders=("dst",) if source.is_dir_output else ())
-    if calibrate and source.kind != "hf":
+    if calib_method is not None and source.kind != "hf":
         raise ValueError(f"calibrate: needs an HF model folder as src (the model is run on calibration text), "
                          f"got a {source.kind} checkpoint {src!r}")
     out_kinds = [_out_kind(s, source, dst) for s in source.shards]
@@ -338,13 +364,15 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
                            method=method)
     t0 = time.perf_counter()
     overrides: dict[str, torch.Tensor] = {}
-    if calibrate:
-        from .adaprune import AdaPruneConfig, calibrate_hf_folder
+    masks: dict[str, torch.Tensor] = {}
+    if calib_method is not None:
+        from . import calibration as calib
 
-        cfg = calibration if calibration is not None else AdaPruneConfig()
+        cfg = calib.config_for(calib_method, calibration)
         if calibration_file is not None:
             calibration_texts = read_calibration_file(calibration_file, cfg.num_texts)
-        overrides, report.calibration = calibrate_hf_folder(source, pattern, targets, cfg, calibration_texts)
+        overrides, masks, report.calibration = calib.calibrate_hf_folder(
+            source, pattern, targets, calib_method, cfg, calibration_texts, sequential=sequential, progress=progress)
     progress_bar = None
     if progress:
         from tqdm import tqdm
@@ -358,11 +386,11 @@ def convert_checkpoint(src: str, dst: str, pattern: str = "2:4", transposable: b
                 for shard, kind in zip(source.shards, out_kinds):
                     out = os.path.join(tmp, shard.rel)
                     os.makedirs(os.path.dirname(out), exist_ok=True)
-                    _convert_shard(shard, source, out, kind, pattern, targets, overrides, report, progress_bar)
+                    _convert_shard(shard, source, out, kind, pattern, targets, overrides, masks, report, progress_bar)
         else:
             with atomic_file(dst, force) as tmp:
-                _convert_shard(source.shards[0], source, tmp, out_kinds[0], pattern, targets, overrides, report,
-                               progress_bar)
+                _convert_shard(source.shards[0], source, tmp, out_kinds[0], pattern, targets, overrides, masks,
+                               report, progress_bar)
     finally:
         if progress_bar is not None:
             progress_bar.close()

@@ -46,12 +46,16 @@ class TensorReport:
 
 @dataclass
 class LayerCalibration:
-    """AdaPrune result for one layer: relative output error ||Y_pruned - Y_dense|| / ||Y_dense||."""
+    """Calibration result for one layer: relative output error ||Y_pruned - Y_dense|| / ||Y_dense|| on
+    the layer's calibration inputs (in sequential calibration, the inputs the already-pruned
+    earlier blocks produce)."""
     name: str
-    error_before: float  # mask applied, nothing fitted
-    error_after: float   # after mean shift and/or the masked fit
+    error_before: float  # the plain conversion's magnitude mask applied, nothing fitted
+    error_after: float   # after calibration (AdaPrune fit, SparseGPT mask + OBS update, Wanda mask)
     tokens: int
     bias_updated: bool
+    method: str = "adaprune"
+    sequential: bool = False
 
 
 @dataclass

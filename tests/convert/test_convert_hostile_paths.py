@@ -166,8 +166,8 @@ REFUSED = {
                               ValueError, ["--calibration-file", "not a regular file"]),
     "calibration-file-without-calibrate": ([C, "hf", "out", "--calibration-file", "texts.txt"], ValueError,
                                            ["--calibration-file", "only used with --calibrate"]),
-    "calibrate-unknown-method": ([C, "hf", "out", "--calibrate", "wanda"], ValueError,
-                                 ["--calibrate", "adaprune", "wanda"]),
+    "calibrate-unknown-method": ([C, "hf", "out", "--calibrate", "obs"], ValueError,
+                                 ["--calibrate", "adaprune, sparsegpt, wanda", "obs"]),
     "calibrate-non-hf-src": ([C, "in.safetensors", "out.safetensors", "--calibrate"], ValueError,
                              ["calibrate", "HF model folder"]),
     "max-length-zero": ([C, "hf", "out", "--calibrate", "--max-length", "0"], ValueError, ["--max-length", ">= 1"]),
@@ -301,17 +301,22 @@ def test_force_replaces_an_existing_output_file(work, capsys):
 
 def test_calibration_options_with_calibrate_are_accepted_up_to_the_model(work, monkeypatch):
     """Valid calibration options pass the checks (the calibration itself is stubbed out)."""
-    import sparse.convert.adaprune as adaprune
+    import sparse.convert.calibration as calibration
 
     seen = {}
 
-    def fake(source, pattern, targets, cfg, texts):
-        seen.update(cfg=cfg, texts=texts)
-        return {}, []
-    monkeypatch.setattr(adaprune, "calibrate_hf_folder", fake)
+    def fake(source, pattern, targets, method, cfg, texts, sequential=True, progress=False):
+        seen.update(cfg=cfg, texts=texts, method=method, sequential=sequential)
+        return {}, {}, []
+    monkeypatch.setattr(calibration, "calibrate_hf_folder", fake)
     assert main([C, "hf", "out", "--calibrate", "adaprune", "--calibration-file", "texts.txt", "--fit", "adam",
                  "--max-length", "8", "--calibration-texts", "1", "--no-progress"]) == 0
     assert seen["texts"] == ["a calibration text"] and seen["cfg"].fit == "adam" and seen["cfg"].max_length == 8
+    assert seen["method"] == "adaprune" and seen["sequential"] is True
+    assert main([C, "hf", "out", "--calibrate", "sparsegpt", "--no-sequential", "--seq-len", "8", "--damp", "0.05",
+                 "--calibration-samples", "1", "--calibration-file", "texts.txt", "--force", "--no-progress"]) == 0
+    assert seen["method"] == "sparsegpt" and seen["sequential"] is False
+    assert seen["cfg"].max_length == 8 and seen["cfg"].damp == 0.05 and seen["cfg"].num_texts == 1
 
 
 # ------------------------------------------------------------------------------- API-only arguments

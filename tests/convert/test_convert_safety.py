@@ -187,13 +187,13 @@ def _load(path):
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if the conversion (or the calibration) starts: refusals come before any work."""
-    import sparse.convert.adaprune as adaprune
     import sparse.convert.api as api
+    import sparse.convert.calibration as calibration
 
     def started(*a, **k):
         raise AssertionError("work started before the paths were checked")
     monkeypatch.setattr(api, "_convert_shard", started)
-    monkeypatch.setattr(adaprune, "calibrate_hf_folder", started)
+    monkeypatch.setattr(calibration, "calibrate_hf_folder", started)
 
 
 def _hf(tmp_path, name="hf"):
