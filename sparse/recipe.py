@@ -530,6 +530,9 @@ class DataConfig:
                   "label": _column, "text_pair": _column, "encoding": _encoding, "test_size": _size,
                   "val_size": _size, "train_size": _size, "split_seed": _check(_int, 0, MAX_SEED)}
         keys = _check_keys(d, tuple(checks), where)
+        # Recipe.to_dict() writes every field: None is "not given", and so are the column and encoding
+        # defaults of a packaged dataset
+        keys = {k: v for k, v in keys.items() if v is not None}
         fmt = keys.get("format")
         if fmt is not None:
             if "dataset" in keys:
@@ -539,7 +542,10 @@ class DataConfig:
                 raise RecipeError(f"{where}.path: required with {where}.format {_show(fmt)} (the training file, or "
                                   f"for hf the save_to_disk folder)")
         else:
-            given = [k for k in FILE_KEYS if k in keys]
+            defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+            given = [k for k in FILE_KEYS if k in keys and keys[k] != defaults[k]]
+            for k in FILE_KEYS:
+                keys.pop(k, None)
             if given:
                 raise RecipeError(f"{where}.{given[0]}: only with {where}.format ({', '.join(DATA_FORMATS)}); "
                                   f"the packaged datasets ({', '.join(DATASETS)}) bring their own files")
