@@ -2,16 +2,20 @@
 
 1. Prune the pretrained MiniLM's converted-by-default Linear weights (attention q/k/v/output and
    FFN, 36 matrices) to 50% by magnitude, per matrix: the "unstructured" reference model.
-2. Convert it with :func:`sparse.convert_checkpoint` to 2:4 and transposable 2:4, each without and
-   with ``calibrate`` (AdaPrune, on BBC News *training* texts).
+2. Convert it with :func:`sparse.convert_checkpoint` to 2:4 and transposable 2:4 (``--patterns``),
+   without calibration and with each of ``--methods`` (AdaPrune, Wanda, SparseGPT; on BBC News
+   *training* texts), sequential and/or not (``--sequential on,off``).
 3. Embed held-out BBC News *test* texts with every model (mean pooling over real tokens) and report
    the mean cosine similarity of each model's sentence embeddings to the unstructured model's.
 4. With ``--classifier DIR`` (a fine-tuned BBC classifier folder, as ``sparse finetune
    recipes/minilm-bbc-dense.yaml --out DIR`` writes it): the same 50 % unstructured pruning and the
-   four conversions of the classifier, each evaluated on the BBC News test split it was not trained
-   on (the split and max_length of its ``result.json``).
+   same conversions of the classifier, each evaluated on the BBC News test split it was not trained
+   on (the split and max_length of its ``result.json``): accuracy, mean cosine of mean-pooled last
+   hidden states to the unstructured classifier's, per-layer calibration error, conversion time;
+   ``--dense-oneshot`` adds the dense classifier pruned one-shot to 2:4-T by SparseGPT.
 
-Run: ``sparse bench convert-minilm [--classifier DIR] --json out.json``.
+Run: ``sparse bench convert-minilm [--classifier DIR] [--methods none,adaprune,wanda,sparsegpt]
+[--sequential on,off] --json out.json``.
 """
 from __future__ import annotations
 
@@ -49,22 +53,62 @@ def magnitude_prune_folder(src: str, dst: str, sparsity: float) -> dict:
     return {"pruned_tensors": pruned}
 
 
-VARIANTS = ((False, False), (False, True), (True, False), (True, True))  # (transposable, calibrate)
+METHODS = ("none", "adaprune", "wanda", "sparsegpt")
+METHOD_LABELS = {"adaprune": "AdaPrune", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
+# (transposable, calibration method or None, sequential): the default rows
+VARIANTS = ((False, None, False), (False, "adaprune", True), (True, None, False), (True, "adaprune", True))
 
 
-def variant_name(transposable: bool, calibrate: bool) -> str:
-    return ("2:4-T" if transposable else "2:4") + (" +AdaPrune" if calibrate else "")
+def variant_name(transposable: bool, method: str | None, sequential: bool = True) -> str:
+    name = "2:4-T" if transposable else "2:4"
+    if method:
+        name += f" +{METHOD_LABELS[method]}" + ("" if sequential else " (non-seq)")
+    return name
+
+
+def variants(patterns: list[str], methods: list[str], sequential: list[bool]) -> list[tuple[bool, str | None, bool]]:
+    """Rows for ``patterns`` (``2:4``, ``2:4T``) x ``methods`` (``none`` once) x ``sequential`` settings."""
+    out = []
+    for pat in patterns:
+        t = pat == "2:4T"
+        for m in methods:
+            if m == "none":
+                out.append((t, None, False))
+            else:
+                out += [(t, m, seq) for seq in sequential]
+    return out
+
+
+def _folder_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def _calib_cfg(method: str | None, cfg):
+    """The settings object of ``method`` with ``cfg``'s text settings (an AdaPruneConfig or None)."""
+    from ..convert.calibration import config_for
+
+    return None if method is None else config_for(method, cfg)
+
+
+def _mean_errors(report) -> tuple[float | None, float | None]:
+    tot = report.totals()
+    return tot.get("calibration_mean_error_before"), tot.get("calibration_mean_error_after")
 
 
 def classifier_accuracy(folder: str, sparsity: float, calib: list[str], calib_cfg, work: str,
-                        batch_size: int = 32) -> list[dict]:
+                        batch_size: int = 32, rows_spec=VARIANTS, dense_oneshot: bool = False) -> list[dict]:
     """BBC test accuracy of the fine-tuned classifier in ``folder``: as trained, pruned to ``sparsity``
-    unstructured by magnitude, and that model converted to 2:4 / 2:4-T without and with AdaPrune."""
+    unstructured by magnitude, and that model converted as ``rows_spec`` says (``(transposable,
+    method or None, sequential)`` per row). Each row also has the mean cosine of its mean-pooled last
+    hidden states to the unstructured model's, the mean per-layer calibration error before/after and
+    the conversion time. ``dense_oneshot``: also the dense classifier pruned one-shot to 2:4-T with
+    SparseGPT (no unstructured step)."""
+    import time
+
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from ..convert import convert_checkpoint
     from ..data import load_bbc_news
-    from ..finetune import evaluate
 
     for need in ("config.json", "model.safetensors"):
         if not os.path.isfile(os.path.join(folder, need)):
@@ -81,20 +125,42 @@ def classifier_accuracy(folder: str, sparsity: float, calib: list[str], calib_cf
     enc = tok(data.test_texts, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
     labels = torch.tensor(data.test_labels, dtype=torch.long)
 
-    def accuracy(path: str) -> float:
+    @torch.no_grad()
+    def evaluate(path: str) -> tuple[float, torch.Tensor]:
+        """(accuracy, mean-pooled last hidden states [docs, hidden]) in one fp32 pass."""
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
-        return evaluate(model, enc["input_ids"], enc["attention_mask"], labels, batch_size, bf16=False)
+        correct, pooled = 0, []
+        for lo in range(0, len(labels), batch_size):
+            ids, mask = enc["input_ids"][lo:lo + batch_size], enc["attention_mask"][lo:lo + batch_size]
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            correct += int((out.logits.argmax(-1) == labels[lo:lo + batch_size]).sum())
+            m = mask.unsqueeze(-1).float()
+            pooled.append((out.hidden_states[-1] * m).sum(1) / m.sum(1).clamp_min(1))
+        return correct / len(labels), torch.cat(pooled)
 
-    rows = [{"model": "fine-tuned dense", "accuracy": accuracy(folder)}]
+    acc, _ = evaluate(folder)
+    rows = [{"model": "fine-tuned dense", "accuracy": acc}]
     unstructured = os.path.join(work, "classifier-unstructured")
     magnitude_prune_folder(folder, unstructured, sparsity)
-    rows.append({"model": f"{sparsity:.0%} unstructured", "accuracy": accuracy(unstructured)})
-    for transposable, calibrate in VARIANTS:
-        name = variant_name(transposable, calibrate)
-        out = os.path.join(work, "classifier-" + name.replace(":", "").replace(" +", "_"))
-        convert_checkpoint(unstructured, out, "2:4", transposable=transposable, calibrate=calibrate,
-                           calibration=calib_cfg, calibration_texts=calib)
-        rows.append({"model": name, "accuracy": accuracy(out)})
+    acc, ref = evaluate(unstructured)
+    rows.append({"model": f"{sparsity:.0%} unstructured", "accuracy": acc, "cosine_to_unstructured": 1.0})
+    jobs = [(unstructured, t, m, seq) for t, m, seq in rows_spec]
+    if dense_oneshot:
+        jobs.append((folder, True, "sparsegpt", True))
+    for src, transposable, method, sequential in jobs:
+        name = variant_name(transposable, method, sequential) + (" from dense" if src == folder else "")
+        out = os.path.join(work, "classifier-" + _folder_name(name))
+        t0 = time.perf_counter()
+        report = convert_checkpoint(src, out, "2:4", transposable=transposable, calibrate=method or False,
+                                    calibration=_calib_cfg(method, calib_cfg), calibration_texts=calib if method else None,
+                                    sequential=sequential if method else None)
+        convert_s = time.perf_counter() - t0
+        acc, emb = evaluate(out)
+        before, after = _mean_errors(report)
+        rows.append({"model": name, "accuracy": acc, "convert_s": convert_s,
+                     "cosine_to_unstructured": float(torch.nn.functional.cosine_similarity(emb, ref).mean()),
+                     "calib_err_before": before, "calib_err_after": after,
+                     "layer_errors": {c.name: [c.error_before, c.error_after] for c in report.calibration}})
         shutil.rmtree(out)
     for r in rows:
         r["test_docs"] = len(labels)
@@ -127,7 +193,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--classifier", default=None, metavar="DIR",
                         help="a fine-tuned BBC classifier folder (sparse finetune recipes/minilm-bbc-dense.yaml "
                              "--out DIR): also report the BBC test accuracy of it pruned and converted the same way")
+    parser.add_argument("--methods", default="none,adaprune",
+                        help="comma-separated calibration methods per pattern: none, adaprune, wanda, sparsegpt "
+                             "(default none,adaprune)")
+    parser.add_argument("--patterns", default="2:4,2:4T", help="comma-separated: 2:4, 2:4T (default both)")
+    parser.add_argument("--sequential", default="on", help="on, off or on,off: sequential calibration rows (default on)")
+    parser.add_argument("--dense-oneshot", action="store_true",
+                        help="with --classifier: also prune the dense classifier one-shot to 2:4-T with SparseGPT")
+    parser.add_argument("--skip-pretrained", action="store_true",
+                        help="skip the pretrained-MiniLM embedding rows (only the --classifier part)")
     harness.add_common_arguments(parser, threads=2)
+
+
+def _list_arg(flag: str, text: str, allowed) -> list[str]:
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if not items or bad:
+        raise ValueError(f"{flag}: expected a comma-separated list of {', '.join(allowed)}, got {text!r}")
+    return list(dict.fromkeys(items))
 
 
 COLUMNS = (
@@ -146,6 +229,12 @@ def run(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
     if not 0.0 < args.sparsity < 1.0:
         raise ValueError(f"--sparsity: expected a fraction in (0, 1), got {args.sparsity}")
+    methods = _list_arg("--methods", args.methods, METHODS)
+    patterns = _list_arg("--patterns", args.patterns, ("2:4", "2:4T"))
+    seqs = [v == "on" for v in _list_arg("--sequential", args.sequential, ("on", "off"))]
+    spec = variants(patterns, methods, seqs)
+    if args.skip_pretrained and not args.classifier:
+        raise ValueError("--skip-pretrained: only with --classifier DIR (nothing would be measured)")
     harness.setup(args)
     torch.manual_seed(0)
 
@@ -160,20 +249,25 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="convert-minilm-") as work:
         unstructured = os.path.join(work, "unstructured")
         facts = magnitude_prune_folder(minilm_path(), unstructured, args.sparsity)
-        with harness.stopwatch() as sw:
-            ref = embed(unstructured, texts, args.max_length, 16)
-        embed_s = sw.wall_ms / 1e3
-        dense = embed(minilm_path(), texts, args.max_length, 16)
-        rows.append({"model": "dense (pretrained)", "cosine_to_unstructured":
-                     float(torch.nn.functional.cosine_similarity(dense, ref).mean()), "convert_s": None,
-                     "kept_magnitude_ratio": None, "calib_err_before": None, "calib_err_after": None})
+        spec_pre = [] if args.skip_pretrained else spec
+        embed_s = None
+        if not args.skip_pretrained:
+            with harness.stopwatch() as sw:
+                ref = embed(unstructured, texts, args.max_length, 16)
+            embed_s = sw.wall_ms / 1e3
+            dense = embed(minilm_path(), texts, args.max_length, 16)
+            rows.append({"model": "dense (pretrained)", "cosine_to_unstructured":
+                         float(torch.nn.functional.cosine_similarity(dense, ref).mean()), "convert_s": None,
+                         "kept_magnitude_ratio": None, "calib_err_before": None, "calib_err_after": None})
         calib_cfg = AdaPruneConfig(num_texts=args.calibration_texts, max_length=args.max_length)
-        for transposable, calibrate in VARIANTS:
-            name = variant_name(transposable, calibrate)
-            out = os.path.join(work, name.replace(":", "").replace(" +", "_"))
+        for transposable, method, sequential in spec_pre:
+            name = variant_name(transposable, method, sequential)
+            out = os.path.join(work, _folder_name(name))
             with harness.stopwatch() as sw:
                 report = convert_checkpoint(unstructured, out, "2:4", transposable=transposable,
-                                            calibrate=calibrate, calibration=calib_cfg, calibration_texts=calib)
+                                            calibrate=method or False, calibration=_calib_cfg(method, calib_cfg),
+                                            calibration_texts=calib if method else None,
+                                            sequential=sequential if method else None)
             conv_s = sw.wall_ms / 1e3
             emb = embed(out, texts, args.max_length, 16)
             tot = report.totals()
@@ -187,21 +281,30 @@ def run(args) -> int:
             shutil.rmtree(out)
         acc_rows = None
         if args.classifier:
-            acc_rows = classifier_accuracy(args.classifier, args.sparsity, calib, calib_cfg, work)
+            acc_rows = classifier_accuracy(args.classifier, args.sparsity, calib, calib_cfg, work, rows_spec=spec,
+                                           dense_oneshot=args.dense_oneshot)
     result = {"texts": len(texts), "max_length": args.max_length, "calibration_texts": len(calib),
               "sparsity": args.sparsity, "pruned_tensors": facts["pruned_tensors"], "embed_seconds": embed_s,
               "bbc_accuracy": acc_rows, "classifier": args.classifier, "rows": rows}
     print(f"MiniLM-L6, {facts['pruned_tensors']} Linear weights at {args.sparsity:.0%} unstructured (magnitude); "
-          f"{len(texts)} BBC test texts x {args.max_length} tokens; AdaPrune on {len(calib)} BBC train texts")
-    print(harness.format_table([{**r, "calib_err": None if r["calib_err_before"] is None else
-                                 f"{r['calib_err_before']:.3f} -> {r['calib_err_after']:.3f}"} for r in rows], COLUMNS))
+          f"{len(texts)} BBC test texts x {args.max_length} tokens; calibration on {len(calib)} BBC train texts")
+    if rows:
+        print(harness.format_table([{**r, "calib_err": None if r["calib_err_before"] is None else
+                                     f"{r['calib_err_before']:.3f} -> {r['calib_err_after']:.3f}"} for r in rows],
+                                   COLUMNS))
     if acc_rows is None:
         print("BBC accuracy: not measured (pass --classifier DIR, a fine-tuned classifier folder from "
               "`sparse finetune recipes/minilm-bbc-dense.yaml --out DIR`)")
     else:
         print(f"BBC News test accuracy ({acc_rows[0]['test_docs']} docs) of {args.classifier}:")
+        print(f"  {'model':<34} {'accuracy':>8} {'cos to unstr.':>13} {'calib err':>15} {'convert s':>9}")
         for r in acc_rows:
-            print(f"  {r['model']:<20} {100 * r['accuracy']:6.2f}%")
+            cos = r.get("cosine_to_unstructured")
+            err = "" if r.get("calib_err_before") is None else \
+                f"{r['calib_err_before']:.3f} -> {r['calib_err_after']:.3f}"
+            conv = r.get("convert_s")
+            print(f"  {r['model']:<34} {100 * r['accuracy']:7.2f}% {'' if cos is None else f'{cos:.4f}':>13} "
+                  f"{err:>15} {'' if conv is None else f'{conv:.1f}':>9}")
     if args.json:
         harness.write_json(args.json, result, force=args.force)
     return 0

@@ -45,6 +45,8 @@ def test_classifier_accuracy_rows_and_untouched_source(tiny_classifier, tmp_path
                                AdaPruneConfig(num_texts=2, max_length=32), str(tmp_path))
     assert [r["model"] for r in rows] == ["fine-tuned dense", "50% unstructured", "2:4", "2:4 +AdaPrune",
                                           "2:4-T", "2:4-T +AdaPrune"]
+    assert all(-1 <= r["cosine_to_unstructured"] <= 1 and r["convert_s"] > 0 for r in rows[2:])
+    assert rows[3]["calib_err_after"] < rows[3]["calib_err_before"] and len(rows[3]["layer_errors"]) == 6
     assert all(r["test_docs"] == 445 and (r["accuracy"] * 445) == pytest.approx(round(r["accuracy"] * 445))
                for r in rows)                                      # a count of correct documents
     assert rows[0]["accuracy"] == pytest.approx(_plain_accuracy(tiny_classifier))
@@ -79,3 +81,29 @@ def test_magnitude_prune_folder_is_the_unstructured_pattern(tiny_classifier, tmp
             assert torch.equal(after[k], w * UnstructuredPattern(0.5).mask(w))
         else:
             assert torch.equal(after[k], w)
+
+
+def test_classifier_rows_for_every_method_and_dense_oneshot(tiny_classifier, tmp_path):
+    from sparse.bench.convert_minilm import classifier_accuracy, variants
+    from sparse.convert.adaprune import AdaPruneConfig
+
+    spec = variants(["2:4T"], ["none", "wanda", "sparsegpt"], [True, False])
+    rows = classifier_accuracy(str(tiny_classifier), 0.5, ["a short calibration text", "another one"],
+                               AdaPruneConfig(num_texts=2, max_length=32), str(tmp_path), rows_spec=spec,
+                               dense_oneshot=True)
+    assert [r["model"] for r in rows[2:]] == ["2:4-T", "2:4-T +Wanda", "2:4-T +Wanda (non-seq)", "2:4-T +SparseGPT",
+                                              "2:4-T +SparseGPT (non-seq)", "2:4-T +SparseGPT from dense"]
+    assert rows[5]["calib_err_after"] < rows[5]["calib_err_before"]
+
+
+def test_bench_list_arguments_are_checked():
+    import argparse
+
+    from sparse.bench import convert_minilm
+
+    parser = argparse.ArgumentParser()
+    convert_minilm.add_arguments(parser)
+    for argv, flag in ((["--methods", "obs"], "--methods"), (["--patterns", "4:8"], "--patterns"),
+                       (["--sequential", "maybe"], "--sequential"), (["--skip-pretrained"], "--skip-pretrained")):
+        with pytest.raises(ValueError, match=flag):
+            convert_minilm.run(parser.parse_args(argv))
