@@ -146,6 +146,30 @@ SCRIPT = textwrap.dedent(r'''
         save_full_pretrained(model2, out + "_hf")
 
         lap('ckpt')
+        # --- the Hugging Face Trainer callback, driven by transformers' CallbackHandler in the Trainer's
+        # event order, on an FSDP2 model (what accelerate hands the callbacks with FSDP2 on GPUs)
+        from transformers.trainer_callback import CallbackHandler, TrainerControl, TrainerState
+        from sparse.integrations.hf_trainer import SparseTrainerCallback
+        hf = shard(make_tiny_bert(), mesh)
+        hopt = torch.optim.AdamW(hf.parameters(), lr=1e-2)
+        cb = SparseTrainerCallback({"name": "cb", "pruning": [{
+            "pattern": {"type": "nm", "n": 2, "m": 4, "transposable": True, "solver": "exact"},
+            "schedule": {"type": "oneshot", "at_step": 1}, "refresh_every": 2}]})
+        handler = CallbackHandler([cb], hf, None, hopt, None)
+        state, control = TrainerState(), TrainerControl()
+        handler.on_train_begin(None, state, control)
+        for step in range(3):
+            loss_of(hf, *batch(100 * rank + step)).backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            handler.on_pre_optimizer_step(None, state, control)
+            hopt.step()
+            handler.on_optimizer_step(None, state, control)
+            hopt.zero_grad()
+        res["callback"] = {"step": cb.sparse.step_count, "n": len(cb.sparse.masks),
+                           "dtensor": all(isinstance(m, DTensor) for m in cb.sparse.masks.values()),
+                           "valid": all(r["valid"] for r in cb.sparse.report())}
+        lap("callback")
+
         # --- small MLP: 200 steps with refreshes; and the error when gathering is disabled
         torch.manual_seed(0)
         mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16),
@@ -288,6 +312,12 @@ def test_200_steps_with_refresh_keep_masks_valid(fsdp_run):
         assert mlp["mask_sparsity"] == [0.5, 0.75, 0.5]
         assert mlp["sharding"][:2] == ["shard-local", "shard-local"] and mlp["sharding"][2].startswith("gathered")
         assert mlp["last"] < mlp["first"]
+
+
+def test_trainer_callback_on_fsdp2_model(fsdp_run):
+    _, res = fsdp_run
+    for r in res:
+        assert r["callback"] == {"step": 3, "n": 12, "dtensor": True, "valid": True}
 
 
 def test_gather_disabled_error_names_layer_and_reason(fsdp_run):
