@@ -7,6 +7,7 @@
 #include "sparse/bsr_cpu.h"
 #include "sparse/dropout.h"
 #include "sparse/launchers.h"
+#include "sparse/sparse24_tile.h"
 
 namespace sparse_ext {
 namespace {
@@ -96,4 +97,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
           pybind11::arg("trans_a"), pybind11::arg("trans_b"), pybind11::arg("k_tile") = 256,
           pybind11::arg("colsum") = pybind11::none());
   register_dropout(mod);  // dropout_forward, dropout_backward, dropout_isa (csrc/cpu/dropout_cpu.cpp)
+  register_sparse24(mod);  // sparse24_compress, _mask, _decompress, _mvue (csrc/cpu/sparse24_cpu.cpp)
 }
