@@ -231,3 +231,168 @@ def test_summary_of_an_mlpruning_run_reports_what_the_pruner_kept():
     text = summary(res, SimpleNamespace(pruning=()), "/tmp/x")
     assert "51.2% of the encoder's Linear weights remain (target 50%); packed model 87.50%" in text
     assert "pruned layers" not in text
+
+
+# ------------------------------------------------- your own data, three splits, epoch chosen on validation (issue 16)
+def _tiny_folder(tmp_path, save_tiny_bert):
+    """A 1-layer BERT (hidden 32) with MiniLM's tokenizer: fine-tunes in well under a second per epoch."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64)
+    return save_tiny_bert(transformers.BertModel(cfg), str(tmp_path / "tiny"))
+
+
+WORDS = {"happy": "great lovely good", "sad": "awful bad terrible", "meh": "fine okay whatever"}
+
+
+def _write_pairs(path, n, seed):
+    import random
+
+    rnd = random.Random(seed)
+    lines = ["sentence,context,mood"]
+    for i in range(n):
+        mood = list(WORDS)[i % 3]
+        lines.append(f"{rnd.choice(WORDS[mood].split())} thing {i},about {rnd.randint(0, 9)},{mood}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _tiny_recipe(tmp_path, save_tiny_bert, **extra):
+    d = {"name": "tiny-pairs", "model": {"source": _tiny_folder(tmp_path, save_tiny_bert), "max_length": 16},
+         "data": {"format": "csv", "path": _write_pairs(tmp_path / "train.csv", 48, 0),
+                  "val_path": _write_pairs(tmp_path / "val.csv", 6, 1), "test_path": _write_pairs(tmp_path / "test.csv", 9, 2),
+                  "text": "sentence", "text_pair": "context", "label": "mood"},
+         "train": {"epochs": 3, "batch_size": 8, "lr": 1e-3, "head_lr": 1e-2, "eval_batch_size": 4}, **extra}
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def test_csv_pairs_run_chooses_on_validation_tests_once_and_names_labels(tmp_path, monkeypatch, capsys, save_tiny_bert):
+    """A tiny BERT on a sentence-pair CSV with its own validation and test files, through the CLI."""
+    pytest.importorskip("transformers")
+    from sparse import finetune as ft
+
+    monkeypatch.setenv("SPARSE_CACHE_DIR", str(tmp_path / "cache"))
+    seen = []
+    real = ft.score_split
+    monkeypatch.setattr(ft, "score_split", lambda m, split, r: seen.append(len(split)) or real(m, split, r))
+    recipe_path = _tiny_recipe(tmp_path, save_tiny_bert)
+    out, js = tmp_path / "run", tmp_path / "r.json"
+    assert main(["finetune", str(recipe_path), "--out", str(out), "--json", str(js), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert seen == [6, 6, 6, 9]  # validation after each of 3 epochs, the test split once at the end
+    res = json.loads(js.read_text())
+    assert (res["n_train"], res["n_val"], res["n_test"], res["steps"]) == (48, 6, 9, 18)
+    f1 = res["epoch_val_macro_f1"]
+    assert res["best_epoch"] == f1.index(max(f1)) + 1 and res["val_macro_f1"] == max(f1)
+    assert res["val_accuracy"] == res["epoch_accuracy"][res["best_epoch"] - 1]
+    assert res["label_names"] == ["happy", "meh", "sad"]
+    assert f"epoch {res['best_epoch']} of 3 chosen on validation macro-F1" in text and "evaluated once" in text
+    # the saved folder names its labels, and its scores are the reported ones (pairs with token types)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from sparse.data import load_splits
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    assert model.config.id2label == {0: "happy", 1: "meh", 2: "sad"} and model.config.label2id["sad"] == 2
+    r = load_recipe(str(recipe_path))
+    d = load_splits(r.data)
+    split = ft.tokenize(AutoTokenizer.from_pretrained(str(out)), d.val_texts, d.val_labels, 16, d.val_pairs)
+    assert split.token_type_ids is not None and int(split.token_type_ids.sum()) > 0
+    assert real(model, split, r) == {"accuracy": res["val_accuracy"], "macro_f1": res["val_macro_f1"]}
+
+
+def test_the_best_validation_epoch_is_restored_masks_and_all(tmp_path, monkeypatch, save_tiny_bert):
+    """Scripted validation scores make epoch 2 the best of 3: the run ends with (and saves) epoch 2's
+    model, a transposable 2:4 one whose masks SR-STE kept refreshing after it."""
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    from sparse import finetune as ft
+    from sparse.masks import is_transposable
+
+    entry = {"name": "t24", "pattern": {"type": "nm", "n": 2, "m": 4, "transposable": True, "solver": "exact"},
+             "targets": {"include": [r"encoder\.layer\.\d+\."]}, "method": {"type": "srste", "lambda": 2e-4},
+             "schedule": {"type": "oneshot", "at_step": 0}, "refresh_every": 2}
+    recipe_path = _tiny_recipe(tmp_path, save_tiny_bert, pruning=[entry])
+    states, scripted = [], iter([0.5, 0.9, 0.7])
+    real = ft.score_split
+
+    def fake(model, split, recipe):
+        if len(split) != 6:
+            return real(model, split, recipe)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        f1 = next(scripted)
+        return {"accuracy": f1, "macro_f1": f1}
+
+    monkeypatch.setattr(ft, "score_split", fake)
+    res = ft.finetune(str(recipe_path), out_dir=str(tmp_path / "run"), progress=False, use_cache=False)
+    assert res.best_epoch == 2 and res.val_macro_f1 == 0.9 and res.epoch_val_macro_f1 == [0.5, 0.9, 0.7]
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    masks = load_file(str(tmp_path / "run" / "masks.safetensors"))
+    q = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(saved[q], states[1][q]) and not torch.equal(saved[q], states[2][q])
+    for fqn, mask in masks.items():
+        assert is_transposable(mask, 2, 4) and torch.all(saved[fqn][~mask] == 0)
+    assert all(r["valid"] for r in res.layers)
+
+
+def test_eligible_epochs_wait_for_final_masks():
+    from sparse.finetune import eligible_epoch, final_mask_step
+
+    cubic = load_recipe({"name": "c", "pruning": [{"name": "g", "pattern": {"type": "unstructured", "sparsity": 0.5},
+                                                   "schedule": {"type": "cubic", "start_step": 0, "end_step": 10,
+                                                                "frequency": 2}}]})
+    assert final_mask_step(cubic) == 10
+    assert [eligible_epoch(cubic, s, 30) for s in (8, 10, 20, 30)] == [False, True, True, True]
+    dense = load_recipe({"name": "d"})
+    assert eligible_epoch(dense, 1, 30)
+    mlp = load_recipe(os.path.join(ROOT, "recipes", "mlpruning-minilm-bbc.yaml"))
+    assert not eligible_epoch(mlp, 29, 30) and eligible_epoch(mlp, 30, 30)
+
+
+def test_metrics_match_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from sparse.finetune import metrics
+
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((50, 3), (7, 5), (1, 2)):
+        y, p = torch.randint(0, k, (n,), generator=g), torch.randint(0, k, (n,), generator=g)
+        m = metrics(p, y)
+        assert m["accuracy"] == pytest.approx(accuracy_score(y, p))
+        assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
+    assert metrics(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)) == {"accuracy": 0.0,
+                                                                                           "macro_f1": 0.0}
+
+
+def test_cache_key_follows_the_data(tmp_path):
+    from sparse.finetune import data_fingerprint, load_texts, plan_run
+
+    def key(content, **data):
+        (tmp_path / "d.csv").write_text("text,label\n" + content)
+        r = load_recipe({"name": "k", "data": {"format": "csv", "path": str(tmp_path / "d.csv"), **data}})
+        t = load_texts(r)
+        return plan_run(r, len(t.train_labels), len(t.test_labels), None, data_fingerprint(r, t)).key
+
+    rows = "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(20))
+    base = key(rows)
+    assert key(rows) == base
+    assert key(rows.replace("t3,", "T3,")) != base        # the same path, edited
+    assert key(rows, val_size=0.2) != base and key(rows, split_seed=1) != base
+    assert data_fingerprint(load_recipe({"name": "b"}), None) is None  # packaged data: settings only
+
+
+def test_bad_data_is_a_one_line_error_before_training(tmp_path, capsys, save_tiny_bert):
+    pytest.importorskip("transformers")
+    recipe_path = _tiny_recipe(tmp_path, save_tiny_bert)
+    (tmp_path / "test.csv").write_text("sentence,context,mood\nx,y,happy\nz,w,furious\n")
+    capsys.readouterr()  # the tiny model's save_pretrained progress bar
+    assert main(["finetune", str(recipe_path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "test.csv line 3: column data.label: label 'furious' is not in the " \
+                                           "training split" in err
+    assert not os.path.exists(tmp_path / "run" / "model.safetensors")
