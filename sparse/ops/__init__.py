@@ -10,3 +10,6 @@ __all__ = ["BACKENDS", "BLOCK_SIZES", "BackendUnavailable", "BlockLayout", "Op",
 
 from .dropout import dropout  # noqa: E402  (the function; the module: importlib.import_module('sparse.ops.dropout'))
 __all__ += ["dropout"]
+
+from .sparse24 import compress_24, decompress_24, mask_24, mvue_12, mvue_24  # noqa: E402  (2:4 kernels)
+__all__ += ["compress_24", "decompress_24", "mask_24", "mvue_12", "mvue_24"]
