@@ -4,8 +4,10 @@
         --seeds 0 1 2 --json out.json
 
 Runs one fine-tune at a time (the CPU is the bottleneck), writes the JSON after every run so partial
-results survive, and prints per recipe the mean and spread (sample std) of the test accuracy over seeds
-and the gap to the dense recipe (the first recipe without pruning entries).
+results survive, and prints per recipe the mean and spread (sample std) over seeds of the validation and
+test accuracy and macro-F1, and the gaps to the dense recipe (the first recipe without pruning entries).
+Each run's epoch is chosen on its validation split and its test split is evaluated once
+(:func:`sparse.finetune.train`); recipes are *ranked by validation macro-F1* (``rank``), never by test.
 
 ``--oneshot-from RECIPE ...`` also prunes each finished dense model one-shot with those recipes'
 pruning entries (no retraining) and evaluates it: the gap that pruning during fine-tuning must close.
@@ -71,8 +73,19 @@ def oneshot_after(recipes) -> "callable":
     return after
 
 
+def _mean_std(xs: list) -> tuple[float | None, float | None]:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
 def summarize(runs: list[dict]) -> list[dict]:
-    """Per recipe: n, mean, std (sample; 0 for one run), min, max accuracy and the gap to dense (points)."""
+    """Per recipe: n, mean, std (sample; 0 for one run), min, max test accuracy and the gap to dense (points);
+    mean and std of test macro-F1 (``macro_f1``, ``macro_f1_std``), validation accuracy and macro-F1
+    (``val_accuracy``, ``val_macro_f1``, ``val_macro_f1_std``) and their gaps to dense (``f1_gap_points``,
+    ``val_f1_gap_points``). Rows come ranked by mean validation macro-F1 (``rank`` 1 is the best; rows
+    without validation figures, e.g. one-shot prunings or runs from before issue 16, last, unranked)."""
     by: dict[str, list[dict]] = {}
     for r in runs:
         by.setdefault(r["recipe"], []).append(r)
@@ -87,29 +100,49 @@ def summarize(runs: list[dict]) -> list[dict]:
         accs = [r["accuracy"] for r in rs]
         kept = [r["extra"]["mlpruning"]["remaining_fraction"] for r in rs
                 if (r.get("extra") or {}).get("mlpruning")]
+        f1, f1_std = _mean_std([r.get("macro_f1") for r in rs])
+        val_acc, _ = _mean_std([r.get("val_accuracy") for r in rs])
+        val_f1, val_f1_std = _mean_std([r.get("val_macro_f1") for r in rs])
         rows.append({"recipe": name, "n": len(accs), "mean": statistics.fmean(accs),
                      "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "min": min(accs), "max": max(accs),
                      "seeds": [r["seed"] for r in rs], "accuracies": accs,
-                     "encoder_kept": statistics.fmean(kept) if kept else None})
+                     "encoder_kept": statistics.fmean(kept) if kept else None,
+                     "macro_f1": f1, "macro_f1_std": f1_std, "val_accuracy": val_acc, "val_macro_f1": val_f1,
+                     "val_macro_f1_std": val_f1_std})
     if dense is not None:
         dense_by_seed = {r["seed"]: r["accuracy"] for r in by[dense]}
         dmean = next(r["mean"] for r in rows if r["recipe"] == dense)
+        drow = next(r for r in rows if r["recipe"] == dense)
         for row in rows:
             row["gap_points"] = 100 * (row["mean"] - dmean)
             paired = [a - dense_by_seed[s] for s, a in zip(row["seeds"], row["accuracies"]) if s in dense_by_seed]
             row["paired_gap_points"] = 100 * statistics.fmean(paired) if paired else None
-    return rows
+            for key, gap in (("macro_f1", "f1_gap_points"), ("val_macro_f1", "val_f1_gap_points")):
+                row[gap] = (100 * (row[key] - drow[key]) if row[key] is not None and drow[key] is not None
+                            else None)
+    ranked = sorted((r for r in rows if r["val_macro_f1"] is not None), key=lambda r: -r["val_macro_f1"])
+    for i, row in enumerate(ranked, 1):
+        row["rank"] = i
+    return ranked + [dict(r, rank=None) for r in rows if r["val_macro_f1"] is None]
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def _pts(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
 COLUMNS = (
-    harness.Column("recipe", "recipe", align="<", width=36), harness.Column("n", "runs"),
-    harness.Column("mean", "mean acc", _pct), harness.Column("std", "std", lambda x: f"{100 * x:.2f}"),
-    harness.Column("min", "min", _pct), harness.Column("max", "max", _pct),
-    harness.Column("gap_points", "vs dense", lambda x: f"{x:+.2f} pt", missing="-"),
+    harness.Column("rank", "rank", missing="-"), harness.Column("recipe", "recipe", align="<", width=36),
+    harness.Column("n", "runs"),
+    harness.Column("val_macro_f1", "val F1", _pct, missing="-"), harness.Column("val_accuracy", "val acc", _pct,
+                                                                               missing="-"),
+    harness.Column("mean", "test acc", _pct), harness.Column("std", "std", _pts),
+    harness.Column("macro_f1", "test F1", _pct, missing="-"), harness.Column("macro_f1_std", "std", _pts, missing="-"),
+    harness.Column("gap_points", "acc vs dense", lambda x: f"{x:+.2f} pt", missing="-"),
+    harness.Column("f1_gap_points", "F1 vs dense", lambda x: f"{x:+.2f} pt", missing="-"),
     harness.Column("encoder_kept", "encoder kept", _pct, missing="-"),  # MLPruning: packed / dense weights
 )
 
@@ -163,9 +196,10 @@ def run(args) -> int:
                            progress=not args.no_progress, out_dir=out_dir, teacher=teacher,
                            after=oneshot_after(oneshot) if oneshot and not recipe.pruning else None)
             log.info("%s seed %d: %.4f", recipe.name, seed, res.accuracy)
-            print(f"{recipe.name} seed {seed}: accuracy {100 * res.accuracy:.2f}% "
-                  f"(epochs {[round(100 * a, 2) for a in res.epoch_accuracy]}, {res.seconds_per_step:.2f} s/step)",
-                  flush=True)
+            print(f"{recipe.name} seed {seed}: validation accuracy {100 * res.val_accuracy:.2f}% macro-F1 "
+                  f"{100 * res.val_macro_f1:.2f}% (epoch {res.best_epoch} chosen; per epoch "
+                  f"{[round(100 * f, 2) for f in res.epoch_val_macro_f1]}), test accuracy {100 * res.accuracy:.2f}% "
+                  f"macro-F1 {100 * res.macro_f1:.2f}% ({res.seconds_per_step:.2f} s/step)", flush=True)
             for name, acc in res.extra.items():
                 if name.startswith("oneshot:"):
                     print(f"  {recipe.name} seed {seed} pruned {name} without retraining: {100 * acc:.2f}%",
