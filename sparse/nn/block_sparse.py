@@ -92,9 +92,21 @@ class BlockSparseLinear(nn.Module):
         return mod
 
     def layout(self) -> BlockLayout:
-        """The block layout, built from this module's buffers (follows ``.to(device)``)."""
-        return BlockLayout.from_tensors(self.block, (self.out_features, self.in_features),
-                                        tuple(getattr(self, n) for n in _LAYOUT_BUFFERS), validate=False)
+        """The block layout, built from this module's buffers (follows ``.to(device)``).
+
+        Cached on the module per buffer state (identity and version counter of the six index buffers), so
+        a forward does not rebuild it; ``.to()``, ``load_state_dict``, a buffer replaced or written in place
+        give a new one. The ops validate the layout's values once per state (``ensure_validated``).
+        """
+        tensors = tuple(getattr(self, n) for n in _LAYOUT_BUFFERS)
+        key = _buffer_state(tensors)
+        cached = self.__dict__.get("_layout_cache")
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        lay = BlockLayout.from_tensors(self.block, (self.out_features, self.in_features), tensors, validate=False)
+        # The cached layout holds the buffers it was built from, so their ids cannot be reused while cached.
+        self.__dict__["_layout_cache"] = (key, lay) if key is not None else None
+        return lay
 
     @property
     def block_mask(self) -> torch.Tensor:
@@ -181,6 +193,14 @@ class BlockSparseLinear(nn.Module):
         density = self.weight_data.shape[0] / max(r * c, 1)
         return (f"in_features={self.in_features}, out_features={self.out_features}, block={self.block}, "
                 f"blocks={self.weight_data.shape[0]}/{r * c} (density {density:.3f}), bias={self.bias is not None}")
+
+
+def _buffer_state(tensors) -> tuple | None:
+    """(ids, versions) of the layout buffers, or None when one has no version counter (inference tensors)
+    or is not a tensor: then nothing is cached."""
+    if not all(isinstance(t, torch.Tensor) and not t.is_inference() for t in tensors):
+        return None
+    return tuple(id(t) for t in tensors), tuple(t._version for t in tensors)
 
 
 def _positive_int(v, name: str) -> int:

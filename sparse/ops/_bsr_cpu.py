@@ -23,6 +23,7 @@ Measured figures: ``sparse bench blocksparse`` (both backends side by side again
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -57,6 +58,12 @@ def native_kernels() -> list[str]:
     return list(mod.bsr_cpu_kernels()) if hasattr(mod, "bsr_cpu_kernels") else ["brgemm"]
 
 
+# (dtype, block, SPARSE_BSR_ISA) -> whether the extension runs it natively: a pybind call per op call
+# would be a few us of every small layer's fixed cost; the environment variable is part of the key
+# because it can change at run time (tests, `sparse bench blocksparse --isa`).
+_SUPPORTED: dict[tuple, bool] = {}
+
+
 def native_usable(*args, **kwargs) -> str | None:
     """None if the C++ path can run a call with these tensors, else the reason (for the dispatcher)."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -71,21 +78,31 @@ def native_usable(*args, **kwargs) -> str | None:
         return f"dtype {dtype}: expected one of {', '.join(map(str, _NATIVE_DTYPES))}"
     layout = next((a for a in args if isinstance(a, BlockLayout)), None)
     block = layout.block if layout is not None else 0
-    if not mod.bsr_brgemm_supported(_NATIVE_DTYPES[dtype], block):
+    key = (dtype, block, os.environ.get("SPARSE_BSR_ISA"))
+    ok = _SUPPORTED.get(key)
+    if ok is None:
+        ok = _SUPPORTED[key] = bool(mod.bsr_brgemm_supported(_NATIVE_DTYPES[dtype], block))
+    if not ok:
         return (f"dtype {dtype} with block {block} has no native kernel on this CPU (kernels here: "
                 f"{', '.join(native_kernels())}; "
                 f"bf16 needs AMX or AVX512-BF16 and a block multiple of 32, or oneDNN packing)")
     return None
 
 
+_NO_DPTR = torch.empty(0, dtype=torch.int32)   # "data index = list index" (a constant: no allocation per call)
+
+
 def _meta_i32(layout: BlockLayout):
-    return tuple(t.to("cpu", torch.int32).contiguous() for t in layout.tensors())
+    """The layout's index tensors as the kernels take them (int32, contiguous, CPU): validated layouts
+    already are, so this copies nothing."""
+    return tuple(t if t.dtype == torch.int32 and t.device.type == "cpu" and t.is_contiguous()
+                 else t.to("cpu", torch.int32).contiguous() for t in layout.tensors())
 
 
 def _dds_2d(mod, a2: torch.Tensor, data: torch.Tensor, layout: BlockLayout, trans_b: bool) -> torch.Tensor:
     crow, col, _, ccol, row_t, perm_t = _meta_i32(layout)
     if trans_b:  # op(S) = S^T: output block j is a block row of S, its blocks transposed
-        return mod.bsr_dds(a2, data, crow, col, torch.empty(0, dtype=torch.int32), True, DDS_M_TILE)
+        return mod.bsr_dds(a2, data, crow, col, _NO_DPTR, True, DDS_M_TILE)
     return mod.bsr_dds(a2, data, ccol, row_t, perm_t, False, DDS_M_TILE)
 
 
@@ -115,9 +132,8 @@ def native_linear(x: torch.Tensor, w_data: torch.Tensor, bias: torch.Tensor | No
     mod, why = _native_ext()
     if mod is None:
         raise RuntimeError(why)
-    crow, col = (t.to("cpu", torch.int32).contiguous() for t in (layout.crow, layout.col))
-    return mod.bsr_dds(x.contiguous(), w_data.contiguous(), crow, col, torch.empty(0, dtype=torch.int32), True,
-                       DDS_M_TILE, bias)
+    crow, col = _meta_i32(layout)[:2]
+    return mod.bsr_dds(x.contiguous(), w_data.contiguous(), crow, col, _NO_DPTR, True, DDS_M_TILE, bias)
 
 
 def native_sdd_rowsum(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, trans_a: bool = False,

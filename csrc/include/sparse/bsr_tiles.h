@@ -33,8 +33,19 @@ void amx_end();
 SPARSE_TARGET_AVX512BF16 void avx512bf16_acc_32x32(const bf16* a, int64_t lda, const int32_t* ip, int64_t p0,
                                                    int64_t p1, const bf16* w, int64_t w_stride, int64_t bs,
                                                    float* c);
+// avx512bf16_acc_32x32 with the epilogue fused: rows r < m of the result, plus bias[0..32) (fp32, or
+// nullptr), rounded once to bf16 straight from the registers into d (row stride ldd); rows >= m are not
+// computed past their strip nor stored (A must still be readable for 32 rows' strips it starts).
+SPARSE_TARGET_AVX512BF16 void avx512bf16_acc_32x32_bf16(const bf16* a, int64_t lda, const int32_t* ip, int64_t p0,
+                                                        int64_t p1, const bf16* w, int64_t w_stride, int64_t bs,
+                                                        bf16* d, int64_t ldd, int64_t m, const float* bias);
 SPARSE_TARGET_AVX512BF16 void avx512bf16_gemm_32x32(const bf16* a, int64_t lda, const bf16* b, int64_t ldb,
                                                     int64_t k, float* c, int64_t ldc, bool add);
+// avx512bf16_gemm_32x32 with A as VNNI pairs too: element (i, k) at a[(k / 2) * 2 * lda + 2 * i + k % 2] (A^T
+// pair-interleaved like B, lda = A^T's row length): both operands of SDD come from token-major
+// activations by the same vectorised pair interleave, no transpose (vdpbf16ps broadcasts a pair).
+SPARSE_TARGET_AVX512BF16 void avx512bf16_gemm_32x32_vnni_a(const bf16* a, int64_t lda, const bf16* b,
+                                                           int64_t ldb, int64_t k, float* c, int64_t ldc, bool add);
 
 // ---- drivers (isa: kAmx or kAvx512Bf16; bf16 operands, bs a multiple of 32)
 // bsr_dds_cpu's contract (sparse/bsr_cpu.h) with checked, contiguous a and data and an fp32 bias (or nullptr).
