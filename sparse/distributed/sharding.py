@@ -19,6 +19,7 @@ the same one (a rank that gathered while another did not would hang in the colle
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -31,11 +32,8 @@ __all__ = ["is_dtensor", "local", "MaskPlan", "plan_mask", "plan_layout", "like"
 
 def is_dtensor(t) -> bool:
     """True when ``t`` is a ``torch.distributed.tensor.DTensor`` (False where torch.distributed is missing)."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
+    mod = sys.modules.get("torch.distributed.tensor")  # a DTensor cannot exist before its module is loaded
+    return mod is not None and isinstance(t, mod.DTensor)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch.nn as nn
 from ..pruning.optim_state import MagnitudeTarget, SRSTETarget, tidy_state
 from ..pruning.patterns import SparsityPattern
 from ..recipe import PruningEntry
-from .sharding import MaskPlan, from_local, like, local, mesh_all_true, plan_mask, sum_over_shards
+from .sharding import MaskPlan, from_local, is_dtensor, like, local, mesh_all_true, plan_mask, sum_over_shards
 
 __all__ = ["ShardedMagnitudeTarget", "ShardedSRSTETarget", "SHARDED_TARGET_CLASSES", "GatherRefused"]
 
@@ -64,6 +64,8 @@ class _Sharded:
     def mask_valid(self, mask: torch.Tensor, sparsity: float | None) -> bool:
         """Whether ``mask`` (a DTensor of any layout of the weight's mesh, or a whole plain tensor)
         satisfies the pattern; the same answer on every rank."""
+        if not is_dtensor(mask):  # a whole mask (e.g. from a single-process checkpoint), the same on every rank
+            return bool(self.pattern.valid(mask, sparsity))
         mask = like(mask, self.param)
         if self.plan.shard_local:  # N:M groups / tiles are whole in every shard (or the weight is replicated)
             lm = local(mask)
