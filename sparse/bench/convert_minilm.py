@@ -53,8 +53,9 @@ def magnitude_prune_folder(src: str, dst: str, sparsity: float) -> dict:
     return {"pruned_tensors": pruned}
 
 
-METHODS = ("none", "adaprune", "wanda", "sparsegpt")
-METHOD_LABELS = {"adaprune": "AdaPrune", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
+METHODS = ("none", "adaprune", "wanda", "sparsegpt", "sparsegpt-refit")
+METHOD_LABELS = {"adaprune": "AdaPrune", "wanda": "Wanda", "sparsegpt": "SparseGPT",
+                 "sparsegpt-refit": "SparseGPT+refit"}
 # (transposable, calibration method or None, sequential): the default rows
 VARIANTS = ((False, None, False), (False, "adaprune", True), (True, None, False), (True, "adaprune", True))
 
@@ -85,9 +86,15 @@ def _folder_name(name: str) -> str:
 
 def _calib_cfg(method: str | None, cfg):
     """The settings object of ``method`` with ``cfg``'s text settings (an AdaPruneConfig or None)."""
+    import dataclasses
+
     from ..convert.calibration import config_for
 
-    return None if method is None else config_for(method, cfg)
+    if method is None:
+        return None
+    base = method.removesuffix("-refit")
+    out = config_for(base, cfg)
+    return dataclasses.replace(out, refit=True) if base != method else out
 
 
 def _mean_errors(report) -> tuple[float | None, float | None]:
@@ -151,7 +158,8 @@ def classifier_accuracy(folder: str, sparsity: float, calib: list[str], calib_cf
         name = variant_name(transposable, method, sequential) + (" from dense" if src == folder else "")
         out = os.path.join(work, "classifier-" + _folder_name(name))
         t0 = time.perf_counter()
-        report = convert_checkpoint(src, out, "2:4", transposable=transposable, calibrate=method or False,
+        report = convert_checkpoint(src, out, "2:4", transposable=transposable,
+                                    calibrate=method.removesuffix("-refit") if method else False,
                                     calibration=_calib_cfg(method, calib_cfg), calibration_texts=calib if method else None,
                                     sequential=sequential if method else None)
         convert_s = time.perf_counter() - t0
@@ -194,7 +202,8 @@ def add_arguments(parser) -> None:
                         help="a fine-tuned BBC classifier folder (sparse finetune recipes/minilm-bbc-dense.yaml "
                              "--out DIR): also report the BBC test accuracy of it pruned and converted the same way")
     parser.add_argument("--methods", default="none,adaprune",
-                        help="comma-separated calibration methods per pattern: none, adaprune, wanda, sparsegpt "
+                        help="comma-separated calibration methods per pattern: none, adaprune, wanda, sparsegpt, "
+                             "sparsegpt-refit (SparseGPT's mask, then AdaPrune's least-squares fit) "
                              "(default none,adaprune)")
     parser.add_argument("--patterns", default="2:4,2:4T", help="comma-separated: 2:4, 2:4T (default both)")
     parser.add_argument("--sequential", default="on", help="on, off or on,off: sequential calibration rows (default on)")
@@ -265,7 +274,7 @@ def run(args) -> int:
             out = os.path.join(work, _folder_name(name))
             with harness.stopwatch() as sw:
                 report = convert_checkpoint(unstructured, out, "2:4", transposable=transposable,
-                                            calibrate=method or False, calibration=_calib_cfg(method, calib_cfg),
+                                            calibrate=method.removesuffix("-refit") if method else False, calibration=_calib_cfg(method, calib_cfg),
                                             calibration_texts=calib if method else None,
                                             sequential=sequential if method else None)
             conv_s = sw.wall_ms / 1e3

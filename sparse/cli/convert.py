@@ -21,7 +21,7 @@ CALIBRATION_DEFAULTS = {"num_texts": AdaPruneConfig.num_texts, "max_length": Ada
 # option -> argparse dest, for the options that only mean something with --calibrate
 _CALIBRATION_OPTIONS = {"--calibration-file": "calibration_file", "--calibration-samples/--calibration-texts": "calibration_texts",
                         "--seq-len/--max-length": "max_length", "--fit": "fit", "--add-pruned-mean": "add_pruned_mean",
-                        "--damp": "damp", "--sequential/--no-sequential": "sequential"}
+                        "--damp": "damp", "--sequential/--no-sequential": "sequential", "--refit": "refit"}
 _ADAPRUNE_ONLY = {"--fit": "fit", "--add-pruned-mean": "add_pruned_mean"}
 
 
@@ -57,6 +57,8 @@ def add_arguments(parser):
     parser.add_argument("--damp", type=float, default=None,
                         help="sparsegpt: damping of H as a fraction of its mean diagonal (default "
                              f"{CalibrationConfig.damp}); adaprune: the least-squares ridge (default {AdaPruneConfig.damp})")
+    parser.add_argument("--refit", action="store_true",
+                        help="sparsegpt, wanda: refit the kept weights and bias by least squares after the mask")
     parser.add_argument("--fit", default=None, help="adaprune: lstsq (default), lstsq-exact, adam or none")
     parser.add_argument("--add-pruned-mean", action="store_true",
                         help="add each group's pruned mean to its survivors before the fit")
@@ -88,7 +90,10 @@ def _calibration(args):
             if getattr(args, dest) not in (None, False):
                 raise ValueError(f"{flag}: only used with --calibrate adaprune, got --calibrate {args.calibrate}")
         damp = CalibrationConfig.damp if args.damp is None else args.damp
-        return args.calibrate, CalibrationConfig(num_texts=num_texts, max_length=max_length, damp=damp)
+        return args.calibrate, CalibrationConfig(num_texts=num_texts, max_length=max_length, damp=damp,
+                                                 refit=args.refit)
+    if args.refit:
+        raise ValueError("--refit: only used with --calibrate sparsegpt or wanda (adaprune always fits)")
     fit = CALIBRATION_DEFAULTS["fit"] if args.fit is None else args.fit
     if fit not in FITS:
         raise ValueError(f"--fit: expected one of {', '.join(FITS)}, got {fit!r}")

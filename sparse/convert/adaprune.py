@@ -272,18 +272,20 @@ def _collect(model, tokenizer, texts: list[str], cfg: AdaPruneConfig, collector:
 
 def fit_layer(mod: torch.nn.Linear, key: str, g1: torch.Tensor, tokens: int,
               pattern: NMPattern | TransposableNMPattern, cfg: AdaPruneConfig,
-              file_tensors: dict[str, tuple[torch.dtype, tuple[int, ...]]]
+              file_tensors: dict[str, tuple[torch.dtype, tuple[int, ...]]], mask: torch.Tensor | None = None
               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, LayerCalibration]:
     """AdaPrune one Linear whose weight is the file tensor ``key``.
 
     ``g1``: ``[in+1, in+1]`` float64 Gram ``[X 1]^T [X 1]`` of its calibration inputs (summed over
     ``tokens``). Returns ``(overrides, mask, result)``: the fitted weight (in the file's dtype, zero
     outside ``mask``) and refitted bias under their file names, the kept mask ``[out, in]`` bool,
-    and the layer's relative output errors.
+    and the layer's relative output errors. ``mask``: fit on this kept mask ``[out, in]`` bool
+    instead of the magnitude mask (another method's, e.g. SparseGPT's with ``refit``).
     """
     file_dtype = file_tensors[key][0]
     w = mod.weight.detach().to(file_dtype)
-    _, mask, _ = prune_tensor(w, pattern, name=key)
+    if mask is None:
+        _, mask, _ = prune_tensor(w, pattern, name=key)
     w0 = mod.weight.detach().double()
     out_f, in_f = w0.shape
     has_bias = mod.bias is not None

@@ -49,13 +49,16 @@ class CalibrationConfig:
     ``num_texts`` calibration texts (``--calibration-samples``), each truncated to ``max_length``
     tokens (``--seq-len``), run ``batch_size`` at a time; ``damp``: SparseGPT's damping as a
     fraction of ``mean(diag H)`` (``--damp``, >= 0; 0 only for well-conditioned H);
-    ``blocksize``: SparseGPT's lazy-update block (columns).
+    ``blocksize``: SparseGPT's lazy-update block (columns). ``refit``: after SparseGPT's or
+    Wanda's mask, refit the kept weights and the bias by AdaPrune's masked least squares
+    (``--refit``; not part of either paper).
     """
     num_texts: int = 64
     max_length: int = 128
     batch_size: int = 16
     damp: float = 0.01
     blocksize: int = 128
+    refit: bool = False
 
     def __post_init__(self):
         for name, flag in (("num_texts", "--calibration-samples"), ("max_length", "--seq-len"),
@@ -67,6 +70,8 @@ class CalibrationConfig:
         d = self.damp
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not d >= 0 or not math.isfinite(d):
             raise ValueError(f"damp (--damp): expected a number >= 0, got {d!r}")
+        if not isinstance(self.refit, bool):
+            raise ValueError(f"refit (--refit): expected a bool, got {self.refit!r}")
 
 
 def resolve_method(calibrate) -> str | None:
@@ -125,9 +130,14 @@ def solve_layer(method: str, mod: torch.nn.Linear, key: str, g1: torch.Tensor, t
                                     name=key)
     else:
         new, mask = wanda_prune(w, h, pattern, src_nonzero=w != 0, name=key)
-    new = torch.where(mask, new.to(file_dtype), torch.zeros((), dtype=file_dtype))
     g = h / max(tokens, 1)
     err_before = relative_error(torch.where(magnitude, w0, torch.zeros((), dtype=w0.dtype)), w0, g)
+    if cfg.refit:
+        fit_cfg = AdaPruneConfig(damp=cfg.damp if cfg.damp > 0 else AdaPruneConfig.damp)
+        out, mask, res = fit_layer(mod, key, g1, tokens, pattern, fit_cfg, file_tensors, mask=mask)
+        res.error_before, res.method = err_before, f"{method}+refit"
+        return out, mask, res
+    new = torch.where(mask, new.to(file_dtype), torch.zeros((), dtype=file_dtype))
     err_after = relative_error(new.double(), w0, g)
     result = LayerCalibration(name=key, error_before=err_before, error_after=err_after, tokens=tokens,
                               bias_updated=False, method=method)

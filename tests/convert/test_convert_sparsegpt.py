@@ -193,6 +193,23 @@ def test_hf_conversion_sequential_and_not(tiny_sparse, tmp_path, method):
     transformers.AutoModel.from_pretrained(tmp_path / "seq")
 
 
+def test_refit_fits_the_sparsegpt_mask(tiny_sparse, tmp_path):
+    import dataclasses
+
+    cfg = CalibrationConfig(num_texts=6, max_length=24, batch_size=4)
+    plain = convert_checkpoint(tiny_sparse, tmp_path / "a", "2:4", calibrate="sparsegpt", calibration=cfg,
+                               calibration_texts=TEXTS, sequential=False)
+    refit = convert_checkpoint(tiny_sparse, tmp_path / "b", "2:4", calibrate="sparsegpt", calibration_texts=TEXTS,
+                               calibration=dataclasses.replace(cfg, refit=True), sequential=False)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for p, r in zip(plain.calibration, refit.calibration):
+        assert r.method == "sparsegpt+refit" and r.bias_updated
+        assert r.error_after <= p.error_after + 1e-6
+        assert torch.equal(a[p.name] != 0, b[p.name] != 0) or NMPattern(2, 4).conforms(b[p.name])
+    with pytest.raises(ValueError, match="refit"):
+        CalibrationConfig(refit="yes")
+
+
 def test_dense_source_one_shot_and_report(tmp_path, save_tiny_bert):
     import json
 
