@@ -160,7 +160,8 @@ def classifier_accuracy(folder: str, sparsity: float, calib: list[str], calib_cf
         t0 = time.perf_counter()
         report = convert_checkpoint(src, out, "2:4", transposable=transposable,
                                     calibrate=method.removesuffix("-refit") if method else False,
-                                    calibration=_calib_cfg(method, calib_cfg), calibration_texts=calib if method else None,
+                                    calibration=_calib_cfg(method, calib_cfg),
+                                    calibration_texts=calib if method else None,
                                     sequential=sequential if method else None)
         convert_s = time.perf_counter() - t0
         acc, emb = evaluate(out)
@@ -206,7 +207,8 @@ def add_arguments(parser) -> None:
                              "sparsegpt-refit (SparseGPT's mask, then AdaPrune's least-squares fit) "
                              "(default none,adaprune)")
     parser.add_argument("--patterns", default="2:4,2:4T", help="comma-separated: 2:4, 2:4T (default both)")
-    parser.add_argument("--sequential", default="on", help="on, off or on,off: sequential calibration rows (default on)")
+    parser.add_argument("--sequential", default="on",
+                        help="on, off or on,off: sequential calibration rows (default on)")
     parser.add_argument("--dense-oneshot", action="store_true",
                         help="with --classifier: also prune the dense classifier one-shot to 2:4-T with SparseGPT")
     parser.add_argument("--skip-pretrained", action="store_true",
@@ -274,7 +276,8 @@ def run(args) -> int:
             out = os.path.join(work, _folder_name(name))
             with harness.stopwatch() as sw:
                 report = convert_checkpoint(unstructured, out, "2:4", transposable=transposable,
-                                            calibrate=method.removesuffix("-refit") if method else False, calibration=_calib_cfg(method, calib_cfg),
+                                            calibrate=method.removesuffix("-refit") if method else False,
+                                            calibration=_calib_cfg(method, calib_cfg),
                                             calibration_texts=calib if method else None,
                                             sequential=sequential if method else None)
             conv_s = sw.wall_ms / 1e3

@@ -19,7 +19,8 @@ from .signals import exit_code, interrupts_as_exceptions, signal_name
 CALIBRATION_DEFAULTS = {"num_texts": AdaPruneConfig.num_texts, "max_length": AdaPruneConfig.max_length,
                         "fit": AdaPruneConfig.fit}
 # option -> argparse dest, for the options that only mean something with --calibrate
-_CALIBRATION_OPTIONS = {"--calibration-file": "calibration_file", "--calibration-samples/--calibration-texts": "calibration_texts",
+_CALIBRATION_OPTIONS = {"--calibration-file": "calibration_file",
+                        "--calibration-samples/--calibration-texts": "calibration_texts",
                         "--seq-len/--max-length": "max_length", "--fit": "fit", "--add-pruned-mean": "add_pruned_mean",
                         "--damp": "damp", "--sequential/--no-sequential": "sequential", "--refit": "refit"}
 _ADAPRUNE_ONLY = {"--fit": "fit", "--add-pruned-mean": "add_pruned_mean"}
@@ -56,7 +57,8 @@ def add_arguments(parser):
                         help=f"tokens per calibration text (default {CALIBRATION_DEFAULTS['max_length']})")
     parser.add_argument("--damp", type=float, default=None,
                         help="sparsegpt: damping of H as a fraction of its mean diagonal (default "
-                             f"{CalibrationConfig.damp}); adaprune: the least-squares ridge (default {AdaPruneConfig.damp})")
+                             f"{CalibrationConfig.damp}); adaprune: the least-squares ridge "
+                             f"(default {AdaPruneConfig.damp})")
     parser.add_argument("--refit", action="store_true",
                         help="sparsegpt, wanda: refit the kept weights and bias by least squares after the mask")
     parser.add_argument("--fit", default=None, help="adaprune: lstsq (default), lstsq-exact, adam or none")
@@ -80,7 +82,8 @@ def _calibration(args):
                          f"got {args.calibrate!r}")
     num_texts = CALIBRATION_DEFAULTS["num_texts"] if args.calibration_texts is None else args.calibration_texts
     max_length = CALIBRATION_DEFAULTS["max_length"] if args.max_length is None else args.max_length
-    for flag, value in (("--calibration-samples/--calibration-texts", num_texts), ("--seq-len/--max-length", max_length)):
+    for flag, value in (("--calibration-samples/--calibration-texts", num_texts),
+                        ("--seq-len/--max-length", max_length)):
         if value < 1:
             raise ValueError(f"{flag}: expected an integer >= 1, got {value}")
     if args.damp is not None and not args.damp >= 0:

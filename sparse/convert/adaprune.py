@@ -18,7 +18,6 @@ The objective for row ``i`` is ``(v_i - v0_i)^T G (v_i - v0_i)``.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +27,6 @@ from .prune import prune_tensor
 from .report import LayerCalibration
 from .sources import Source
 from .targets import TargetFilter
-from .reader import list_tensors
 
 log = logging.getLogger(__name__)
 
