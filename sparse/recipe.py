@@ -44,7 +44,8 @@ from .policy import HEAD_REGEX
 
 __all__ = ["RecipeError", "Recipe", "PruningEntry", "Targets", "Pattern", "Method", "Schedule",
            "ModelConfig", "DataConfig", "TrainConfig", "DistillConfig", "load_recipe", "DEFAULT_EXCLUDE", "MODULE_TYPES",
-           "PATTERN_KINDS", "METHOD_KINDS", "KERNELS", "SCHEDULE_KINDS", "SOLVERS", "MODELS", "DATASETS", "DATA_FORMATS", "TEACHERS",
+           "PATTERN_KINDS", "METHOD_KINDS", "KERNELS", "SCHEDULE_KINDS", "SOLVERS", "MODELS", "DATASETS", "DATA_FORMATS",
+           "TEACHERS",
            "MAX_RECIPE_BYTES", "MAX_YAML_NODES", "MAX_YAML_DEPTH", "MAX_SEED", "check_plain_name"]
 
 

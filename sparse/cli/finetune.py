@@ -5,6 +5,10 @@ default runs, ``minilm-bbc-2of4-transposable``: the pretrained MiniLM-L6 on BBC 
 Linear pruned to transposable 2:4. The shipped recipes are the repository's ``recipes/`` folder,
 installed as the package ``sparse.recipes`` (setup.py), so the command works from any folder.
 
+The recipe's ``data:`` block picks the data (a packaged dataset, or CSV / JSON Lines / ``datasets`` files:
+:mod:`sparse.data`); the epoch is chosen on the validation split and the test split is evaluated once, and
+the summary reports validation and test accuracy and macro-F1.
+
 Everything that can be checked without training is checked first (numbers, the recipe, that ``--out``
 and ``--json`` can be written and do not collide), so a bad argument costs seconds, not a run.
 """
@@ -84,7 +88,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 can be faster on a busy machine)")
     parser.add_argument("--limit-train", type=int, default=None, help="use only the first N training examples")
-    parser.add_argument("--limit-test", type=int, default=None, help="use only the first N test and validation examples")
+    parser.add_argument("--limit-test", type=int, default=None,
+                        help="use only the first N test and validation examples")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--keep-sparse-modules", action="store_true",
                         help="also save the layers that run on a block-sparse kernel (recipe entries with "
@@ -180,7 +185,8 @@ def summary(res, recipe, out: str) -> str:
         lines.append(f"dense         {100 * res.dense_accuracy:.2f}%  (cached dense run, same seed/steps)  "
                      f"gap {100 * (res.accuracy - res.dense_accuracy):+.2f} points" + f1_gap)
     elif recipe.pruning:
-        lines.append("dense         (no cached dense run with the same settings: run minilm-bbc-dense to compare)")
+        lines.append("dense         (no cached dense run with the same settings: run the dense recipe with the same "
+                     "model, data and training settings, e.g. minilm-bbc-dense or minilm-tweets-dense, to compare)")
     if res.kernel_step is not None:
         before, after = res.seconds_per_step_before_swap, res.seconds_per_step_after_swap
         speed = f"  ({before / after:.2f}x)" if before and after else ""

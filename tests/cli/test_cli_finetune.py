@@ -262,7 +262,8 @@ def _write_pairs(path, n, seed):
 def _tiny_recipe(tmp_path, save_tiny_bert, **extra):
     d = {"name": "tiny-pairs", "model": {"source": _tiny_folder(tmp_path, save_tiny_bert), "max_length": 16},
          "data": {"format": "csv", "path": _write_pairs(tmp_path / "train.csv", 48, 0),
-                  "val_path": _write_pairs(tmp_path / "val.csv", 6, 1), "test_path": _write_pairs(tmp_path / "test.csv", 9, 2),
+                  "val_path": _write_pairs(tmp_path / "val.csv", 6, 1),
+                  "test_path": _write_pairs(tmp_path / "test.csv", 9, 2),
                   "text": "sentence", "text_pair": "context", "label": "mood"},
          "train": {"epochs": 3, "batch_size": 8, "lr": 1e-3, "head_lr": 1e-2, "eval_batch_size": 4}, **extra}
     p = tmp_path / "tiny.yaml"

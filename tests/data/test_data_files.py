@@ -92,14 +92,17 @@ BAD = [
                                                           r"expected a string, got NoneType None"),
     ("float.jsonl", b'{"text": "x", "label": 1.5}\n', {}, r"float\.jsonl line 1: column 'label' \(data\.label\): "
                                                           r"expected a string or an integer, got float 1\.5"),
-    ("empty_text.csv", b"text,label\nx,a\n  ,b\n", {}, r"empty_text\.csv line 3: column 'text' \(data\.text\) is empty"),
-    ("pair.csv", b"text,label,h\nx,a,\n", {"text_pair": "h"}, r"pair\.csv line 2: column 'h' \(data\.text_pair\) is empty"),
+    ("empty_text.csv", b"text,label\nx,a\n  ,b\n", {},
+     r"empty_text\.csv line 3: column 'text' \(data\.text\) is empty"),
+    ("pair.csv", b"text,label,h\nx,a,\n", {"text_pair": "h"},
+     r"pair\.csv line 2: column 'h' \(data\.text_pair\) is empty"),
     ("one.csv", b"text,label\nx,a\ny,a\n", {}, r"one\.csv: column data\.label: one class only \('a'\) in 2 training "
                                                r"examples; a classifier needs at least 2 classes"),
     ("empty.csv", b"", {}, r"empty\.csv: empty file; expected a header line naming the columns text, label"),
     ("blank.jsonl", b"\n  \n", {}, r"blank\.jsonl: empty file; expected one JSON object per line"),
     ("header.csv", b"text,label\n", {}, r"header\.csv: no examples \(a header line only\)"),
-    ("latin.csv", b"text,label\nok,a\ncaf\xe9,b\n", {}, r"latin\.csv line 3: not utf-8 text \(byte 0xe9 at offset 19\); "
+    ("latin.csv", b"text,label\nok,a\ncaf\xe9,b\n", {},
+     r"latin\.csv line 3: not utf-8 text \(byte 0xe9 at offset 19\); "
                                                      r"set data\.encoding"),
     ("bad.jsonl", b'{"text": "x", "label": "a"}\n{"text": \n', {}, r"bad\.jsonl line 2: not valid JSON: "),
     ("list.jsonl", b'["x", "a"]\n', {}, r"list\.jsonl line 1: expected a JSON object with keys text, label, got list"),

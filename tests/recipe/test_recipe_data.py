@@ -23,7 +23,8 @@ def test_defaults_bbc_news_with_a_tenth_for_validation():
 def test_tweets_defaults_to_the_benchmark_sizes_unless_given():
     d = data(dataset="tweets")
     assert (d.train_size, d.val_size, d.test_size) == (12000, 2000, 4000)
-    assert data(dataset="tweets", val_size=0.1).val_size == 0.1 and data(dataset="tweets", val_size=0.1).test_size == 4000
+    d = data(dataset="tweets", val_size=0.1)
+    assert d.val_size == 0.1 and d.test_size == 4000
 
 
 def test_file_formats():
