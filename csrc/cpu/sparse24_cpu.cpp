@@ -37,8 +37,9 @@ void check_float(const at::Tensor& t, const char* fn, const char* arg) {
 
 void check_compress_shape(const at::Tensor& w, bool transposable, const char* fn) {
   const int64_t R = w.size(0), C = w.size(1);
-  TORCH_CHECK(R % 32 == 0 && C % (transposable ? 32 : 16) == 0, fn, ": the CUTLASS metadata layout needs rows % 32 == 0 and cols % ",
-              transposable ? 32 : 16, " == 0", transposable ? " (W^T too)" : "", ", got ", w.sizes());
+  (void)transposable;  // W^T [C, R] needs the same: both sides % 32
+  TORCH_CHECK(R % 32 == 0 && C % 32 == 0, fn, ": the CUTLASS metadata layout needs rows % 32 == 0 and cols % 32 == 0, got ",
+              w.sizes());
 }
 
 // Tile masks of the exact transposable 2:4 solution: uint16 [R/4, C/4], bit 4*i + j = element (i, j) of a tile.
@@ -148,8 +149,8 @@ at::Tensor sparse24_decompress_cpu(const at::Tensor& values, const at::Tensor& m
   TORCH_CHECK(meta.scalar_type() == at::kShort && meta.dim() == 2 && meta.is_contiguous(), fn,
               ": meta: expected a contiguous 2-D int16 tensor, got ", meta.scalar_type(), " ", meta.sizes());
   const int64_t R = values.size(0), C = 2 * values.size(1), W16 = C / 16;
-  TORCH_CHECK(R % 32 == 0 && C % 16 == 0 && meta.size(0) == R && meta.size(1) == W16, fn,
-              ": expected values [R, C/2] and meta [R, C/16] with R % 32 == 0, C % 16 == 0, got values ",
+  TORCH_CHECK(R % 32 == 0 && C % 32 == 0 && meta.size(0) == R && meta.size(1) == W16, fn,
+              ": expected values [R, C/2] and meta [R, C/16] with R % 32 == 0, C % 32 == 0, got values ",
               values.sizes(), " meta ", meta.sizes());
   auto dense = at::empty({R, C}, values.options());
   SPARSE_S24_DISPATCH(values.scalar_type(), [&] {

@@ -165,9 +165,8 @@ std::vector<at::Tensor> sparse24_compress_cuda(const at::Tensor& w, bool transpo
   const char* fn = "sparse24_compress";
   check_float(w, fn, "w");
   const int64_t R = w.size(0), C = w.size(1);
-  TORCH_CHECK(R % 32 == 0 && C % (transposable ? 32 : 16) == 0, fn,
-              ": the CUTLASS metadata layout needs rows % 32 == 0 and cols % ", transposable ? 32 : 16,
-              " == 0, got ", w.sizes());
+  TORCH_CHECK(R % 32 == 0 && C % 32 == 0, fn,
+              ": the CUTLASS metadata layout needs rows % 32 == 0 and cols % 32 == 0, got ", w.sizes());
   const c10::cuda::CUDAGuard guard(w.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   auto values = at::empty({R, C / 2}, w.options());
@@ -223,8 +222,8 @@ at::Tensor sparse24_decompress_cuda(const at::Tensor& values, const at::Tensor& 
   TORCH_CHECK(meta.scalar_type() == at::kShort && meta.dim() == 2 && meta.is_contiguous(), fn,
               ": meta: expected a contiguous 2-D int16 tensor, got ", meta.scalar_type(), " ", meta.sizes());
   const int64_t R = values.size(0), C = 2 * values.size(1);
-  TORCH_CHECK(R % 32 == 0 && C % 16 == 0 && meta.size(0) == R && meta.size(1) == C / 16, fn,
-              ": expected values [R, C/2] and meta [R, C/16] with R % 32 == 0, C % 16 == 0, got values ",
+  TORCH_CHECK(R % 32 == 0 && C % 32 == 0 && meta.size(0) == R && meta.size(1) == C / 16, fn,
+              ": expected values [R, C/2] and meta [R, C/16] with R % 32 == 0, C % 32 == 0, got values ",
               values.sizes(), " meta ", meta.sizes());
   const c10::cuda::CUDAGuard guard(values.device());
   auto dense = at::empty({R, C}, values.options());

@@ -18,6 +18,7 @@ BENCHES: dict[str, str] = {
     "convert-minilm": "sparse.bench.convert_minilm",
     "accuracy": "sparse.bench.accuracy",
     "train": "sparse.bench.train",
+    "sparse24": "sparse.bench.sparse24",
 }
 
 

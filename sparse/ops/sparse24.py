@@ -7,8 +7,9 @@ without conversion): ``values [R, C/2]`` (the two kept values of each group of 4
 ``meta int16 [R, C/16]``: one 4-bit code per group (bits 0-1: index of the first kept element, bits 2-3: of the
 second), four groups per 16-bit word, the words reordered into CUTLASS's ``ColumnMajorInterleaved<2>`` layout. It is
 bit-identical to ``torch.sparse._semi_structured_conversions.sparse_semi_structured_from_dense_cutlass`` on a 2:4
-fp16/bf16 matrix (tested). Needs ``R % 32 == 0`` and ``C % 16 == 0`` (transposable: both ``% 32``, so that W^T fits
-too). fp32 values use the same format (torch's fp32 CUTLASS GEMM is 1:2, which a 2:4 mask does not satisfy): fp32
+fp16/bf16 matrix (tested). Needs ``R % 32 == 0`` and ``C % 32 == 0`` (the words are interleaved in pairs of word
+columns; torch's converter fails on ``C % 32 == 16`` too); torch's GEMMs further need the sparse operand's
+``C % 64 == 0`` (``sparse.nn.SparseLinear24`` checks that). fp32 values use the same format (torch's fp32 CUTLASS GEMM is 1:2, which a 2:4 mask does not satisfy): fp32
 is for round trips and the CPU fallback. The cuSPARSELt layout (``torch._cslt_compress``) is not produced here.
 
 Masks: rows -> the 2 largest ``|w|`` of each group of 4 (ties to the lower index, as :func:`sparse.masks.nm_mask`);
@@ -166,8 +167,7 @@ def compress_24(w: torch.Tensor, transposable: bool = False):
     """2:4-prune and compress ``w`` in the CUTLASS layout (module docstring).
 
     Args:
-        w: ``[R, C]`` float32/float16/bfloat16, CPU or CUDA, finite; ``R % 32 == 0`` and ``C % 16 == 0``
-            (``transposable``: ``C % 32 == 0`` too).
+        w: ``[R, C]`` float32/float16/bfloat16, CPU or CUDA, finite; ``R % 32 == 0`` and ``C % 32 == 0``.
         transposable: keep the exact transposable 2:4 mask and also compress ``W^T`` (same pass).
 
     Returns:
@@ -178,10 +178,9 @@ def compress_24(w: torch.Tensor, transposable: bool = False):
     w = _check_tensor(w, "w")
     transposable = _check_bool(transposable, "transposable")
     r, c = w.shape
-    cm = 32 if transposable else 16
-    if r % 32 or c % cm:
-        raise ValueError(f"w: the CUTLASS 2:4 layout needs rows divisible by 32 and cols divisible by {cm}"
-                         f"{' (transposable: W^T too)' if transposable else ''}, got shape {(r, c)}")
+    if r % 32 or c % 32:
+        raise ValueError(f"w: the CUTLASS 2:4 layout needs rows divisible by 32 and cols divisible by 32, "
+                         f"got shape {(r, c)}")
     return _compress_t_op(w) if transposable else _compress_op(w)
 
 
@@ -197,7 +196,7 @@ def mask_24(w: torch.Tensor, transposable: bool = False) -> torch.Tensor:
 
 def decompress_24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     """Dense ``[R, 2 * values.shape[1]]`` (values' dtype, zeros where pruned) from :func:`compress_24`'s
-    ``values [R, C/2]`` and ``meta int16 [R, C/16]`` (CUTLASS layout, ``R % 32 == 0``, ``C % 16 == 0``)."""
+    ``values [R, C/2]`` and ``meta int16 [R, C/16]`` (CUTLASS layout, ``R % 32 == 0``, ``C % 32 == 0``)."""
     values = _check_tensor(values, "values", finite=False)
     if not isinstance(meta, torch.Tensor) or meta.dtype != torch.int16 or meta.dim() != 2:
         raise ValueError(f"meta: expected a 2-D int16 tensor, got "
@@ -205,8 +204,8 @@ def decompress_24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     if meta.device != values.device:
         raise ValueError(f"meta: on {meta.device}, but values are on {values.device}")
     r, half = values.shape
-    if r % 32 or (2 * half) % 16 or tuple(meta.shape) != (r, 2 * half // 16):
-        raise ValueError(f"values/meta: expected values [R, C/2] and meta [R, C/16] with R % 32 == 0 and C % 16 == 0, "
+    if r % 32 or (2 * half) % 32 or tuple(meta.shape) != (r, 2 * half // 16):
+        raise ValueError(f"values/meta: expected values [R, C/2] and meta [R, C/16] with R % 32 == 0 and C % 32 == 0, "
                          f"got values {tuple(values.shape)} and meta {tuple(meta.shape)}")
     return _decompress_op(values, meta.contiguous())
 

@@ -11,7 +11,8 @@
 //  * one 4-bit code per group: bits 0-1 = index of the first kept element, bits 2-3 = index of the second
 //    (i0 < i1); four groups (16 columns) per int16 word, group q at bits 4q..4q+3: logical meta [R, C/16];
 //  * the words reordered into CUTLASS's ColumnMajorInterleaved<2> tile layout (cutlass_meta_offset below),
-//    which needs R % 32 == 0 and C % 16 == 0. The storage is returned as int16 [R, C/16].
+//    which needs R % 32 == 0 and C % 32 == 0 (words are interleaved in pairs of word columns: C % 16 alone would
+//    make the reordered offsets run past the buffer). The storage is returned as int16 [R, C/16].
 // fp32 values use the same (2:4, int16) format: torch's own fp32 CUTLASS path is 1:2 (tf32), which a 2:4 mask
 // does not satisfy, so fp32 is for round trips and the CPU fallback, not for the GPU GEMMs.
 #pragma once
@@ -262,9 +263,8 @@ class module_;
 
 namespace sparse_ext {
 // Launchers. w / g: 2-D contiguous float32, float16 or bfloat16; shapes checked (TORCH_CHECK) first.
-// compress: R % 32 == 0, C % 16 == 0 (transposable: both % 32); returns {values [R, C/2], meta int16 [R, C/16]}
-// and with transposable also {values_t [C, R/2], meta_t int16 [C, R/16]}; mask: optional bool [R, C] to use
-// instead of computing one (must be 2:4 along rows, and transposable when asked).
+// compress: R % 32 == 0, C % 32 == 0; returns {values [R, C/2], meta int16 [R, C/16]}
+// and with transposable also {values_t [C, R/2], meta_t int16 [C, R/16]}. decompress: the same shape rules.
 std::vector<at::Tensor> sparse24_compress_cpu(const at::Tensor& w, bool transposable);
 at::Tensor sparse24_mask_cpu(const at::Tensor& w, bool transposable);
 at::Tensor sparse24_decompress_cpu(const at::Tensor& values, const at::Tensor& meta);
