@@ -40,7 +40,7 @@ from ..ops.layout import BLOCK_SIZES, BlockLayout
 
 log = logging.getLogger(__name__)
 
-__all__ = ["swap_due", "block_mask_of", "swap_linear", "move_param",
+__all__ = ["swap_due", "block_mask_of", "swap_linear", "move_param", "check_kernel_24", "swap_linear_24",
            "check_swappable_model", "check_swappable_optimizer", "block_sparse_modules", "dense_state_dict",
            "save_block_sparse", "load_block_sparse", "SPARSE_MODULES_JSON", "SPARSE_MODULES_FILE"]
 
@@ -291,3 +291,42 @@ def load_block_sparse(model: nn.Module, folder: str) -> nn.Module:
         new.weight_data.copy_(data.to(new.weight_data.dtype))
     log.info("loaded %d block-sparse modules from %s", len(plan), folder)
     return model
+
+
+# ---------------------------------------------------------------------------------------- 2:4 (SparseLinear24)
+def check_kernel_24(pattern, device: torch.device | str, where: str) -> None:
+    """Refuse a ``kernel: 2:4`` swap that cannot run: a pattern other than 2:4 (transposable or not) or a device
+    without torch's 2:4 GEMMs (CPU: ``SparseLinear24`` has only its masked-dense fallback there, which is no
+    faster than the masked ``nn.Linear``). ``pattern``: a ``sparse.pruning.patterns`` object or a recipe Pattern."""
+    from .patterns import NMPattern, TransposableNMPattern, pattern_from_recipe
+
+    try:
+        pattern = pattern_from_recipe(pattern)
+    except ValueError:
+        pass
+    if not isinstance(pattern, (NMPattern, TransposableNMPattern)) or (pattern.n, pattern.m) != (2, 4):
+        shown = pattern.describe() if hasattr(pattern, "describe") else repr(pattern)
+        raise ValueError(f"{where}: kernel: 2:4 runs 2:4 masks on NVIDIA sparse tensor cores; the pattern is {shown} "
+                         f"(use pattern {{type: nm, n: 2, m: 4, transposable: true}} or kernel: none)")
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        raise ValueError(f"{where}: kernel: 2:4 needs a CUDA device with 2:4 sparse tensor cores (sm_80+); the model "
+                         f"is on {dev} (on CPU use kernel: none: the masked dense Linear is the CPU path)")
+
+
+@torch.no_grad()
+def swap_linear_24(model: nn.Module, fqn: str, mask: torch.Tensor, transposable: bool, where: str = "swap"):
+    """Replace the ``nn.Linear`` at ``fqn`` by a :class:`sparse.nn.SparseLinear24` with ``mask`` (its final or
+    current 2:4 mask). The module keeps the Linear's weight and bias *Parameters*, so the optimizer, its state and
+    ``SparseOptimizer``'s target are untouched; later mask refreshes reach the module through
+    ``sparse.pruning.optim_state.notify_kernel_module`` and make it recompress. Returns the new module."""
+    from ..nn.sparse24 import SparseLinear24
+
+    parent, name = _parent(model, fqn)
+    linear = getattr(parent, name)
+    if type(linear) is not nn.Linear:
+        raise ValueError(f"{where}: kernel: 2:4 replaces plain torch.nn.Linear modules; {fqn} is a "
+                         f"{type(linear).__module__}.{type(linear).__name__}")
+    new = SparseLinear24.from_dense(linear, transposable=transposable, mask=mask)
+    setattr(parent, name, new)
+    return new

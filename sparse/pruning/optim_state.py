@@ -144,6 +144,17 @@ def check_inner_state_dict(optimizer: torch.optim.Optimizer, state_opt: torch.op
                                  f"shape {want}, got {got}")
 
 
+def notify_kernel_module(param: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """Tell a module that runs ``param`` on a kernel with a mask of its own (``sparse.nn.SparseLinear24``) that
+    its mask changed, so it recompresses (once per mask change, not every step); it refuses masks it cannot run
+    (not 2:4, or not transposable) with a ``ValueError``."""
+    if mask is None:
+        return
+    from ..nn.sparse24 import notify_mask_change  # lazy: torch-only recipes never import the nn modules
+
+    notify_mask_change(param, mask)
+
+
 class MagnitudeTarget:
     """One weight pruned with hard masks: gradients and weights are multiplied by the mask.
 
@@ -190,6 +201,7 @@ class MagnitudeTarget:
         self.mask, self.sparsity = mask, sparsity
         self.fmask = None if mask is None else mask.to(self.param.dtype)
         self.tidy = mask is not None
+        notify_kernel_module(self.param, mask)
 
     def pre_step(self) -> None:
         g = self.param.grad
