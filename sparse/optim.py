@@ -40,11 +40,11 @@ import torch
 import torch.nn as nn
 
 from .ops.dispatch import last_backend
-from .pruning.kernel_swap import (block_mask_of, check_swappable_model, check_swappable_module,
-                                  check_swappable_optimizer, move_param, swap_due, swap_linear)
+from .pruning.kernel_swap import (block_mask_of, check_kernel_24, check_swappable_model, check_swappable_module,
+                                  check_swappable_optimizer, move_param, swap_due, swap_linear, swap_linear_24)
 from .pruning.optim_state import (RETIDY_EVERY, TARGET_CLASSES, KernelTarget, MagnitudeTarget, SRSTETarget,
                                    base_optimizer, check_inner_state_dict, state_fill_for)
-from .pruning.patterns import pattern_from_recipe
+from .pruning.patterns import TransposableNMPattern, pattern_from_recipe
 from .pruning.schedules import is_update_step, sparsity_at
 from .pruning.targets import select_modules
 from .recipe import Recipe, RecipeError, load_recipe
@@ -122,10 +122,12 @@ class SparseOptimizer:
                 if is_dtensor(module.weight):
                     self._targets.append(_sharded_target(fqn, entry, module.weight, pattern, i, allow_gather))
                     continue
+                if entry.kernel == "2:4":
+                    check_kernel_24(pattern, module.weight.device, f"pruning[{i}] ({entry.name})")
                 if entry.kernel != "none":
                     check_swappable_module(module, mod_fqn, f"pruning[{i}] ({entry.name})")
                 self._targets.append(TARGET_CLASSES[entry.method.kind](fqn, entry, module.weight, pattern))
-        if any(t.entry.kernel != "none" for t in self._targets):
+        if any(t.entry.kernel not in ("none", "2:4") for t in self._targets):
             check_swappable_model(model, "model")
             check_swappable_optimizer(self._state_opt, "optimizer")
         self._update_masks()
@@ -225,6 +227,12 @@ class SparseOptimizer:
     # ------------------------------------------------------------------------------ kernel swap
     @torch.no_grad()
     def _swap_due(self) -> None:
+        for t in self._targets:  # kernel: 2:4 -> SparseLinear24 on the first mask (same Parameter, state untouched)
+            if t.entry.kernel == "2:4" and t.mask is not None:
+                mod_fqn = t.fqn.rpartition(".")[0]
+                if type(self._model.get_submodule(mod_fqn)) is nn.Linear:
+                    swap_linear_24(self._model, mod_fqn, t.mask, isinstance(t.pattern, TransposableNMPattern))
+                    log.info("%s: on the 2:4 kernel (SparseLinear24) after step %d", mod_fqn, self._step)
         for i, t in enumerate(self._targets):
             if t.kernel is None and t.mask is not None and swap_due(t.entry, self._step):
                 self._targets[i] = self._swap(t, gather=True)

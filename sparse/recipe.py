@@ -15,7 +15,9 @@ hyper-parameters, and one or more pruning entries, each with:
 * ``kernel``: ``none`` (masked dense ``nn.Linear``) or ``block-sparse``: once the entry's mask is final
   (after a one-shot step, or at the end of a cubic schedule) its Linears are swapped for
   ``sparse.nn.BlockSparseLinear`` and train on the block-sparse kernels (square blocks of 16, 32, 64 or
-  128; no ``refresh_every``, whose masks are never final; see :mod:`sparse.pruning.kernel_swap`).
+  128; no ``refresh_every``, whose masks are never final; see :mod:`sparse.pruning.kernel_swap`), or ``2:4``
+  (a 2:4 pattern, CUDA only): once the entry's first mask is set its Linears become ``sparse.nn.SparseLinear24``
+  (same Parameters, so ``refresh_every`` works: each refreshed mask makes the module recompress).
 
 or an ``mlpruning`` block instead of pruning entries (:class:`sparse.mlpruning.MLPruningConfig`: head,
 row and block pruning with learnable thresholds, packed into a smaller model at the end),
@@ -60,7 +62,7 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (HEAD_REGEX,)
 MODULE_TYPES: tuple[str, ...] = ("Linear", "Conv1d", "Conv2d")
 PATTERN_KINDS: tuple[str, ...] = ("unstructured", "nm", "block")
 METHOD_KINDS: tuple[str, ...] = ("magnitude", "srste")
-KERNELS: tuple[str, ...] = ("none", "block-sparse")  # "2:4" (SparseLinear24) later
+KERNELS: tuple[str, ...] = ("none", "block-sparse", "2:4")
 SCHEDULE_KINDS: tuple[str, ...] = ("oneshot", "cubic")
 SOLVERS: tuple[str, ...] = ("auto", "exact", "approx", "greedy", "flow")
 ON_INDIVISIBLE: tuple[str, ...] = ("error", "skip")
@@ -431,6 +433,14 @@ def _check_kernel(e: PruningEntry, where: str) -> None:
 
     pat = e.pattern
     shown = f"{pat.describe()} (type {pat.kind})"
+    if e.kernel == "2:4":  # SparseLinear24: a 2:4 pattern; masks may be refreshed (the module recompresses)
+        if pat.kind != "nm" or (pat.n, pat.m) != (2, 4):
+            raise RecipeError(f"{where}.kernel: '2:4' needs pattern {{type: nm, n: 2, m: 4}} (transposable: true for "
+                              f"a sparse backward too), got pattern {shown}; allowed values: {', '.join(KERNELS)}")
+        if e.targets.types != ("Linear",):
+            raise RecipeError(f"{where}.kernel: '2:4' replaces Linear layers only, got targets.types "
+                              f"{list(e.targets.types)}; set targets.types: [Linear] or kernel: none")
+        return
     if pat.kind != "block" or pat.block[0] != pat.block[1] or pat.block[0] not in BLOCK_SIZES:
         raise RecipeError(f"{where}.kernel: {e.kernel!r} needs a block pattern with square blocks of "
                           f"{', '.join(map(str, BLOCK_SIZES))}, got pattern {shown}; allowed values: "

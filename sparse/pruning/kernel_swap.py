@@ -58,7 +58,8 @@ ELEMENTWISE_OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax"
 def swap_due(entry, step: int) -> bool:
     """Whether ``entry``'s layers run on the kernel after ``step`` optimizer steps: it asks for a kernel and
     its mask is final (``step >= entry.final_step``; the recipe refuses ``refresh_every`` with a kernel)."""
-    return entry.kernel != "none" and not entry.refresh_every and step >= entry.final_step
+    # kernel: 2:4 is not a swap of this kind: SparseLinear24 keeps the dense-shaped Parameter (swap_linear_24)
+    return entry.kernel not in ("none", "2:4") and not entry.refresh_every and step >= entry.final_step
 
 
 # ---------------------------------------------------------------------------------------- checks

@@ -204,3 +204,45 @@ def test_kernel_swap_24_checks_and_surgery():
     assert model[0] is new and new.weight is w and torch.equal(new.mask, mask)
     with pytest.raises(ValueError, match="plain torch.nn.Linear"):
         swap_linear_24(model, "0", mask, True)
+
+
+def _recipe_24(pattern=None, refresh=2):
+    from sparse import load_recipe
+
+    return load_recipe({"name": "t", "pruning": [{
+        "name": "t24", "pattern": pattern or {"type": "nm", "n": 2, "m": 4, "transposable": True},
+        "targets": {"include": [r"^0$"]}, "schedule": {"type": "oneshot", "at_step": 1}, "refresh_every": refresh,
+        "kernel": "2:4"}]})
+
+
+def test_recipe_kernel_24_errors():
+    from sparse import SparseOptimizer
+    from sparse.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="needs pattern"):
+        _recipe_24({"type": "block", "block": [16, 16], "sparsity": 0.5})
+    model = nn.Sequential(nn.Linear(64, 64))
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        SparseOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, _recipe_24())
+
+
+def test_recipe_kernel_24_swaps_on_first_mask(monkeypatch):
+    """The swap logic run on CPU (the CUDA check patched out): SparseLinear24 after the one-shot mask, the same
+    Parameter in the optimizer, refreshed masks followed."""
+    import sparse.optim as optim_mod
+    from sparse import SparseOptimizer
+
+    monkeypatch.setattr(optim_mod, "check_kernel_24", lambda *a, **k: None)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    w = model[0].weight
+    opt = SparseOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), model, _recipe_24())
+    for step in range(5):
+        model(torch.randn(8, 64)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        if step == 0:
+            assert isinstance(model[0], SparseLinear24) and model[0].weight is w
+            assert opt.param_groups[0]["params"][0] is w
+        assert torch.equal(model[0].mask, opt.masks["0.weight"])
+    assert is_transposable(model[0].mask, 2, 4)
