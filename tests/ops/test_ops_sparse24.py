@@ -228,3 +228,25 @@ def test_empty():
     v, m = compress_24(torch.zeros(0, 32))
     assert v.shape == (0, 16) and m.shape == (0, 2)
     assert mvue_24(torch.zeros(0, 8)).shape == (0, 8)
+
+
+try:
+    from hypothesis import given
+    from hypothesis import strategies as st
+except ImportError:  # hypothesis is a test extra
+    given = None
+
+if given is not None:
+    @given(rt=st.integers(1, 3), ct=st.integers(1, 3), dtype=st.sampled_from(DT), seed=st.integers(0, 2**31 - 1),
+           ints=st.booleans())
+    def test_property_round_trip_and_validity(rt, ct, dtype, seed, ints):
+        from sparse.masks import is_nm, is_transposable
+
+        g = torch.Generator().manual_seed(seed)
+        w = (torch.randint(-3, 4, (32 * rt, 32 * ct), generator=g).float() if ints
+             else torch.randn(32 * rt, 32 * ct, generator=g)).to(dtype)
+        v, m, vt, mt = compress_24(w, transposable=True)
+        mask = mask_24(w, True)
+        assert is_transposable(mask, 2, 4) and is_nm(mask_24(w), 2, 4)
+        assert torch.equal(decompress_24(v, m), w * mask) and torch.equal(decompress_24(vt, mt), (w * mask).t())
+        assert torch.equal(decompress_24(*compress_24(w)), w * mask_24(w))
