@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -46,6 +47,9 @@ struct TileKernels {
 using AmxKernels = TileKernels<amx_begin, amx_end, amx_acc_32x32, amx_gemm_32x32>;
 using Avx512Bf16Kernels = TileKernels<no_tile_state, no_tile_state, avx512bf16_acc_32x32, avx512bf16_gemm_32x32,
                                       avx512bf16_gemm_32x32_vnni_a, avx512bf16_acc_32x32_bf16>;
+// The AVX512-BF16 microkernels through the AMX driver paths (row-major A in SDD, fp32 tile then store_row
+// in DDS): what SPARSE_BSR_TEST_AMX_PATHS=1 runs, so those paths are tested on CPUs without AMX.
+using Avx512Bf16RowAKernels = TileKernels<no_tile_state, no_tile_state, avx512bf16_acc_32x32, avx512bf16_gemm_32x32>;
 
 // VNNI copy of rows [r0, r1) (r0 even) of a row-major [k, n] bf16 matrix into dst [kp/2][ld_d][2] (columns
 // 0..n of each pair row; ld_d >= n, 0: n); rows >= k read as zero.
@@ -77,6 +81,55 @@ __attribute__((target("avx512f,avx512bw"))) void vnni_rows(const bf16* s, int64_
     for (; i < n; ++i) {
       out[2 * i] = x0[i];
       out[2 * i + 1] = x1[i];
+    }
+  }
+}
+
+// In-register transpose of 16 x 16 32-bit lanes (r[i] lane j -> r[j] lane i).
+__attribute__((target("avx512f"), always_inline)) inline void transpose16x16_epi32(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+// d[m * ld_d + k] = s[k * ld_s + m] for m < n (a multiple of 16), k < klp (a multiple of 32; rows k >= kl read
+// as zero): a token-major bf16 operand as the row-major A of the AMX tiles. Per 32 x 16 block, pairs of
+// token rows are interleaved into 32-bit lanes and the 16 x 16 lanes transposed in registers (the scalar
+// tiled transpose cost as much as the AMX products of a MiniLM FFN's dW at 90 % sparsity).
+__attribute__((target("avx512f,avx512bw"))) void transpose_rows_bf16(const bf16* s, int64_t ld_s, int64_t kl,
+                                                                     int64_t n, bf16* d, int64_t ld_d, int64_t klp) {
+  for (int64_t k0 = 0; k0 < klp; k0 += 32) {
+    for (int64_t m0 = 0; m0 < n; m0 += 16) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) {
+        const int64_t ka = k0 + 2 * i, kb = ka + 1;
+        const __m512i lo = ka < kl ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                         reinterpret_cast<const __m256i*>(s + ka * ld_s + m0)))
+                                   : _mm512_setzero_si512();
+        const __m512i hi = kb < kl ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                         reinterpret_cast<const __m256i*>(s + kb * ld_s + m0)))
+                                   : _mm512_setzero_si512();
+        r[i] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));  // lane j: (s[ka][m0+j], s[kb][m0+j])
+      }
+      transpose16x16_epi32(r);  // r[j]: the 16 pairs of column m0+j, i.e. its 32 tokens k0..k0+32
+      for (int j = 0; j < 16; ++j) _mm512_storeu_si512(d + (m0 + j) * ld_d + k0, r[j]);
     }
   }
 }
@@ -266,9 +319,7 @@ at::Tensor sdd_tiles_impl(const at::Tensor& ls, const at::Tensor& rs, const at::
         if constexpr (K::kVnniA) {
           vnni_rows(op_sh + k0 * ld_sh, ld_sh, kl, ld_sh, abuf.get(), 0, klp);
         } else {
-          transpose_into(op_sh + k0 * ld_sh, ld_sh, abuf.get(), kc, kl, ld_sh);
-          if (klp > kl)  // K tail: zero columns so the last 32-step adds nothing
-            for (int64_t c = 0; c < ld_sh; ++c) std::fill(abuf.get() + c * kc + kl, abuf.get() + c * kc + klp, bf16(0.f));
+          transpose_rows_bf16(op_sh + k0 * ld_sh, ld_sh, kl, ld_sh, abuf.get(), kc, klp);  // zero past K
         }
         for (int64_t sgi = s0; sgi < s1; ++sgi) {
           for (int64_t p = seg[sgi]; p < seg[sgi + 1]; ++p) {
@@ -312,6 +363,9 @@ at::Tensor dds_tiles(TileIsa isa, const at::Tensor& a, const at::Tensor& data, c
                      const at::Tensor& idx, const at::Tensor& dptr, bool trans_w, int64_t m_tile, const float* bias) {
   TORCH_CHECK(isa != TileIsa::kNone, "bsr_dds: no tile kernels for this call");
   if (isa == TileIsa::kAmx) return dds_tiles_impl<AmxKernels>(a, data, seg, idx, dptr, trans_w, m_tile, bias);
+  const char* row_a = std::getenv("SPARSE_BSR_TEST_AMX_PATHS");
+  if (row_a && row_a[0] == '1')
+    return dds_tiles_impl<Avx512Bf16RowAKernels>(a, data, seg, idx, dptr, trans_w, m_tile, bias);
   return dds_tiles_impl<Avx512Bf16Kernels>(a, data, seg, idx, dptr, trans_w, m_tile, bias);
 }
 
@@ -321,6 +375,11 @@ at::Tensor sdd_tiles(TileIsa isa, const at::Tensor& ls, const at::Tensor& rs, co
   TORCH_CHECK(isa != TileIsa::kNone, "bsr_sdd: no tile kernels for this call");
   if (isa == TileIsa::kAmx)
     return sdd_tiles_impl<AmxKernels>(ls, rs, crow, col, ccol, row_t, perm_t, bs, k_tile, colsum);
+  // SPARSE_BSR_TEST_AMX_PATHS=1 (tests): the AVX512-BF16 microkernels on the AMX driver paths (A transposed to
+  // row-major by transpose_rows_bf16), so that path is exercised on CPUs without AMX too.
+  const char* row_a = std::getenv("SPARSE_BSR_TEST_AMX_PATHS");  // read per call: tests set it at run time
+  if (row_a && row_a[0] == '1')
+    return sdd_tiles_impl<Avx512Bf16RowAKernels>(ls, rs, crow, col, ccol, row_t, perm_t, bs, k_tile, colsum);
   return sdd_tiles_impl<Avx512Bf16Kernels>(ls, rs, crow, col, ccol, row_t, perm_t, bs, k_tile, colsum);
 }
 

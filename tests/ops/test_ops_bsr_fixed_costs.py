@@ -246,3 +246,17 @@ def test_native_bf16_kernels_equal_masked_dense_property(rows, cols, tokens, blo
             os.environ.pop("SPARSE_BSR_ISA", None)
         else:
             os.environ["SPARSE_BSR_ISA"] = old
+
+
+@pytest.mark.skipif("avx512bf16" not in _bsr_cpu.native_kernels(), reason="no AVX512-BF16 on this CPU")
+@pytest.mark.parametrize("rows, cols, tokens", [(5, 2, 1), (2, 6, 31), (6, 3, 257), (3, 2, 300)])
+def test_amx_driver_paths_on_avx512bf16(rows, cols, tokens, monkeypatch):
+    """SPARSE_BSR_TEST_AMX_PATHS=1 runs the AMX drivers' code (SDD's A transposed in registers to row-major,
+    DDS through an fp32 tile and store_row) with the AVX512-BF16 microkernels: the AMX family's driver
+    logic is checked on CPUs without AMX (its microkernels cannot run here)."""
+    monkeypatch.setenv("SPARSE_BSR_ISA", "avx512bf16")
+    monkeypatch.setenv("SPARSE_BSR_TEST_AMX_PATHS", "1")
+    lay, w, x, b, dy = _case(rows, cols, 32, tokens, torch.bfloat16, seed=rows + tokens, p=0.3)
+    _kernel_check(lay, w, x, b, dy, torch.bfloat16)
+    lay, w, x, b, dy = _case(rows, cols, 64, tokens, torch.bfloat16, seed=rows + tokens + 1, p=0.5)
+    _kernel_check(lay, w, x, b, dy, torch.bfloat16)
