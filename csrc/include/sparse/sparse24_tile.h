@@ -52,17 +52,19 @@ SPARSE_HD int64_t cutlass_meta_offset(int64_t r, int64_t c, int64_t rows) {
 
 // Kept positions (bit k = element k) of a group of 4: the 2 largest |v|, ties towards the lower index
 // (the rank rule of group_nm / sparse.masks.nm_mask, so the same mask).
+// Two scans instead of the O(m^2) rank count: the first scan finds rank 0 (the largest, lowest index among equals),
+// the second the best of the others in the same order (value descending, index ascending) = rank 1.
 template <typename T>
 SPARSE_HD uint32_t top2_bits(const T* v) {
   float a[4];
   for (int k = 0; k < 4; ++k) a[k] = absf(v[k]);
-  uint32_t bits = 0;
-  for (int k = 0; k < 4; ++k) {
-    int rank = 0;
-    for (int q = 0; q < 4; ++q) rank += (a[q] > a[k]) || (a[q] == a[k] && q < k);
-    bits |= (uint32_t)(rank < 2) << k;
-  }
-  return bits;
+  int i0 = 0;
+  for (int k = 1; k < 4; ++k)
+    if (a[k] > a[i0]) i0 = k;
+  int i1 = i0 == 0 ? 1 : 0;
+  for (int k = i1 + 1; k < 4; ++k)
+    if (k != i0 && a[k] > a[i1]) i1 = k;
+  return (1u << i0) | (1u << i1);
 }
 
 // Pack 16 consecutive elements v[0..15] with kept bits keep16 (exactly two per nibble) into 8 values and one
