@@ -246,7 +246,8 @@ at::Tensor dds_tiles_impl(const at::Tensor& a, const at::Tensor& data, const at:
 // Kept blocks of Ls^T @ Rs: Ls [K, M], Rs [K, N] token-major (row-major, contiguous); block p = (r, c) is
 // Ls[:, rB:(r+1)B]^T @ Rs[:, cB:(c+1)B], fp32 accumulation over K. Each thread owns whole block rows
 // (or columns) of the larger operand and, per K-chunk, packs into private cache-resident buffers: its
-// own columns of the larger operand as VNNI B, and the smaller operand transposed as A. No barriers,
+// own live columns of the larger operand as VNNI B, and the smaller operand as A (transposed
+// in registers for AMX, VNNI pair-interleaved like B for AVX512-BF16), both as 32-column panels. No barriers,
 // no full-size temporaries.
 template <typename K>
 at::Tensor sdd_tiles_impl(const at::Tensor& ls, const at::Tensor& rs, const at::Tensor& crow, const at::Tensor& col,
@@ -304,20 +305,19 @@ at::Tensor sdd_tiles_impl(const at::Tensor& ls, const at::Tensor& rs, const at::
       std::unique_ptr<bf16[]> bbuf(new bf16[kc * width]), abuf(new bf16[ld_sh * kc]);
       for (int64_t k0 = 0; k0 < k; k0 += kc) {
         const int64_t kl = std::min(kc, k - k0), klp = (kl + 31) / 32 * 32;
-        for (int64_t g0 = s0; g0 < s1;) {  // runs of adjacent live segments: one interleave each
-          if (slot[g0 - s0] < 0) {
-            ++g0;
-            continue;
-          }
-          int64_t g1 = g0 + 1;
-          while (g1 < s1 && slot[g1 - s0] >= 0) ++g1;
-          vnni_rows(op_own + k0 * ld_own + g0 * bs, ld_own, kl, (g1 - g0) * bs, bbuf.get() + slot[g0 - s0] * bs * 2,
-                    0, klp, width);
-          g0 = g1;
+        // Operands as 32-column panels [kc/2][32][2] (one after the other, kc * 32 apart): a gemm streams
+        // 128 contiguous bytes per K pair. (Interleaved over the full width, the pair rows lay a multiple
+        // of 1.5 KB apart and a K-chunk of them fell into a few L1 sets.)
+        for (int64_t sgi = s0; sgi < s1; ++sgi) {
+          if (slot[sgi - s0] < 0) continue;
+          for (int64_t h = 0; h < bs / 32; ++h)
+            vnni_rows(op_own + k0 * ld_own + sgi * bs + h * 32, ld_own, kl, 32,
+                      bbuf.get() + (slot[sgi - s0] * (bs / 32) + h) * kc * 32, 0, klp, 32);
         }
         if (colsum && own_rows) add_colsums(op_own + k0 * ld_own + s0 * bs, ld_own, kl, full, colsum + s0 * bs);
         if constexpr (K::kVnniA) {
-          vnni_rows(op_sh + k0 * ld_sh, ld_sh, kl, ld_sh, abuf.get(), 0, klp);
+          for (int64_t h = 0; h < ld_sh / 32; ++h)
+            vnni_rows(op_sh + k0 * ld_sh + h * 32, ld_sh, kl, 32, abuf.get() + h * kc * 32, 0, klp, 32);
         } else {
           transpose_rows_bf16(op_sh + k0 * ld_sh, ld_sh, kl, ld_sh, abuf.get(), kc, klp);  // zero past K
         }
@@ -326,12 +326,12 @@ at::Tensor sdd_tiles_impl(const at::Tensor& ls, const at::Tensor& rs, const at::
             const int64_t o = other[p], d = dptr ? dptr[p] : p;
             for (int64_t u = 0; u < bs; u += 32)
               for (int64_t v = 0; v < bs; v += 32) {
-                const bf16* bp = bbuf.get() + (slot[sgi - s0] * bs + v) * 2;
+                const bf16* bp = bbuf.get() + ((slot[sgi - s0] * bs + v) / 32) * kc * 32;
                 float* cp = acc + d * bs * bs + u * bs + v;
                 if constexpr (K::kVnniA) {
-                  K::gemm_vnni_a(abuf.get() + (o * bs + u) * 2, ld_sh, bp, width, klp, cp, bs, k0 > 0);
+                  K::gemm_vnni_a(abuf.get() + ((o * bs + u) / 32) * kc * 32, 32, bp, 32, klp, cp, bs, k0 > 0);
                 } else {
-                  K::gemm(abuf.get() + (o * bs + u) * kc, kc, bp, width, klp, cp, bs, k0 > 0);
+                  K::gemm(abuf.get() + (o * bs + u) * kc, kc, bp, 32, klp, cp, bs, k0 > 0);
                 }
               }
           }
