@@ -15,6 +15,7 @@ native bf16 kernels of one family (``SPARSE_BSR_ISA``): ``amx``, ``avx512bf16`` 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -192,8 +193,26 @@ def run(args) -> int:
         if args.isa not in have:
             raise ValueError(f"--isa: expected a kernel family this CPU has ({', '.join(have)}), got {args.isa!r}")
     harness.setup(args)
-    if args.isa is not None:
-        os.environ["SPARSE_BSR_ISA"] = args.isa   # read by the C++ kernels at every call
+    with _isa(args.isa):
+        return _run(args, shapes, blocks, sparsities, backends)
+
+
+@contextlib.contextmanager
+def _isa(name: str | None):
+    """SPARSE_BSR_ISA=name (read by the C++ kernels at every call) inside the block, restored after."""
+    old = os.environ.get("SPARSE_BSR_ISA")
+    if name is not None:
+        os.environ["SPARSE_BSR_ISA"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SPARSE_BSR_ISA", None)
+        else:
+            os.environ["SPARSE_BSR_ISA"] = old
+
+
+def _run(args, shapes, blocks, sparsities, backends) -> int:
     dtype = DTYPES[args.dtype]
     rows = []
     family = os.environ.get("SPARSE_BSR_ISA") or "auto"

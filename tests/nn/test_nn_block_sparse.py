@@ -306,3 +306,28 @@ def test_follows_cpu_autocast_like_nn_linear():
     assert layer.weight_data.grad is not None and layer.weight_data.grad.dtype == torch.float32
     with pytest.raises(ValueError, match="x: expected dtype"):
         layer(x.bfloat16())
+
+
+def test_cpu_benchmark_ffn_shapes_sparsity_alias_and_isa(tmp_path, capsys):
+    """An FFN shape (two Linears timed as one), --sparsity as an alias, --isa checked against this CPU."""
+    import json
+
+    from sparse.cli import main
+    from sparse.bench import blocksparse
+
+    out = tmp_path / "ffn.json"
+    argv = ["bench", "blocksparse", "--tokens", "8", "--shapes", "ffn:64:128", "--blocks", "32", "--sparsity", "0.5",
+            "--repeats", "1", "--threads", "1", "--backends", "torch", "--json", str(out)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["kind"], r["in"], r["out"], r["tokens"]) for r in rows] == [("ffn", 64, 128, 8)]
+    assert "ffn:64:128 64x128 T8" in capsys.readouterr().out
+    assert [s[:4] for s in blocksparse._shapes("minilm-ffn,bert-ffn,up")] == [
+        ("minilm-ffn", "ffn", 384, 1536), ("bert-ffn", "ffn", 768, 3072), ("up", "linear", 768, 3072)]
+    assert blocksparse._shapes("minilm-ffn")[0][4] == 2048
+    assert main(argv[:-2] + ["--shapes", "ffn:64"]) == 2
+    assert "--shapes: expected up, down, minilm-ffn, bert-ffn, IN:OUT or ffn:H:F" in capsys.readouterr().err
+    missing = [k for k in blocksparse.ISAS if k not in _bsr_cpu.native_kernels()]
+    if missing:
+        assert main(argv[:-2] + ["--isa", missing[0]]) == 2
+        assert "--isa: expected a kernel family this CPU has" in capsys.readouterr().err
