@@ -130,15 +130,20 @@ def solve_layer(method: str, mod: torch.nn.Linear, key: str, g1: torch.Tensor, t
                                     name=key)
     else:
         new, mask = wanda_prune(w, h, pattern, src_nonzero=w != 0, name=key)
-    g = h / max(tokens, 1)
-    err_before = relative_error(torch.where(magnitude, w0, torch.zeros((), dtype=w0.dtype)), w0, g)
+    # Errors of the layer's whole output, bias included (as AdaPrune's): the bias column is unchanged.
+    if mod.bias is not None:
+        bias = mod.bias.detach().double()[:, None]
+        g, full = g1 / max(tokens, 1), (lambda v: torch.cat([v, bias], 1))
+    else:
+        g, full = h / max(tokens, 1), (lambda v: v)
+    err_before = relative_error(full(torch.where(magnitude, w0, torch.zeros((), dtype=w0.dtype))), full(w0), g)
     if cfg.refit:
         fit_cfg = AdaPruneConfig(damp=cfg.damp if cfg.damp > 0 else AdaPruneConfig.damp)
         out, mask, res = fit_layer(mod, key, g1, tokens, pattern, fit_cfg, file_tensors, mask=mask)
         res.error_before, res.method = err_before, f"{method}+refit"
         return out, mask, res
     new = torch.where(mask, new.to(file_dtype), torch.zeros((), dtype=file_dtype))
-    err_after = relative_error(new.double(), w0, g)
+    err_after = relative_error(full(new.double()), full(w0), g)
     result = LayerCalibration(name=key, error_before=err_before, error_after=err_after, tokens=tokens,
                               bias_updated=False, method=method)
     return {key: new}, mask, result

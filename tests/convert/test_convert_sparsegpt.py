@@ -278,3 +278,26 @@ def test_cli_calibrate_methods(tiny_sparse, tmp_path, capsys):
         rc = main(["convert", str(tiny_sparse), str(tmp_path / "x"), *argv, "--no-progress"])
         err = capsys.readouterr().err
         assert rc == 2 and all(w in err for w in words), (argv, err)
+
+
+def test_reported_error_is_the_real_output_error(tmp_path, save_tiny_bert):
+    """error_after is the layer's relative output error (bias included) on its calibration tokens."""
+    src = _tiny(save_tiny_bert, tmp_path / "src", layers=1)
+    rep = convert_checkpoint(src, tmp_path / "out", "2:4", calibrate="sparsegpt", calibration_texts=TEXTS,
+                             calibration=CalibrationConfig(num_texts=6, max_length=24), sequential=False)
+    model = transformers.AutoModel.from_pretrained(src).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    fqn = "encoder.layer.0.intermediate.dense"
+    layer = dict(model.named_modules())[fqn]
+    xs = []
+    h = layer.register_forward_hook(lambda m, i, o: xs.append(i[0].detach()))
+    enc = tok(TEXTS, padding=True, truncation=True, max_length=24, return_tensors="pt")
+    with torch.no_grad():
+        model(**enc)
+    h.remove()
+    x = xs[0].reshape(-1, xs[0].shape[-1])[enc["attention_mask"].reshape(-1).bool()]
+    with torch.no_grad():
+        y = layer(x)
+    y_new = x @ _weights(tmp_path / "out")[fqn + ".weight"].t() + layer.bias
+    reported = next(c for c in rep.calibration if c.name == fqn + ".weight").error_after
+    assert float((y_new - y).norm() / y.norm()) == pytest.approx(reported, rel=1e-3, abs=1e-5)
