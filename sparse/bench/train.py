@@ -85,7 +85,10 @@ OP_KINDS: dict[str, str] = {
     **dict.fromkeys(("aten::linear", "aten::addmm", "aten::mm", "aten::addmv", "aten::mv", "aten::_addmm_activation",
                      "sparse::bs_linear", "sparse::bs_dds", "sparse::bs_dsd", "sparse::bs_sdd",
                      "sparse::bs_sdd_rowsum", _BW + "AddmmBackward0", _BW + "MmBackward0",
-                     _BW + "LinearBackward0"), "linear"),
+                     _BW + "LinearBackward0",
+                     # the autograd Functions of sparse.ops' eager block-sparse path and SparseLinear24
+                     "_EagerLinear", _BW + "_EagerLinearBackward", "_Linear24", _BW + "_Linear24Backward"),
+                    "linear"),
     # attention: score and context matmuls, softmax, fused SDPA kernels
     **dict.fromkeys(("aten::bmm", "aten::baddbmm", "aten::softmax", "aten::_softmax", "aten::_safe_softmax",
                      "aten::_softmax_backward_data", "aten::scaled_dot_product_attention",

@@ -259,3 +259,11 @@ def test_packed_runs_head_row_and_block_stages(tmp_path, minilm_dir, monkeypatch
         tm.parse_mode(f"packed:{tmp_path / 'nothing'}")
     with pytest.raises(ValueError, match="without one"):
         tm.parse_mode(f"packed:{minilm_dir}")
+
+
+def test_eager_block_sparse_and_24_functions_count_as_linear():
+    # the eager autograd paths show up under their Function class names in the profiler
+    for name in ("_EagerLinear", "autograd::engine::evaluate_function: _EagerLinearBackward",
+                 "_Linear24", "autograd::engine::evaluate_function: _Linear24Backward"):
+        assert T.op_kind(name) == "linear", name
+    assert T.classify(["aten::empty_strided", "_EagerLinear"]) == "linear"
