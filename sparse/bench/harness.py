@@ -188,6 +188,30 @@ def config(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if not k.startswith("_")}
 
 
+# --------------------------------------------------------------------------------------------- machine
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``lscpu``, else :func:`platform.processor`), for every figure."""
+    import platform
+    import subprocess
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown"
+
+
 # ------------------------------------------------------------------------------------------------ JSON
 
 def _check_target(path: str, force: bool) -> None:

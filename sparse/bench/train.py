@@ -35,7 +35,6 @@ import platform
 import re
 import resource
 import statistics
-import subprocess
 import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from sparse.bench import harness
+from sparse.bench.harness import cpu_model
 from sparse.bench import train_modes as tm
 
 DESCRIPTION = "training-step time per sparsity mode vs dense, with a breakdown by kind of work"
@@ -415,24 +415,6 @@ def measure_memory(step, device: torch.device) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info(device: torch.device, dtype: str) -> dict:
     import sparse
     from sparse.ops._bsr_cpu import native_kernels

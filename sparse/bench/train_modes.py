@@ -78,8 +78,7 @@ class FFN(nn.Module):
 
 
 def _mse(model, inputs):
-    x, target = inputs[0], inputs[-1]
-    return F.mse_loss(_first(model(*inputs[:-1])).float(), target)
+    return F.mse_loss(_first(model(*inputs[:-1])).float(), inputs[-1])
 
 
 def _first(out):

@@ -19,6 +19,7 @@ BENCHES: dict[str, str] = {
     "accuracy": "sparse.bench.accuracy",
     "train": "sparse.bench.train",
     "sparse24": "sparse.bench.sparse24",
+    "dropout": "sparse.bench.dropout",
 }
 
 

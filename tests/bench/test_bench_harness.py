@@ -14,7 +14,7 @@ from sparse.cli import main
 from sparse.cli.bench import BENCHES
 
 NAMES = ("masks", "optimizer", "blocksparse", "blocksparse-gpu", "convert", "convert-minilm", "accuracy", "train",
-         "sparse24")
+         "sparse24", "dropout")
 
 
 def test_time_fn_warms_up_then_reports_median_min_max_of_each_run():
