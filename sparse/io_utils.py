@@ -12,10 +12,23 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 
 __all__ = ["atomic_file", "atomic_dir", "atomic_write_text", "atomic_write_json"]
+
+
+def check_regular_file(path: str, what: str, *, expected: str = "a file", error: type = ValueError) -> None:
+    """Refuse, before opening, what a reader must not open: a missing path (``FileNotFoundError``), a folder
+    (``IsADirectoryError``) or a FIFO/socket/device (``error``; opening a FIFO blocks until someone writes).
+    Messages start with ``what`` (the argument or key the path came from)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what}: file not found: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what}: {path} is a folder, expected {expected}")
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise error(f"{what}: {path} is not a regular file")
 
 
 def _refuse_existing(path: str, force: bool) -> None:

@@ -37,11 +37,11 @@ import numbers
 import os
 import re
 import reprlib
-import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .io_utils import check_regular_file
 from .policy import HEAD_REGEX
 
 __all__ = ["RecipeError", "Recipe", "PruningEntry", "Targets", "Pattern", "Method", "Schedule",
@@ -793,12 +793,7 @@ def _yaml_problem(exc: BaseException) -> str:
 def _read_recipe_text(path: str) -> str:
     """The file's text, after checks that need no parsing: a regular file, at most
     ``MAX_RECIPE_BYTES``, UTF-8 (a leading byte-order mark is dropped)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"recipe file not found: {path}")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"recipe: {path} is a folder, expected a YAML file")
-    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device could block or never end
-        raise RecipeError(f"recipe: {path} is not a regular file")
+    check_regular_file(path, "recipe", expected="a YAML file", error=RecipeError)
     base = os.path.basename(path)
     with open(path, "rb") as f:
         raw = f.read(MAX_RECIPE_BYTES + 1)

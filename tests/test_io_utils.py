@@ -192,3 +192,23 @@ def test_interrupt_while_removing_the_previous_folder_finishes_the_removal(tmp_p
             open(os.path.join(tmp, "new.txt"), "w").close()
     monkeypatch.undo()
     assert _entries(tmp_path) == ["run"] and _entries(dst) == ["new.txt"]
+
+
+def test_check_regular_file_refuses_missing_folder_and_fifo(tmp_path):
+    from sparse.io_utils import check_regular_file
+
+    f = tmp_path / "ok.txt"
+    f.write_text("x")
+    check_regular_file(str(f), "--in")
+    with pytest.raises(FileNotFoundError, match=r"--in: file not found: .*nope"):
+        check_regular_file(str(tmp_path / "nope"), "--in")
+    with pytest.raises(IsADirectoryError, match=r"--in: .* is a folder, expected a CSV file"):
+        check_regular_file(str(tmp_path), "--in", expected="a CSV file")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    class Custom(ValueError):
+        pass
+
+    with pytest.raises(Custom, match=r"--in: .*pipe is not a regular file"):
+        check_regular_file(str(fifo), "--in", error=Custom)

@@ -8,32 +8,13 @@
 
 #include <vector>
 
+#include "sparse/sparse24_launch.h"
 #include "sparse/sparse24_tile.h"
 
 namespace sparse_ext {
 namespace {
 
-// Runs body<T>() with T = float, c10::Half or c10::BFloat16 (the launchers check the dtype first).
-#define SPARSE_S24_DISPATCH(dtype, ...)           \
-  [&] {                                           \
-    if ((dtype) == at::kHalf) {                   \
-      using T = c10::Half;                        \
-      return __VA_ARGS__();                       \
-    }                                             \
-    if ((dtype) == at::kBFloat16) {               \
-      using T = c10::BFloat16;                    \
-      return __VA_ARGS__();                       \
-    }                                             \
-    using T = float;                              \
-    return __VA_ARGS__();                         \
-  }()
-
-void check_float(const at::Tensor& t, const char* fn, const char* arg) {
-  TORCH_CHECK(t.dim() == 2, fn, ": ", arg, ": expected a 2-D tensor, got ", t.dim(), "-D");
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
-              fn, ": ", arg, ": expected float32, float16 or bfloat16, got ", t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), fn, ": ", arg, ": expected a contiguous tensor");
-}
+void check_float(const at::Tensor& t, const char* fn, const char* arg) { check_float_matrix(t, fn, arg); }
 
 void check_compress_shape(const at::Tensor& w, bool transposable, const char* fn) {
   const int64_t R = w.size(0), C = w.size(1);

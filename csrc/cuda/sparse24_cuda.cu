@@ -13,6 +13,7 @@
 #include <limits>
 #include <vector>
 
+#include "sparse/sparse24_launch.h"
 #include "sparse/sparse24_tile.h"
 
 namespace sparse_ext {
@@ -21,26 +22,9 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kRegion = 64;  // rows and columns of W per block of the fused transposable kernel
 
-#define SPARSE_S24_DISPATCH(dtype, ...)           \
-  [&] {                                           \
-    if ((dtype) == at::kHalf) {                   \
-      using T = c10::Half;                        \
-      return __VA_ARGS__();                       \
-    }                                             \
-    if ((dtype) == at::kBFloat16) {               \
-      using T = c10::BFloat16;                    \
-      return __VA_ARGS__();                       \
-    }                                             \
-    using T = float;                              \
-    return __VA_ARGS__();                         \
-  }()
-
 void check_float(const at::Tensor& t, const char* fn, const char* arg) {
   TORCH_CHECK(t.is_cuda(), fn, ": ", arg, ": expected a CUDA tensor, got ", t.device());
-  TORCH_CHECK(t.dim() == 2, fn, ": ", arg, ": expected a 2-D tensor, got ", t.dim(), "-D");
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
-              fn, ": ", arg, ": expected float32, float16 or bfloat16, got ", t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), fn, ": ", arg, ": expected a contiguous tensor");
+  check_float_matrix(t, fn, arg);
 }
 
 unsigned blocks_for(int64_t work, const char* fn) {

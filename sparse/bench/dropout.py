@@ -95,14 +95,8 @@ def run(args) -> int:
     from ..ops.dropout import native_isa
 
     harness.setup(args)  # bad input raises ValueError/OSError: the CLI prints one line naming the argument
-    shapes = harness.csv_arg(args.shapes, str, "--shapes")
-    dtypes = harness.csv_arg(args.dtypes, str, "--dtypes")
-    for s in shapes:
-        if s not in SHAPES:
-            raise ValueError(f"--shapes: expected names from {', '.join(SHAPES)}, got {s!r}")
-    for d in dtypes:
-        if d not in DTYPES:
-            raise ValueError(f"--dtypes: expected names from {', '.join(DTYPES)}, got {d!r}")
+    shapes = harness.csv_choices(args.shapes, SHAPES, "--shapes")
+    dtypes = harness.csv_choices(args.dtypes, DTYPES, "--dtypes")
     if not 0.0 < args.p < 1.0:
         raise ValueError(f"--p: expected a probability in (0, 1), got {args.p}")
     if args.repeats < 1 or args.warmup < 0:

@@ -13,7 +13,7 @@ expose ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int``; they
 * :func:`format_table`: rows of dicts + :class:`Column` specs -> aligned text.
 * :func:`add_common_arguments` (``--threads``, ``--json PATH``, ``--force``, ``--device``) and
   :func:`setup` (threads set, device checked, ``--json`` target checked before any work);
-  :func:`csv_arg` for comma-list options.
+  :func:`csv_arg` / :func:`csv_choices` for comma-list options.
 * :func:`write_json`: atomic (temporary sibling, then rename), refuses an existing file without force.
 """
 from __future__ import annotations
@@ -180,6 +180,16 @@ def csv_arg(text: str, cast: Callable[[str], Any], name: str) -> list:
         raise ValueError(f"{name}: expected a comma-separated list, got {text!r}") from None
     if not values:
         raise ValueError(f"{name}: expected at least one value, got {text!r}")
+    return values
+
+
+def csv_choices(text: str, choices, name: str) -> list[str]:
+    """A comma-separated option value as a non-empty list of names from ``choices`` (a registry's keys);
+    an unknown name is a ``ValueError`` naming the option, the known names and the one given."""
+    values = csv_arg(text, str, name)
+    for v in values:
+        if v not in choices:
+            raise ValueError(f"{name}: expected names from {', '.join(choices)}, got {v!r}")
     return values
 
 

@@ -129,10 +129,7 @@ def run(args) -> int:
     pattern = parse_pattern(args.pattern, transposable=True, name="--pattern")
     n, m = pattern.n, pattern.m
     r, c = parse_shape(args.shape)
-    methods = harness.csv_arg(args.methods, str, "--methods")
-    for x in methods:
-        if x not in DEFAULT_METHODS:
-            raise ValueError(f"--methods: expected names from {', '.join(DEFAULT_METHODS)}, got {x!r}")
+    methods = harness.csv_choices(args.methods, DEFAULT_METHODS, "--methods")
     sources = harness.csv_arg(args.weights, str, "--weights")
     for x in sources:
         if x not in ("random", "minilm"):

@@ -214,15 +214,9 @@ KEPT_COLUMNS = (
 
 
 def run(args) -> int:
-    dtypes = harness.csv_arg(args.dtypes, str, "--dtypes")
-    models = harness.csv_arg(args.models, str, "--models")
+    dtypes = harness.csv_choices(args.dtypes, DTYPES, "--dtypes")
+    models = harness.csv_choices(args.models, SHAPES, "--models")
     sizes = harness.csv_arg(args.prune_sizes, int, "--prune-sizes")
-    for d in dtypes:
-        if d not in DTYPES:
-            raise ValueError(f"--dtypes: expected values among {', '.join(DTYPES)}, got {d!r}")
-    for mname in models:
-        if mname not in SHAPES:
-            raise ValueError(f"--models: expected values among {', '.join(SHAPES)}, got {mname!r}")
     if args.tokens < 1 or args.repeats < 1 or any(s < 32 or s % 32 for s in sizes):
         raise ValueError("--tokens/--repeats: expected positive integers; --prune-sizes: multiples of 32")
     want_cuda = args.device == "cuda"

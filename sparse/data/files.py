@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import stat
 
+from ..io_utils import check_regular_file
 from .splits import Table
 
 # data.* keys, as named in messages
@@ -25,12 +25,7 @@ def _short(v, limit: int = 60) -> str:
 
 def _read_text(path: str, encoding: str, key: str) -> str:
     """The whole file decoded; errors name the file and the line of the first undecodable byte."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{key}: file not found: {path}")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{key}: {path} is a folder, expected a file")
-    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device could block or never end
-        raise ValueError(f"{key}: {path} is not a regular file")
+    check_regular_file(path, key)
     with open(path, "rb") as f:
         raw = f.read()
     try:

@@ -152,3 +152,11 @@ def test_bench_modules_have_no_entry_point_of_their_own():
     for module in BENCHES.values():
         m = importlib.import_module(module)
         assert not hasattr(m, "main") and m.DESCRIPTION and callable(m.run) and callable(m.add_arguments)
+
+
+def test_csv_choices_names_the_option_and_the_known_names():
+    assert harness.csv_choices("a, b", {"a": 1, "b": 2}, "--x") == ["a", "b"]
+    with pytest.raises(ValueError, match=r"--x: expected names from a, b, got 'c'"):
+        harness.csv_choices("a,c", {"a": 1, "b": 2}, "--x")
+    with pytest.raises(ValueError, match="--x: expected at least one value"):
+        harness.csv_choices(" , ", ("a",), "--x")

@@ -24,6 +24,6 @@ def test_cpu_reports_gpu_unavailable(tmp_path, capsys):
 
 def test_bad_arguments(capsys):
     assert main(["bench", "sparse24", "--dtypes", "fp32"]) != 0
-    assert "--dtypes: expected values among bf16, fp16" in capsys.readouterr().err
+    assert "--dtypes: expected names from bf16, fp16" in capsys.readouterr().err
     assert main(["bench", "sparse24", "--prune-sizes", "100"]) != 0
     assert "--prune-sizes" in capsys.readouterr().err

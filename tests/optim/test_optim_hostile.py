@@ -224,7 +224,7 @@ BAD_CONSTRUCTION = [
      r"model: expected a torch\.nn\.Module, got OrderedDict"),
     ("model-class", lambda m: (_sgd(m), nn.Linear, recipe()), ValueError, r"model: expected a torch\.nn\.Module, got type"),
     ("recipe-int", lambda m: (_sgd(m), m, 42), RecipeError, r"path_or_dict: expected a YAML path"),
-    ("recipe-missing", lambda m: (_sgd(m), m, "missing-recipe.yaml"), FileNotFoundError, r"recipe file not found"),
+    ("recipe-missing", lambda m: (_sgd(m), m, "missing-recipe.yaml"), FileNotFoundError, r"recipe: file not found"),
     ("no-linear", lambda m: (_sgd(NoLinear()), NoLinear(), recipe()), RecipeError,
      r"pruning\[0\] \(enc\)\.targets: selects no module .*\(none of those types\)"),
     ("head-only", lambda m: (_sgd(HeadOnly()), HeadOnly(), recipe()), RecipeError,

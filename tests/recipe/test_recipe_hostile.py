@@ -266,7 +266,7 @@ def test_utf8_bom_is_accepted(tmp_path):
 
 
 def test_paths_that_are_not_recipe_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="recipe file not found: .*missing.yaml"):
+    with pytest.raises(FileNotFoundError, match="recipe: file not found: .*missing.yaml"):
         load_recipe(tmp_path / "missing.yaml")
     with pytest.raises(IsADirectoryError, match=r"recipe: .* is a folder, expected a YAML file"):
         load_recipe(tmp_path)
