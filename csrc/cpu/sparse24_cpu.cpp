@@ -151,13 +151,8 @@ at::Tensor sparse24_mvue_cpu(const at::Tensor& g, const at::Tensor& seed_offset,
   const char* fn = "sparse24_mvue";
   check_float(g, fn, "g");
   TORCH_CHECK(g.device().is_cpu(), fn, ": expected a CPU tensor, got ", g.device());
-  TORCH_CHECK(m == 2 || m == 4, fn, ": m: expected 2 (1:2) or 4 (2:4), got ", m);
-  TORCH_CHECK(g.size(1) % m == 0, fn, ": expected cols divisible by ", m, ", got ", g.sizes());
-  TORCH_CHECK(seed_offset.device().is_cpu() && seed_offset.scalar_type() == at::kLong && seed_offset.numel() == 2,
-              fn, ": seed_offset: expected an int64 CPU tensor of 2 elements");
-  const auto so = seed_offset.contiguous();
-  const auto seed = static_cast<uint64_t>(so.data_ptr<int64_t>()[0]);
-  const auto off = static_cast<uint64_t>(so.data_ptr<int64_t>()[1]);
+  const MvueSeed so = check_mvue_args(g, seed_offset, m, fn);
+  const uint64_t seed = so.seed, off = so.offset;
   const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32), o0 = (uint32_t)off, o1 = (uint32_t)(off >> 32);
   auto out = at::empty_like(g);
   const int64_t groups = g.numel() / m;

@@ -224,13 +224,8 @@ at::Tensor sparse24_decompress_cuda(const at::Tensor& values, const at::Tensor& 
 at::Tensor sparse24_mvue_cuda(const at::Tensor& g, const at::Tensor& seed_offset, int64_t m) {
   const char* fn = "sparse24_mvue";
   check_float(g, fn, "g");
-  TORCH_CHECK(m == 2 || m == 4, fn, ": m: expected 2 (1:2) or 4 (2:4), got ", m);
-  TORCH_CHECK(g.size(1) % m == 0, fn, ": expected cols divisible by ", m, ", got ", g.sizes());
-  TORCH_CHECK(seed_offset.device().is_cpu() && seed_offset.scalar_type() == at::kLong && seed_offset.numel() == 2,
-              fn, ": seed_offset: expected an int64 CPU tensor of 2 elements");
-  const auto so = seed_offset.contiguous();
-  const auto seed = static_cast<uint64_t>(so.data_ptr<int64_t>()[0]);
-  const auto off = static_cast<uint64_t>(so.data_ptr<int64_t>()[1]);
+  const MvueSeed so = check_mvue_args(g, seed_offset, m, fn);
+  const uint64_t seed = so.seed, off = so.offset;
   const c10::cuda::CUDAGuard guard(g.device());
   auto out = at::empty_like(g);
   const int64_t groups = g.numel() / m;
