@@ -70,7 +70,7 @@ def resolve_recipe(arg: str | None):
     name = arg[:-len(".yaml")] if arg.endswith(".yaml") else arg
     if name in shipped:
         return _load_resource(shipped[name])
-    raise FileNotFoundError(f"recipe file not found: {arg} (nor is it a shipped recipe: {', '.join(shipped)})")
+    raise FileNotFoundError(f"recipe: file not found: {arg} (nor is it a shipped recipe: {', '.join(shipped)})")
 
 
 def add_arguments(parser) -> None:

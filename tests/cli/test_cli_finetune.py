@@ -30,14 +30,14 @@ def test_shipped_recipes_by_name(tmp_path, monkeypatch):
     (tmp_path / "minilm-bbc-dense.yaml").write_text("name: mine\n")
     assert resolve_recipe("minilm-bbc-dense.yaml").name == "mine"
     # a path with a folder is a path only
-    with pytest.raises(FileNotFoundError, match="recipe file not found: sub/minilm-bbc-dense.yaml"):
+    with pytest.raises(FileNotFoundError, match="recipe: file not found: sub/minilm-bbc-dense.yaml"):
         resolve_recipe("sub/minilm-bbc-dense.yaml")
 
 
 @pytest.mark.parametrize("argv,match", [
     (["--max-steps", "0"], "--max-steps: expected an integer >= 1, got 0"),
     (["--seed", "-1"], "--seed: expected an integer in [0, 4294967295], got -1"),
-    (["missing.yaml"], "recipe file not found: missing.yaml (nor is it a shipped recipe: minilm-bbc-2of4, "),
+    (["missing.yaml"], "recipe: file not found: missing.yaml (nor is it a shipped recipe: minilm-bbc-2of4, "),
 ])
 def test_bad_arguments_one_line_error(argv, match, capsys):
     assert main(["finetune", *argv]) == 2

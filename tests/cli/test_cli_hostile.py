@@ -47,7 +47,7 @@ BAD_ARGUMENTS = [
     (["--limit-test", "-1"], "--limit-test: expected an integer >= 1, got -1"),
     (["--seed", "-1"], "--seed: expected an integer in [0, 4294967295], got -1"),
     (["--seed", str(2 ** 64)], "--seed: expected an integer in [0, 4294967295], got 18446744073709551616"),
-    (["no-such-recipe"], "recipe file not found: no-such-recipe (nor is it a shipped recipe: minilm-bbc-2of4"),
+    (["no-such-recipe"], "recipe: file not found: no-such-recipe (nor is it a shipped recipe: minilm-bbc-2of4"),
     (["{t}/folder"], "recipe: {t}/folder is a folder, expected a YAML file"),
     (["{t}/latin1.yaml"], "latin1.yaml: not UTF-8 text (byte 0xe9 at offset 9)"),
     (["{t}/escape.yaml"], "escape.yaml: name: expected a plain file name"),
