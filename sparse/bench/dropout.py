@@ -78,18 +78,6 @@ def _fwd_bwd(fn, x, p, g):
     return step
 
 
-def _interleaved(fns: dict, repeats: int, warmup: int) -> dict:
-    """Median/min/max ms of each callable, timed in alternating rounds."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            times[k].append(harness.time_once(f).wall_ms)
-    return {k: harness.summarize(v) for k, v in times.items()}
-
-
 def run(args) -> int:
     from ..ops import dropout, last_backend
     from ..ops.dropout import native_isa
@@ -114,9 +102,9 @@ def run(args) -> int:
                 return 1
             xg = x.clone().requires_grad_(True)
             g = torch.randn_like(x)
-            fwd = _interleaved({"torch": _forward(F.dropout, x, args.p), "fast": _forward(dropout, x, args.p)},
+            fwd = harness.time_interleaved({"torch": _forward(F.dropout, x, args.p), "fast": _forward(dropout, x, args.p)},
                                args.repeats, args.warmup)
-            both = _interleaved({"torch": _fwd_bwd(F.dropout, xg, args.p, g),
+            both = harness.time_interleaved({"torch": _fwd_bwd(F.dropout, xg, args.p, g),
                                  "fast": _fwd_bwd(dropout, xg, args.p, g)}, args.repeats, args.warmup)
             rec = {"shape": s, "dims": list(SHAPES[s]), "dtype": d, "p": args.p, "backend": backend,
                    "correct": True,

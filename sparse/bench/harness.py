@@ -8,8 +8,9 @@ expose ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> int``; they
 * :func:`stopwatch` / :func:`time_once` time one call (wall and CPU time); on CUDA the span is
   measured with CUDA events after a synchronize, so queued kernels are neither missed nor
   over-counted. :func:`time_fn` runs warm-ups, then ``repeats`` timed calls, and returns a
-  :class:`Timing` (median / min / max ms). Round-robin benchmarks (several sides interleaved so that
-  machine noise hits all of them alike) call :func:`time_once` per side and :func:`summarize` the lists.
+  :class:`Timing` (median / min / max ms); :func:`time_interleaved` does the same for several callables
+  in alternating rounds. Round-robin benchmarks with more per-round logic (backends, exceptions) call
+  :func:`time_once` per side and :func:`summarize` the lists.
 * :func:`format_table`: rows of dicts + :class:`Column` specs -> aligned text.
 * :func:`add_common_arguments` (``--threads``, ``--json PATH``, ``--force``, ``--device``) and
   :func:`setup` (threads set, device checked, ``--json`` target checked before any work);
@@ -94,6 +95,22 @@ def time_fn(fn: Callable[[], Any], *, repeats: int = 10, warmup: int = 1, device
     for _ in range(warmup):
         fn()
     return summarize([time_once(fn, device).wall_ms for _ in range(repeats)])
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 10, warmup: int = 1,
+                     device=None) -> dict[str, Timing]:
+    """Time several callables in alternating rounds (one call of each per round, ``warmup`` untimed rounds
+    first), so that machine noise hits them alike: name -> :class:`Timing`."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats, warmup: expected >= 1 and >= 0, got {repeats}, {warmup}")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(time_once(fn, device).wall_ms)
+    return {k: summarize(v) for k, v in times.items()}
 
 
 # ----------------------------------------------------------------------------------------------- table

@@ -160,3 +160,13 @@ def test_csv_choices_names_the_option_and_the_known_names():
         harness.csv_choices("a,c", {"a": 1, "b": 2}, "--x")
     with pytest.raises(ValueError, match="--x: expected at least one value"):
         harness.csv_choices(" , ", ("a",), "--x")
+
+
+def test_time_interleaved_alternates_and_times_every_callable():
+    calls = []
+    out = harness.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                   repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4                      # one warm-up round, then three timed rounds
+    assert set(out) == {"a", "b"} and all(len(t.times_ms) == 3 for t in out.values())
+    with pytest.raises(ValueError, match="repeats, warmup"):
+        harness.time_interleaved({"a": lambda: None}, repeats=0)
