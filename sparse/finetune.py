@@ -120,9 +120,15 @@ class Split:
         return len(self.labels)
 
     def inputs(self, idx) -> dict:
-        out = {"input_ids": self.input_ids[idx], "attention_mask": self.attention_mask[idx]}
+        """The model inputs of rows ``idx``, without the trailing columns that are padding in every row:
+        with right padding (BERT's) every real token keeps its position and its outputs, and a batch of
+        short texts costs what its longest text costs, not ``max_length`` (tweets: median 33 of 64)."""
+        mask = self.attention_mask[idx]
+        used = mask.any(0).nonzero()
+        width = int(used[-1]) + 1 if len(used) else mask.shape[-1]
+        out = {"input_ids": self.input_ids[idx][:, :width], "attention_mask": mask[:, :width]}
         if self.token_type_ids is not None:
-            out["token_type_ids"] = self.token_type_ids[idx]
+            out["token_type_ids"] = self.token_type_ids[idx][:, :width]
         return out
 
 
@@ -397,7 +403,11 @@ def build_optimizer(model: torch.nn.Module, recipe: Recipe, total: int, pruner=N
     (``mlpruning.score_lr`` / ``threshold_lr``, no weight decay)."""
     tc = recipe.train
     groups = param_groups(model, tc.lr, tc.head_lr, tc.weight_decay)
-    inner = torch.optim.AdamW(groups + (pruner.param_groups() if pruner is not None else []))
+    groups = groups + (pruner.param_groups() if pruner is not None else [])
+    # fused: one kernel over all tensors; on CPU 4.6x faster than foreach for MiniLM's 22.7M parameters
+    # (157 -> 34 ms a step at 1 thread, AVX512-BF16 Xeon), a tenth of a tweets step
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
+    inner = torch.optim.AdamW(groups, fused=fused or None)
     warm = int(tc.warmup_ratio * total)
     sched = torch.optim.lr_scheduler.LambdaLR(
         inner, lambda s: (s + 1) / max(warm, 1) if s < warm else max(0.0, (total - s) / max(total - warm, 1)))

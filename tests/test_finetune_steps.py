@@ -1,0 +1,59 @@
+"""``sparse.finetune`` step helpers: batches cut to their longest text (outputs unchanged) and the fused
+AdamW under the SparseOptimizer."""
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from sparse.finetune import Split, build_optimizer
+from sparse.recipe import load_recipe
+
+
+def _split(lengths, width=12, left=False):
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    g = torch.Generator().manual_seed(0)
+    for r, n in enumerate(lengths):
+        cols = slice(width - n, width) if left else slice(0, n)
+        ids[r, cols] = torch.randint(5, 90, (n,), generator=g)
+        mask[r, cols] = 1
+    return Split(ids, mask, torch.zeros(len(lengths), dtype=torch.long), ids % 2)
+
+
+def test_inputs_drop_only_columns_that_are_padding_in_every_row():
+    s = _split([3, 7, 5, 2])
+    b = s.inputs(torch.tensor([0, 2]))
+    assert b["input_ids"].shape == (2, 5) and b["attention_mask"].shape == (2, 5)
+    assert b["token_type_ids"].shape == (2, 5)
+    assert torch.equal(b["input_ids"], s.input_ids[[0, 2], :5])
+    assert s.inputs(slice(0, 4))["input_ids"].shape == (4, 7)
+    # left padding: the last column holds real tokens, nothing is cut (positions would move)
+    assert _split([3, 7], left=True).inputs(slice(0, 2))["input_ids"].shape == (2, 12)
+    # a batch of padding only keeps its shape rather than becoming zero-width
+    empty = Split(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long), torch.zeros(2))
+    assert empty.inputs(slice(0, 2))["input_ids"].shape == (2, 4)
+
+
+def test_cut_batch_gives_the_same_logits_as_the_padded_one():
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=16, num_labels=3)
+    model = BertForSequenceClassification(cfg).eval()
+    s = _split([3, 7, 5, 2])
+    full = model(input_ids=s.input_ids, attention_mask=s.attention_mask,
+                 token_type_ids=s.token_type_ids).logits
+    cut = model(**s.inputs(slice(0, 4))).logits
+    torch.testing.assert_close(cut, full, rtol=1e-5, atol=1e-5)
+
+
+def test_build_optimizer_uses_fused_adamw_on_cpu():
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=16, num_labels=2)
+    model = BertForSequenceClassification(cfg)
+    recipe = load_recipe({"name": "t", "model": {"source": "minilm"}, "data": {"dataset": "bbc_news"},
+                          "pruning": []})
+    opt, _ = build_optimizer(model, recipe, total=10)
+    assert opt.optimizer.defaults["fused"] is True
+    before = [p.detach().clone() for p in model.parameters()]
+    model(input_ids=torch.randint(0, 100, (2, 5))).logits.sum().backward()
+    opt.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
