@@ -163,6 +163,12 @@ def _bool(v: Any, key: str) -> bool:
     return v
 
 
+def _bool_or_auto(v: Any, key: str) -> "bool | str":
+    if isinstance(v, bool) or v == "auto":
+        return v
+    raise RecipeError(f"{key}: expected true, false or auto, got {_got(v)}")
+
+
 def _choice(v: Any, key: str, allowed: tuple[str, ...]) -> str:
     if not isinstance(v, str) or v not in allowed:
         raise RecipeError(f"{key}: expected one of {', '.join(allowed)}, got {_show(v)}")
@@ -584,7 +590,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     seed: int = 0
-    bf16: bool = True
+    # bf16 autocast: true, false, or auto (sparse.finetune.resolve_bf16: on a CUDA device with bf16, or a
+    # CPU with AMX; off on other CPUs, where oneDNN's bf16 matmul is slower than fp32: 1.7x on a tweets step)
+    bf16: "bool | str" = "auto"
     eval_batch_size: int = 32
     # sparse.nn.dropout.use_fast_dropout on the model (same distribution, other random bits); false: PyTorch's
     # own dropout, bit-exact with plain PyTorch runs
@@ -596,7 +604,7 @@ class TrainConfig:
         return _build(cls, d, where, {"epochs": _check(_int, 1), "batch_size": _check(_int, 1), "lr": positive,
                                       "head_lr": positive, "weight_decay": _check(_float, 0.0),
                                       "warmup_ratio": _check(_float, 0.0, 1.0), "seed": _check(_int, 0, MAX_SEED),
-                                      "bf16": _bool, "eval_batch_size": _check(_int, 1), "fast_dropout": _bool})
+                                      "bf16": _bool_or_auto, "eval_batch_size": _check(_int, 1), "fast_dropout": _bool})
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
-"""``sparse.finetune`` step helpers: batches cut to their longest text (outputs unchanged) and the fused
-AdamW under the SparseOptimizer."""
+"""``sparse.finetune`` step helpers: batches cut to their longest text (outputs unchanged), the fused
+AdamW under the SparseOptimizer, ``train.bf16: auto``."""
+import dataclasses
+
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
@@ -57,3 +59,21 @@ def test_build_optimizer_uses_fused_adamw_on_cpu():
     opt.step()
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
+
+
+def test_bf16_auto_resolves_to_what_the_hardware_runs_faster(monkeypatch):
+    import sparse.finetune as ft
+
+    assert ft.resolve_bf16(True) is True and ft.resolve_bf16(False) is False
+    assert ft.resolve_bf16("auto") is ft.cpu_has_amx()  # the real probe: a bool on every CPU
+    monkeypatch.setattr(ft, "cpu_has_amx", lambda: True)
+    assert ft.resolve_bf16("auto") is True
+    monkeypatch.setattr(ft, "cpu_has_amx", lambda: False)
+    assert ft.resolve_bf16("auto") is False
+    assert ft.resolve_bf16("auto", device="cuda") is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    recipe = load_recipe({"name": "t", "model": {"source": "minilm"}, "data": {"dataset": "bbc_news"},
+                          "train": {"bf16": "auto"}, "pruning": []})
+    assert recipe.train.bf16 == "auto"
+    # the run, its cache key and its saved recipe see the resolved value
+    assert ft.apply_overrides(recipe, None, None).train.bf16 is False
+    assert ft.apply_overrides(recipe, 2, 5).train == dataclasses.replace(recipe.train, epochs=2, seed=5, bf16=False)
