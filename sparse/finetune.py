@@ -476,7 +476,7 @@ def training_loss(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, re
     """Cross-entropy on one batch, or :func:`distill_loss` against ``teacher``'s logits; with an MLPruning
     ``pruner`` plus its regulariser, and the hidden-state MSE when ``mlpruning.distill`` asks for it."""
     hidden = teacher is not None and pruner is not None and recipe.mlpruning.distill is not None
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.train.bf16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_bf16(recipe.train.bf16)):
         out = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
         if teacher is not None:
             with torch.no_grad():
@@ -575,7 +575,8 @@ def metrics(predicted: torch.Tensor, labels: torch.Tensor) -> dict:
 def score_split(model: torch.nn.Module, split: Split, recipe: Recipe) -> dict:
     """:func:`metrics` of ``model`` on a tokenised split, with the recipe's evaluation batch size and
     precision."""
-    return metrics(predict(model, split, recipe.train.eval_batch_size, recipe.train.bf16), split.labels)
+    return metrics(predict(model, split, recipe.train.eval_batch_size, resolve_bf16(recipe.train.bf16)),
+                   split.labels)
 
 
 def final_mask_step(recipe: Recipe) -> int:

@@ -338,6 +338,14 @@ class Pattern:
     def describe(self) -> str:
         return self.to_pattern().describe()
 
+    def to_dict(self) -> dict:
+        """The recipe block that :meth:`from_dict` reads back to this pattern."""
+        if self.kind == "nm":
+            return {"type": "nm", "n": self.n, "m": self.m, "transposable": self.transposable, "solver": self.solver}
+        if self.kind == "unstructured":
+            return {"type": "unstructured", "sparsity": self.sparsity}
+        return {"type": self.kind, "sparsity": self.sparsity, "block": list(self.block)}
+
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "Pattern":
         kind = _kind(d, where, PATTERN_KINDS)
@@ -363,6 +371,10 @@ class Method:
     kind: str = "magnitude"
     lam: float = 2e-4
 
+    def to_dict(self) -> dict:
+        """The recipe block that :meth:`from_dict` reads back to this method."""
+        return {"type": self.kind, "lambda": self.lam} if self.kind == "srste" else {"type": self.kind}
+
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "Method":
         if isinstance(d, str):
@@ -385,6 +397,13 @@ class Schedule:
     start_step: int = 0
     end_step: int = 0
     frequency: int = 1
+
+    def to_dict(self) -> dict:
+        """The recipe block that :meth:`from_dict` reads back to this schedule."""
+        if self.kind == "oneshot":
+            return {"type": "oneshot", "at_step": self.at_step}
+        return {"type": self.kind, "initial_sparsity": self.initial_sparsity, "start_step": self.start_step,
+                "end_step": self.end_step, "frequency": self.frequency}
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "Schedule":
@@ -414,6 +433,13 @@ class PruningEntry:
     def final_step(self) -> int:
         """The optimizer step after which this entry's mask no longer changes (without ``refresh_every``)."""
         return self.schedule.at_step if self.schedule.kind == "oneshot" else self.schedule.end_step
+
+    def to_dict(self) -> dict:
+        """The recipe entry that :meth:`from_dict` reads back to this entry (variant blocks keyed by
+        ``type``, as recipes write them)."""
+        return {"name": self.name, "targets": dataclasses.asdict(self.targets), "pattern": self.pattern.to_dict(),
+                "method": self.method.to_dict(), "schedule": self.schedule.to_dict(),
+                "refresh_every": self.refresh_every, "kernel": self.kernel}
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "PruningEntry":
@@ -680,8 +706,11 @@ class Recipe:
                       top=True, source=source, **({} if named else {"name": default_name}))
 
     def to_dict(self) -> dict:
+        """The recipe as a mapping that :meth:`from_dict` (and :func:`load_recipe`) reads back to an equal
+        recipe: what run folders save as the recipe they ran."""
         d = dataclasses.asdict(self)
         d.pop("source")
+        d["pruning"] = [e.to_dict() for e in self.pruning]
         return d
 
     def pruning_fingerprint(self) -> str:

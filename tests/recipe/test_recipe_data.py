@@ -1,4 +1,5 @@
 """The recipe's ``data:`` block (issue 16): packaged datasets or a user's files, split sizes, strict keys."""
+import glob
 import os
 
 import pytest
@@ -43,6 +44,16 @@ def test_round_trip_through_to_dict():
     for name in ("minilm-bbc-dense", "minilm-tweets-2of4-transposable"):
         r = load_recipe(os.path.join(ROOT, "recipes", f"{name}.yaml"))
         assert data(**yaml.safe_load(yaml.safe_dump(r.to_dict()["data"]))) == r.data
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml"))),
+                         ids=lambda p: os.path.basename(p))
+def test_every_shipped_recipe_round_trips_through_to_dict(path):
+    """What a run folder saves as its recipe (``result.json`` ``recipe_config``) loads back to the same
+    recipe: pattern, method and schedule blocks keyed by ``type``, only the keys of their type."""
+    r = load_recipe(path)
+    again = load_recipe(yaml.safe_load(yaml.safe_dump(r.to_dict())))
+    assert again.replace(source=None) == r.replace(source=None)
 
 
 @pytest.mark.parametrize("d,match", [
