@@ -177,9 +177,11 @@ def run_key(recipe: Recipe, seed: int, steps: int, n_train: int, n_test: int,
     """Identity of a run without its pruning entries (so dense and sparse runs pair up): the model, every
     data setting (dataset or files and columns, split sizes and seed), the training settings, seed, steps
     and split sizes; ``data_fingerprint``: the content of a user's data files (so that a file edited in
-    place is a new run), left out when None."""
+    place is a new run), left out when None. ``train.bf16`` counts as what it resolves to here
+    (:func:`resolve_bf16`), so ``auto`` and its value name the same run."""
+    train = {**dataclasses.asdict(recipe.train), "seed": seed, "bf16": resolve_bf16(recipe.train.bf16)}
     d = {"model": dataclasses.asdict(recipe.model), "data": dataclasses.asdict(recipe.data),
-         "train": {**dataclasses.asdict(recipe.train), "seed": seed}, "steps": steps,
+         "train": train, "steps": steps,
          "n_train": n_train, "n_test": n_test}
     if data_fingerprint is not None:
         d["data_fingerprint"] = data_fingerprint

@@ -77,3 +77,14 @@ def test_bf16_auto_resolves_to_what_the_hardware_runs_faster(monkeypatch):
     # the run, its cache key and its saved recipe see the resolved value
     assert ft.apply_overrides(recipe, None, None).train.bf16 is False
     assert ft.apply_overrides(recipe, 2, 5).train == dataclasses.replace(recipe.train, epochs=2, seed=5, bf16=False)
+
+
+def test_run_key_names_auto_and_its_resolution_alike(monkeypatch):
+    import sparse.finetune as ft
+
+    base = {"name": "t", "model": {"source": "minilm"}, "data": {"dataset": "bbc_news"}, "pruning": []}
+    auto, off, on = (load_recipe({**base, "train": {"bf16": v}}) for v in ("auto", False, True))
+    monkeypatch.setattr(ft, "cpu_has_amx", lambda: False)
+    assert ft.run_key(auto, 0, 2, 32, 16) == ft.run_key(off, 0, 2, 32, 16) != ft.run_key(on, 0, 2, 32, 16)
+    monkeypatch.setattr(ft, "cpu_has_amx", lambda: True)
+    assert ft.run_key(auto, 0, 2, 32, 16) == ft.run_key(on, 0, 2, 32, 16)

@@ -125,7 +125,7 @@ def test_block90_recipe_shipped():
     r = load_recipe(BLOCK90_FILE)
     e, = r.pruning
     assert e.kernel == "block-sparse" and e.pattern.block == (32, 32) and e.pattern.sparsity == 0.9
-    assert e.schedule.kind == "cubic" and e.final_step == 112 and e.refresh_every == 0
+    assert e.schedule.kind == "cubic" and e.final_step == 101 and e.refresh_every == 0
     assert r.train.fast_dropout
 
 
