@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -259,8 +260,10 @@ def apply_overrides(recipe: Recipe, epochs: int | None, seed: int | None) -> Rec
                                                     bf16=resolve_bf16(tc.bf16)))
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles (torch's own probe; False where this torch lacks it)."""
+    """Whether this CPU has AMX tiles (torch's own probe, asked once: ``resolve_bf16`` runs every step;
+    False where this torch lacks it)."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     try:
         return bool(probe()) if probe is not None else False
