@@ -47,6 +47,7 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -104,6 +105,7 @@ class FinetuneResult:
     n_val: int = 0
     dense_macro_f1: float | None = None
     label_names: list[str] = field(default_factory=list)
+    device: str = "cpu"   # where it trained (resolve_device)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -121,16 +123,19 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def inputs(self, idx) -> dict:
+    def inputs(self, idx, device: torch.device | str | None = None) -> dict:
         """The model inputs of rows ``idx``, without the trailing columns that are padding in every row:
         with right padding (BERT's) every real token keeps its position and its outputs, and a batch of
-        short texts costs what its longest text costs, not ``max_length`` (tweets: median 33 of 64)."""
+        short texts costs what its longest text costs, not ``max_length`` (tweets: median 33 of 64).
+        ``device``: where the model is (the split itself stays in host memory)."""
         mask = self.attention_mask[idx]
         used = mask.any(0).nonzero()
         width = int(used[-1]) + 1 if len(used) else mask.shape[-1]
         out = {"input_ids": self.input_ids[idx][:, :width], "attention_mask": mask[:, :width]}
         if self.token_type_ids is not None:
             out["token_type_ids"] = self.token_type_ids[idx][:, :width]
+        if device is not None:
+            out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
         return out
 
 
@@ -251,13 +256,51 @@ def check_out_dir(out_dir: str | None, overwrite: bool, name: str = "out_dir") -
         raise PermissionError(f"{name}: cannot write to {out_dir}: folder {base} is not writable")
 
 
-def apply_overrides(recipe: Recipe, epochs: int | None, seed: int | None) -> Recipe:
+def apply_overrides(recipe: Recipe, epochs: int | None, seed: int | None,
+                    device: torch.device | str = "cpu") -> Recipe:
     """``recipe`` with ``train.epochs`` / ``train.seed`` replaced where given and ``train.bf16: auto``
-    resolved (:func:`resolve_bf16`), so that the run, its cache key and its saved recipe say what ran."""
+    resolved for ``device`` (:func:`resolve_bf16`), so that the run, its cache key and its saved recipe
+    say what ran."""
     tc = recipe.train
     return recipe.replace(train=dataclasses.replace(tc, epochs=epochs or tc.epochs,
                                                     seed=tc.seed if seed is None else seed,
-                                                    bf16=resolve_bf16(tc.bf16)))
+                                                    bf16=resolve_bf16(tc.bf16, torch.device(device).type)))
+
+
+DEVICES = "cpu, cuda, cuda:N or auto"
+
+
+def resolve_device(device: "torch.device | str | None" = None) -> torch.device:
+    """Where :func:`finetune` trains: ``None`` or ``"cpu"`` -> the CPU (the default); ``"auto"`` -> the
+    current CUDA device when there is one, else the CPU; ``"cuda"`` / ``"cuda:N"`` -> that GPU, which must
+    exist. Raises ``ValueError`` naming ``device`` for anything else."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device: expected {DEVICES}, got {device!r}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"device: expected {DEVICES}, got {device!r} (sparse finetune trains on CPUs and "
+                         f"CUDA GPUs)")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} asks for a CUDA GPU, but torch sees none here "
+                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); use cpu or auto")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {device!r}, but torch sees {torch.cuda.device_count()} CUDA device(s) "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return dev
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter or buffer (the CPU for a model with neither)."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 @functools.lru_cache(maxsize=None)
@@ -481,7 +524,8 @@ def training_loss(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, re
     """Cross-entropy on one batch, or :func:`distill_loss` against ``teacher``'s logits; with an MLPruning
     ``pruner`` plus its regulariser, and the hidden-state MSE when ``mlpruning.distill`` asks for it."""
     hidden = teacher is not None and pruner is not None and recipe.mlpruning.distill is not None
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_bf16(recipe.train.bf16)):
+    dev = inputs["input_ids"].device.type
+    with torch.autocast(dev, dtype=torch.bfloat16, enabled=resolve_bf16(recipe.train.bf16, dev)):
         out = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
         if teacher is not None:
             with torch.no_grad():
@@ -505,10 +549,12 @@ def train_epoch(model: torch.nn.Module, opt: SparseOptimizer, sched, train: Spli
     """One pass over ``train`` in the order ``perm``, stopping at step ``total``; returns the step reached.
     ``step_seconds``: each step's wall time is appended to it."""
     bs = recipe.train.batch_size
+    device = model_device(model)
     for i in range(0, len(perm), bs):
         ts = time.perf_counter()
         idx = perm[i:i + bs]
-        loss = training_loss(model, train.inputs(idx), train.labels[idx], recipe, teacher, pruner)
+        loss = training_loss(model, train.inputs(idx, device), train.labels[idx].to(device, non_blocking=True),
+                             recipe, teacher, pruner)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
         loss.backward()
@@ -531,11 +577,12 @@ def evaluate(model, input_ids, attention_mask, labels, batch_size: int, bf16: bo
     """Accuracy (fraction) of ``model`` on pre-tokenised ``[N, L]`` int64 tensors and ``[N]`` labels."""
     model.eval()
     correct = 0
+    device = model_device(model)
     for i in range(0, len(labels), batch_size):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(input_ids=input_ids[i:i + batch_size],
-                           attention_mask=attention_mask[i:i + batch_size]).logits
-        correct += int((logits.argmax(-1) == labels[i:i + batch_size]).sum())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=input_ids[i:i + batch_size].to(device),
+                           attention_mask=attention_mask[i:i + batch_size].to(device)).logits
+        correct += int((logits.argmax(-1).cpu() == labels[i:i + batch_size]).sum())
     model.train()
     return correct / max(len(labels), 1)
 
@@ -547,14 +594,16 @@ def evaluate_split(model: torch.nn.Module, split: Split, recipe: Recipe) -> floa
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, split: Split, batch_size: int, bf16: bool) -> torch.Tensor:
-    """``[N]`` int64 predicted classes of ``model`` (eval mode while predicting) on a tokenised split."""
+    """``[N]`` int64 predicted classes of ``model`` (eval mode while predicting) on a tokenised split,
+    on the CPU whatever ``model``'s device (the batches go to it)."""
     was_training = model.training
     model.eval()
     out = []
+    device = model_device(model)
     for i in range(0, len(split), batch_size):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(**split.inputs(slice(i, i + batch_size))).logits
-        out.append(logits.argmax(-1))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**split.inputs(slice(i, i + batch_size), device)).logits
+        out.append(logits.argmax(-1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
@@ -580,8 +629,8 @@ def metrics(predicted: torch.Tensor, labels: torch.Tensor) -> dict:
 def score_split(model: torch.nn.Module, split: Split, recipe: Recipe) -> dict:
     """:func:`metrics` of ``model`` on a tokenised split, with the recipe's evaluation batch size and
     precision."""
-    return metrics(predict(model, split, recipe.train.eval_batch_size, resolve_bf16(recipe.train.bf16)),
-                   split.labels)
+    bf16 = resolve_bf16(recipe.train.bf16, model_device(model).type)
+    return metrics(predict(model, split, recipe.train.eval_batch_size, bf16), split.labels)
 
 
 def final_mask_step(recipe: Recipe) -> int:
@@ -727,7 +776,7 @@ def _save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
         # clone: tied/shared storages cannot be saved by safetensors as views
-        state = {k: v.detach().contiguous().clone() for k, v in dense_state_dict(model).items()}
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in dense_state_dict(model).items()}
         with atomic_file(os.path.join(out_dir, "model.safetensors"), force=True) as tmp:
             save_file(state, tmp, metadata={"recipe": recipe.name, "format": "pt"})
         if keep_sparse_modules and block_sparse_modules(model):
@@ -736,7 +785,7 @@ def _save_run(out_dir: str, model: torch.nn.Module, opt: SparseOptimizer, result
             for name in (SPARSE_MODULES_JSON, SPARSE_MODULES_FILE):
                 if os.path.isfile(os.path.join(out_dir, name)):
                     os.remove(os.path.join(out_dir, name))
-    masks = {k: v.contiguous() for k, v in opt.masks.items()}
+    masks = {k: v.cpu().contiguous() for k, v in opt.masks.items()}
     with atomic_file(os.path.join(out_dir, "masks.safetensors"), force=True) as tmp:
         save_file(masks, tmp, metadata={"recipe": recipe.name, "fingerprint": recipe.pruning_fingerprint()})
     atomic_write_json(os.path.join(out_dir, "result.json"), {**result.to_dict(), "recipe_config": recipe.to_dict()})
@@ -761,7 +810,7 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
              limit_train: int | None = None, limit_test: int | None = None, progress: bool = True,
              use_cache: bool = True,
              after: Callable[[torch.nn.Module, Callable[[torch.nn.Module], float]], dict] | None = None,
-             keep_sparse_modules: bool = False) -> FinetuneResult:
+             keep_sparse_modules: bool = False, device: torch.device | str | None = None) -> FinetuneResult:
     """Fine-tune ``recipe``'s model on its dataset, pruning as the recipe says.
 
     Args:
@@ -776,6 +825,9 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
         use_cache: read and write the dense-run cache (:func:`cache_dir`).
         keep_sparse_modules: also save the layers that run on a block-sparse kernel as such
             (``sparse_modules.safetensors`` / ``.json`` next to the dense-shaped model).
+        device: where to train (:func:`resolve_device`: ``cpu``, the default, ``cuda``, ``cuda:N`` or
+            ``auto``); the model, the teacher and each batch go there, ``train.bf16: auto`` is resolved for
+            it, and the saved run and ``result.device`` say which it was. The splits stay in host memory.
         after: called as ``after(model, test_accuracy)`` once training ends (with the chosen epoch's
             model), where ``test_accuracy(m)`` evaluates any model ``m`` on the run's test split; its dict
             is kept in ``result.extra`` (e.g. accuracy of the fine-tuned model pruned one-shot afterwards).
@@ -786,11 +838,15 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
     check_args(recipe, teacher, max_steps=max_steps, epochs=epochs, seed=seed, limit_train=limit_train,
                limit_test=limit_test)
     check_out_dir(out_dir, overwrite)
-    recipe = apply_overrides(recipe, epochs, seed)
+    dev = resolve_device(device)
+    recipe = apply_overrides(recipe, epochs, seed, dev)
     data = load_data(recipe, limit_train, limit_test)
     check_teacher_labels(teacher, len(data.label_names))
     plan = plan_run(recipe, len(data.train), len(data.test), max_steps, data.fingerprint)
-    model = build_model(recipe, data)
+    log.info("training on %s (bf16 autocast: %s)", dev, recipe.train.bf16)
+    model = build_model(recipe, data).to(dev)  # before the pruner and optimizer: their state follows it
+    if teacher is not None:
+        teacher = teacher.to(dev)
     use_dropout(model, recipe)
     pruner = build_pruner(model, recipe)
     opt, sched = build_optimizer(model, recipe, plan.total, pruner)
@@ -810,7 +866,7 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
                             notes=notes + trained.notes + data.notes, epoch_val_macro_f1=trained.epoch_macro_f1,
                             best_epoch=trained.best_epoch, n_val=len(data.val) if data.val is not None else 0,
                             dense_macro_f1=(dense_record or {}).get("macro_f1"),
-                            label_names=list(data.label_names), **scores)
+                            label_names=list(data.label_names), device=str(dev), **scores)
     if opt.kernel_step is not None and opt.kernel_step < plan.total:
         result.kernel_step = opt.kernel_step
         result.seconds_per_step_before_swap, result.seconds_per_step_after_swap = swap_timing(
@@ -873,20 +929,22 @@ def load_teacher(folder: str) -> torch.nn.Module:
 
 def resolve_teacher(recipe: Any, *, max_steps: int | None = None, epochs: int | None = None, seed: int | None = None,
                     limit_train: int | None = None, limit_test: int | None = None, progress: bool = True,
-                    use_cache: bool = True) -> torch.nn.Module | None:
+                    use_cache: bool = True, device: torch.device | str | None = None) -> torch.nn.Module | None:
     """The teacher that :func:`finetune` needs for ``recipe`` run with these arguments (the same ones, so
     that the dense teacher has the same settings, seed and steps), or None when it does not distil.
 
     ``distill.teacher`` is a model folder, or ``dense``: the cached dense run of the same settings
     (:func:`teacher_dir`); when there is none it is fine-tuned now, and cached (with ``use_cache``) or
     trained in a temporary folder that is removed once loaded. Resolve it before the student's run:
-    training a teacher moves torch's global RNG.
+    training a teacher moves torch's global RNG. ``device``: the student's (:func:`resolve_device`), where
+    a missing dense teacher trains; the teacher is returned on the CPU and :func:`finetune` moves it.
     """
     recipe = load_recipe(recipe)
     check_overrides(max_steps=max_steps, epochs=epochs, seed=seed, limit_train=limit_train, limit_test=limit_test)
     if recipe.distill is None:
         return None
-    recipe = apply_overrides(recipe, epochs, seed)
+    dev = resolve_device(device)
+    recipe = apply_overrides(recipe, epochs, seed, dev)
     if recipe.distill.teacher != "dense":
         return load_teacher(recipe.distill.teacher)
     texts = load_texts(recipe, limit_train, limit_test)
@@ -898,7 +956,7 @@ def resolve_teacher(recipe: Any, *, max_steps: int | None = None, epochs: int | 
     log.warning("distill: no cached dense teacher for this run (%s); fine-tuning it first", key)
     dense = recipe.replace(name=f"{recipe.name[:120]}-teacher", pruning=(), distill=None,  # names: <= 128
                            mlpruning=None)
-    kw = dict(max_steps=max_steps, limit_train=limit_train, limit_test=limit_test, progress=progress)
+    kw = dict(max_steps=max_steps, limit_train=limit_train, limit_test=limit_test, progress=progress, device=dev)
     if use_cache:
         finetune(dense, **kw)  # a cached dense run saves itself as the teacher (save_teacher)
         return load_teacher(folder)

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "entries (no retraining) and report that accuracy too")
     # --json is rewritten after every run, so partial results survive; --threads 1 is faster on a
     # contended machine
-    harness.add_common_arguments(parser)
+    harness.add_common_arguments(parser, devices=("cpu", "cuda"))  # where each run trains
 
 
 def oneshot_after(recipes) -> "callable":
@@ -191,9 +191,9 @@ def run(args) -> int:
                 continue
             out_dir = os.path.join(args.save_dir, f"{recipe.name}-seed{seed}") if args.save_dir else None
             teacher = resolve_teacher(recipe, seed=seed, max_steps=args.max_steps, epochs=args.epochs,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, device=args.device)
             res = finetune(recipe, seed=seed, max_steps=args.max_steps, epochs=args.epochs,
-                           progress=not args.no_progress, out_dir=out_dir, teacher=teacher,
+                           progress=not args.no_progress, out_dir=out_dir, teacher=teacher, device=args.device,
                            after=oneshot_after(oneshot) if oneshot and not recipe.pruning else None)
             log.info("%s seed %d: %.4f", recipe.name, seed, res.accuracy)
             print(f"{recipe.name} seed {seed}: validation accuracy {100 * res.val_accuracy:.2f}% macro-F1 "

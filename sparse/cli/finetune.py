@@ -96,6 +96,9 @@ def add_arguments(parser) -> None:
                              "kernel: block-sparse) as such: sparse_modules.safetensors + sparse_modules.json, "
                              "loaded by sparse.pruning.kernel_swap.load_block_sparse(model, folder); the "
                              "folder's model.safetensors is always the dense-shaped model")
+    parser.add_argument("--device", default="cpu",
+                        help="where to train: cpu (default), cuda, cuda:N, or auto (a CUDA GPU when torch sees "
+                             "one, else the CPU); train.bf16: auto is resolved for it")
     parser.add_argument("--no-fast-dropout", action="store_true",
                         help="PyTorch's own dropout instead of the fast dropout kernel (sets train.fast_dropout: "
                              "false): bit-exact comparison with plain PyTorch runs")
@@ -115,6 +118,13 @@ def check_arguments(args) -> None:
         raise ValueError(f"--threads: expected an integer in [1, {cpus}] (the CPUs here), got {args.threads}")
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         raise ValueError(f"--seed: expected an integer in [0, {MAX_SEED}], got {args.seed}")
+    if getattr(args, "device", None) is not None:
+        from ..finetune import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except ValueError as exc:
+            raise ValueError(f"--{exc}") from None
 
 
 def check_json(path: str | None, out: str, overwrite: bool) -> None:
@@ -174,7 +184,7 @@ def summary(res, recipe, out: str) -> str:
         what = f"pruned layers {len(pruned)}/{len(res.layers)}  valid {valid}/{len(pruned)}"
     lines = ["", format_report(res.layers), ""] if res.layers else [""]
     lines += [f"recipe        {res.recipe}  (seed {res.seed}, {res.steps} steps, {res.epochs_run:.2f} epochs, "
-              f"{res.seconds_per_step:.2f} s/step)",
+              f"{res.seconds_per_step:.2f} s/step on {getattr(res, 'device', 'cpu')})",
               what]
     lines += score_lines(res)
     if res.dense_accuracy is not None:
@@ -235,7 +245,7 @@ def run(args) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     run_args = dict(max_steps=args.max_steps, epochs=args.epochs, seed=args.seed, limit_train=args.limit_train,
-                    limit_test=args.limit_test, progress=not args.no_progress)
+                    limit_test=args.limit_test, progress=not args.no_progress, device=args.device)
     with interrupts_as_exceptions():  # SIGTERM unwinds like Ctrl-C: the atomic writers clean up
         teacher = ft.resolve_teacher(recipe, **run_args)
         res = ft.finetune(recipe, teacher=teacher, out_dir=out, overwrite=args.overwrite,

@@ -193,8 +193,10 @@ class MLPruner(nn.Module):
 
     def _add_unit(self, key: str, shape: tuple[int, ...], multiple: int, cfg: MLPruningConfig) -> None:
         k = math.prod(shape)
-        topk = TopKThreshold(k, init=cfg.threshold_init, multiple=multiple, grad=cfg.threshold_grad)
-        self.units[key] = _Unit(shape, topk, next(self.model.parameters()).device)
+        device = next(self.model.parameters()).device
+        # the threshold lives with the scores: its straight-through gradient is computed there
+        topk = TopKThreshold(k, init=cfg.threshold_init, multiple=multiple, grad=cfg.threshold_grad).to(device)
+        self.units[key] = _Unit(shape, topk, device)
         self._members[key] = []
 
     def _member(self, m: _Matrix, key: str, how: str, group: int) -> None:

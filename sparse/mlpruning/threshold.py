@@ -97,7 +97,7 @@ class TopKMask(torch.autograd.Function):
         else:
             s = torch.sigmoid(t.detach().to(kept_sum.dtype))
             gt = kept_sum * (ctx.k * s * (1.0 - s) / max(ctx.count, 1))
-        return g, gt.reshape(t.shape).to(t.dtype), None, None
+        return g, gt.reshape(t.shape).to(device=t.device, dtype=t.dtype), None, None
 
 
 class TopKThreshold(nn.Module):

@@ -195,7 +195,7 @@ def save_block_sparse(model: nn.Module, folder: str) -> dict:
     tensors, record = {}, {}
     for fqn, m in mods.items():
         bm = m.block_mask
-        tensors[f"{fqn}.weight_data"] = m.weight_data.detach().contiguous().clone()
+        tensors[f"{fqn}.weight_data"] = m.weight_data.detach().cpu().contiguous().clone()
         tensors[f"{fqn}.block_mask"] = bm.contiguous().cpu()
         record[fqn] = {"class": "BlockSparseLinear", "in_features": m.in_features, "out_features": m.out_features,
                        "block": m.block, "blocks_kept": int(bm.sum()), "bias": m.bias is not None,
