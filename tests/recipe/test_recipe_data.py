@@ -76,9 +76,12 @@ def test_bad_data_blocks(d, match):
 
 def test_shipped_tweets_recipes_share_model_data_and_training():
     rs = [load_recipe(os.path.join(ROOT, "recipes", f"minilm-tweets-{n}.yaml"))
-          for n in ("dense", "2of4-transposable", "4of8-transposable")]
+          for n in ("dense", "2of4-transposable", "4of8-transposable", "2of4-transposable-distill")]
     assert len({(r.model, r.data, r.train) for r in rs}) == 1
-    dense, t24, t48 = rs
+    dense, t24, t48, t24d = rs
+    # the distilled variant: the same pruning, a dense teacher of the same run (its cache key)
+    assert t24d.pruning == t24.pruning and t24.distill is None
+    assert (t24d.distill.teacher, t24d.distill.alpha, t24d.distill.temperature) == ("dense", 0.5, 2.0)
     assert not dense.pruning and dense.model.max_length == 64 and dense.data.dataset == "tweets"
     assert t24.pruning[0].pattern.transposable and (t24.pruning[0].pattern.n, t24.pruning[0].pattern.m) == (2, 4)
     # 4:8 one-shot after half an epoch, as on BBC: 12,000 / 16 = 750 steps per epoch
