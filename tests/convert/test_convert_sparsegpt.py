@@ -298,6 +298,6 @@ def test_reported_error_is_the_real_output_error(tmp_path, save_tiny_bert):
     x = xs[0].reshape(-1, xs[0].shape[-1])[enc["attention_mask"].reshape(-1).bool()]
     with torch.no_grad():
         y = layer(x)
-    y_new = x @ _weights(tmp_path / "out")[fqn + ".weight"].t() + layer.bias
+    y_new = x @ _weights(tmp_path / "out")[fqn + ".weight"].t() + layer.bias.detach()
     reported = next(c for c in rep.calibration if c.name == fqn + ".weight").error_after
     assert float((y_new - y).norm() / y.norm()) == pytest.approx(reported, rel=1e-3, abs=1e-5)
