@@ -152,7 +152,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args) -> int:
-    from ..finetune import finetune, resolve_teacher
+    from ..finetune import finetune, is_dense, resolve_teacher
     from ..recipe import load_recipe
 
     if args.resume and not args.json:
@@ -185,6 +185,9 @@ def run(args) -> int:
             with open(args.json, encoding="utf-8") as f:
                 runs = list(json.load(f)["runs"])
     done = {(r["recipe"], r["seed"]) for r in runs}
+    # a seed's dense recipes first: a recipe distilling from `dense` then finds that run cached as its
+    # teacher rather than training the same dense model again (recipes/minilm-tweets-*.yaml sorts dense last)
+    recipes = sorted(recipes, key=lambda r: not is_dense(r))
     for seed in args.seeds:
         for recipe in recipes:
             if (recipe.name, seed) in done:

@@ -62,3 +62,43 @@ def test_merge_prints_the_ranked_table(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[1] for line in lines[2:]] == ["dense", "t48", "t24"]
     assert [r["rank"] for r in json.loads(out.read_text())["summary"]] == [1, 2, 3]
+
+
+def test_dense_recipes_of_a_seed_run_first(tmp_path, monkeypatch):
+    """A distilling recipe listed before the dense one (as recipes/minilm-tweets-*.yaml sorts) finds the
+    dense run already done: one dense training per seed, not two."""
+    import argparse
+
+    import sparse.finetune as ft
+    from sparse.bench import accuracy
+
+    order = []
+
+    def fake_teacher(recipe, **kw):
+        order.append(("teacher", recipe.name, kw["seed"]))
+        return None
+
+    def fake_finetune(recipe, **kw):
+        order.append(("run", recipe.name, kw["seed"]))
+        return ft.FinetuneResult(recipe=recipe.name, seed=kw["seed"], steps=1, epochs_run=1.0, accuracy=0.5,
+                                 epoch_accuracy=[0.5], dense_accuracy=None, seconds=1.0, seconds_per_step=1.0,
+                                 n_train=1, n_test=1, macro_f1=0.5, val_accuracy=0.5, val_macro_f1=0.5,
+                                 epoch_val_macro_f1=[0.5], best_epoch=1)
+
+    monkeypatch.setattr(ft, "resolve_teacher", fake_teacher)
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    base = "model: {source: minilm}\ndata: {dataset: bbc_news}\n"
+    paths = []
+    for name, extra in (("a-distill", "distill: {teacher: dense}\npruning: []\n"), ("b-sparse", ""),
+                        ("z-dense", "pruning: []\n")):
+        body = extra if extra else ("pruning:\n  - name: e\n    targets: {types: [Linear]}\n"
+                                    "    pattern: {type: nm, n: 2, m: 4}\n")
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\n{base}{body}")
+        paths.append(str(tmp_path / f"{name}.yaml"))
+    parser = argparse.ArgumentParser()
+    accuracy.add_arguments(parser)
+    args = parser.parse_args(["--recipes", *paths, "--seeds", "0", "1", "--no-progress"])
+    accuracy.run(args)
+    runs = [(name, seed) for kind, name, seed in order if kind == "run"]
+    assert runs == [("z-dense", 0), ("a-distill", 0), ("b-sparse", 0), ("z-dense", 1), ("a-distill", 1),
+                    ("b-sparse", 1)]
