@@ -118,13 +118,12 @@ def check_arguments(args) -> None:
         raise ValueError(f"--threads: expected an integer in [1, {cpus}] (the CPUs here), got {args.threads}")
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         raise ValueError(f"--seed: expected an integer in [0, {MAX_SEED}], got {args.seed}")
-    if getattr(args, "device", None) is not None:
-        from ..finetune import resolve_device
+    from ..finetune import resolve_device
 
-        try:
-            resolve_device(args.device)
-        except ValueError as exc:
-            raise ValueError(f"--{exc}") from None
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        raise ValueError(f"--{exc}") from None
 
 
 def check_json(path: str | None, out: str, overwrite: bool) -> None:

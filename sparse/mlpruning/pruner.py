@@ -141,7 +141,7 @@ class MLPruner(nn.Module):
         fam, d = self.family, self.head_dim
         layers = encoder_layers(model, fam)
         prefixes = layer_prefixes(model, fam)
-        device = next(model.parameters()).device
+        device = self._units_device = next(model.parameters()).device  # scores and thresholds live here
         br, bc = cfg.block
         for i, layer in enumerate(layers):
             views = matrix_views(layer, fam)
@@ -189,14 +189,13 @@ class MLPruner(nn.Module):
             if m.linear is None and (m.row_unit or m.col_unit or m.block_unit):
                 raise ValueError(f"model: {m.name} is not an nn.Linear (already block-packed?); MLPruning masks "
                                  f"nn.Linear matrices only")
-        self._units_device = device
 
     def _add_unit(self, key: str, shape: tuple[int, ...], multiple: int, cfg: MLPruningConfig) -> None:
         k = math.prod(shape)
-        device = next(self.model.parameters()).device
         # the threshold lives with the scores: its straight-through gradient is computed there
-        topk = TopKThreshold(k, init=cfg.threshold_init, multiple=multiple, grad=cfg.threshold_grad).to(device)
-        self.units[key] = _Unit(shape, topk, device)
+        topk = TopKThreshold(k, init=cfg.threshold_init, multiple=multiple,
+                             grad=cfg.threshold_grad).to(self._units_device)
+        self.units[key] = _Unit(shape, topk, self._units_device)
         self._members[key] = []
 
     def _member(self, m: _Matrix, key: str, how: str, group: int) -> None:
