@@ -934,7 +934,8 @@ def resolve_teacher(recipe: Any, *, max_steps: int | None = None, epochs: int | 
     that the dense teacher has the same settings, seed and steps), or None when it does not distil.
 
     ``distill.teacher`` is a model folder, or ``dense``: the cached dense run of the same settings
-    (:func:`teacher_dir`); when there is none it is fine-tuned now, and cached (with ``use_cache``) or
+    (:func:`teacher_dir`; ``distill.teacher_train`` changes its lr or other optimizer settings from the
+    student's); when there is none it is fine-tuned now, and cached (with ``use_cache``) or
     trained in a temporary folder that is removed once loaded. Resolve it before the student's run:
     training a teacher moves torch's global RNG. ``device``: the student's (:func:`resolve_device`), where
     a missing dense teacher trains; the teacher is returned on the CPU and :func:`finetune` moves it.
@@ -947,6 +948,8 @@ def resolve_teacher(recipe: Any, *, max_steps: int | None = None, epochs: int | 
     recipe = apply_overrides(recipe, epochs, seed, dev)
     if recipe.distill.teacher != "dense":
         return load_teacher(recipe.distill.teacher)
+    # the teacher's own training settings (distill.teacher_train), so that its cache key is the dense run's
+    recipe = recipe.replace(train=recipe.distill.teacher_recipe_train(recipe.train))
     texts = load_texts(recipe, limit_train, limit_test)
     key = plan_run(recipe, len(texts.train_labels), len(texts.test_labels), max_steps,
                    data_fingerprint(recipe, texts)).key

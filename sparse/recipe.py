@@ -641,16 +641,44 @@ class DistillConfig:
     and steps: taken from the ``sparse finetune`` cache, trained first and cached when missing) or a
     path to a fine-tuned Hugging Face classifier folder. Loss: ``(1 - alpha) * CE(student, labels) +
     alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))``.
+
+    ``teacher_train`` (with ``teacher: dense`` only): the dense teacher's training settings where they
+    differ from the student's, one or more of ``lr``, ``head_lr``, ``weight_decay``, ``warmup_ratio``
+    (the keys that change neither the steps nor the seed). A student that must relearn much (90% block
+    sparsity) trains at a higher ``train.lr`` than its dense baseline; ``teacher_train: {lr: 1.0e-4}`` keeps
+    that baseline, cached once, as its teacher instead of fine-tuning a dense model at the student's lr.
     """
     teacher: str = "dense"
     alpha: float = 0.5
     temperature: float = 2.0
+    teacher_train: tuple[tuple[str, float], ...] = ()  # sorted (key, value) pairs
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "DistillConfig":
-        return _build(cls, d, where, {"teacher": _check(_name_or_path, TEACHERS, "a fine-tuned model folder"),
-                                      "alpha": _check(_float, 0.0, 1.0),
-                                      "temperature": _check(_float, 0.0, lo_open=True)})
+        cfg = _build(cls, d, where, {"teacher": _check(_name_or_path, TEACHERS, "a fine-tuned model folder"),
+                                     "alpha": _check(_float, 0.0, 1.0),
+                                     "temperature": _check(_float, 0.0, lo_open=True),
+                                     "teacher_train": _teacher_train})
+        if cfg.teacher_train and cfg.teacher != "dense":
+            raise RecipeError(f"{where}.teacher_train: only with teacher: dense (a model folder is already "
+                              f"trained), got teacher {_show(cfg.teacher)}")
+        return cfg
+
+    def teacher_recipe_train(self, train: "TrainConfig") -> "TrainConfig":
+        """The dense teacher's training settings: the student's ``train`` with ``teacher_train`` applied."""
+        return dataclasses.replace(train, **dict(self.teacher_train))
+
+
+TEACHER_TRAIN_KEYS: tuple[str, ...] = ("lr", "head_lr", "weight_decay", "warmup_ratio")
+
+
+def _teacher_train(v: Any, key: str) -> tuple[tuple[str, float], ...]:
+    d = _check_keys(v, TEACHER_TRAIN_KEYS, key, ())
+    if not d:
+        raise RecipeError(f"{key}: expected a mapping with one or more of {', '.join(TEACHER_TRAIN_KEYS)}, got {_got(v)}")
+    # TrainConfig checks each value as train.<key> would be checked
+    TrainConfig.from_dict(dict(d), key)
+    return tuple(sorted((k, float(x)) for k, x in d.items()))
 
 
 def _entries(v: Any, key: str) -> tuple[PruningEntry, ...]:
@@ -711,6 +739,10 @@ class Recipe:
         d = dataclasses.asdict(self)
         d.pop("source")
         d["pruning"] = [e.to_dict() for e in self.pruning]
+        if self.distill is not None:
+            d["distill"].pop("teacher_train")
+            if self.distill.teacher_train:
+                d["distill"]["teacher_train"] = dict(self.distill.teacher_train)
         return d
 
     def pruning_fingerprint(self) -> str:

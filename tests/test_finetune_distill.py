@@ -32,9 +32,47 @@ def test_distill_block_loads_strictly():
     for bad, match in [({"alpha": 1.5}, r"distill.alpha: expected .*\[0.0, 1.0\]"),
                        ({"temperature": 0}, "distill.temperature"),
                        ({"teacher": "bert"}, "distill.teacher: expected one of dense or a path"),
-                       ({"beta": 1}, "distill.beta: unknown key; allowed keys: teacher, alpha, temperature")]:
+                       ({"beta": 1}, "distill.beta: unknown key; allowed keys: teacher, alpha, temperature"),
+                       ({"teacher_train": {"epochs": 2}}, r"distill.teacher_train.epochs: unknown key; allowed "
+                                                          r"keys: lr, head_lr, weight_decay, warmup_ratio"),
+                       ({"teacher_train": {"lr": 0}}, r"distill.teacher_train.lr: expected a number in \(0.0"),
+                       ({"teacher_train": {}}, "distill.teacher_train: expected a mapping with one or more"),
+                       ({"teacher_train": 1e-4}, "distill.teacher_train: expected a mapping"),
+                       ({"teacher": "./run", "teacher_train": {"lr": 1e-4}},
+                        "distill.teacher_train: only with teacher: dense")]:
         with pytest.raises(RecipeError, match=match):
             load_recipe(_recipe(**bad))
+
+
+def test_teacher_train_sets_the_dense_teachers_settings_and_round_trips():
+    r = load_recipe(_recipe(teacher="dense", teacher_train={"lr": 1e-4, "warmup_ratio": 0.1}))
+    assert r.distill.teacher_train == (("lr", 1e-4), ("warmup_ratio", 0.1))
+    t = r.distill.teacher_recipe_train(r.train.__class__(lr=3e-4, head_lr=2e-3, seed=4))
+    assert (t.lr, t.warmup_ratio, t.head_lr, t.seed) == (1e-4, 0.1, 2e-3, 4)
+    assert load_recipe(r.to_dict()).distill == r.distill
+    assert "teacher_train" not in load_recipe(_recipe(teacher="dense")).to_dict()["distill"]
+
+
+def test_teacher_train_picks_the_dense_run_with_those_settings(tmp_path, monkeypatch):
+    """A student at lr 3e-4 with ``teacher_train: {lr: 1e-4}`` gets the dense run at lr 1e-4 as its
+    teacher: the cache folder of that run's key, not of its own settings (nothing is trained here)."""
+    import sparse.finetune as ft
+
+    monkeypatch.setenv("SPARSE_CACHE_DIR", str(tmp_path / "cache"))
+    d = _recipe(teacher="dense", teacher_train={"lr": 1e-4})
+    d["train"]["lr"] = 3e-4
+    student = load_recipe(d)
+    dense = load_recipe(_recipe(teacher="dense")).replace(distill=None, pruning=())
+    kw = dict(max_steps=2, limit_train=32, limit_test=16, progress=False)
+    assert dense.train.lr == 1e-4 and student.train.lr == 3e-4
+    loaded = []
+    monkeypatch.setattr(ft, "load_teacher", lambda folder: loaded.append(folder) or "teacher")
+    want = teacher_dir(run_key(dense, 0, 2, 32, 16))
+    assert want != teacher_dir(run_key(student, 0, 2, 32, 16))
+    os.makedirs(want)
+    open(os.path.join(want, "model.safetensors"), "wb").close()
+    assert resolve_teacher(student, **kw) == "teacher"
+    assert loaded == [want]
 
 
 def test_distill_loss_limits_and_gradient():
