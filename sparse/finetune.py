@@ -201,6 +201,15 @@ def teacher_dir(key: str) -> str:
     return os.path.join(cache_dir(), "teachers", key)
 
 
+def baseline_recipe(recipe: Recipe) -> Recipe:
+    """The dense run ``recipe`` compares to and, with ``distill: {teacher: dense}``, distils from: its
+    model, data and training settings, with ``distill.teacher_train`` applied (a sparse recipe may train
+    at another lr than its dense baseline). Its :func:`plan_run` key finds the cached accuracy and model."""
+    if recipe.distill is not None and recipe.distill.teacher_train:
+        return recipe.replace(train=recipe.distill.teacher_recipe_train(recipe.train))
+    return recipe
+
+
 def is_dense(recipe: Recipe) -> bool:
     """A plain dense fine-tune: the run whose accuracy and model are cached for the others."""
     return not recipe.pruning and recipe.distill is None and recipe.mlpruning is None
@@ -856,8 +865,10 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
     best = trained.best_epoch - 1
     scores = {"macro_f1": test["macro_f1"], "val_accuracy": trained.epoch_accuracy[best],
               "val_macro_f1": trained.epoch_macro_f1[best]}
-    dense_accuracy = cache_accuracy(recipe, plan, test["accuracy"], scores) if use_cache else None
-    dense_record = cached_dense(plan) if use_cache and dense_accuracy is not None else None
+    base = plan if is_dense(recipe) else plan_run(baseline_recipe(recipe), len(data.train), len(data.test),
+                                                   max_steps, data.fingerprint)
+    dense_accuracy = cache_accuracy(recipe, base, test["accuracy"], scores) if use_cache else None
+    dense_record = cached_dense(base) if use_cache and dense_accuracy is not None else None
     result = FinetuneResult(recipe=recipe.name, seed=recipe.train.seed, steps=plan.total,
                             epochs_run=plan.total / plan.steps_per_epoch, accuracy=test["accuracy"],
                             epoch_accuracy=trained.epoch_accuracy, dense_accuracy=dense_accuracy,
@@ -948,8 +959,7 @@ def resolve_teacher(recipe: Any, *, max_steps: int | None = None, epochs: int | 
     recipe = apply_overrides(recipe, epochs, seed, dev)
     if recipe.distill.teacher != "dense":
         return load_teacher(recipe.distill.teacher)
-    # the teacher's own training settings (distill.teacher_train), so that its cache key is the dense run's
-    recipe = recipe.replace(train=recipe.distill.teacher_recipe_train(recipe.train))
+    recipe = baseline_recipe(recipe)  # distill.teacher_train: the dense run's own settings and cache key
     texts = load_texts(recipe, limit_train, limit_test)
     key = plan_run(recipe, len(texts.train_labels), len(texts.test_labels), max_steps,
                    data_fingerprint(recipe, texts)).key

@@ -32,7 +32,7 @@ def test_distill_block_loads_strictly():
     for bad, match in [({"alpha": 1.5}, r"distill.alpha: expected .*\[0.0, 1.0\]"),
                        ({"temperature": 0}, "distill.temperature"),
                        ({"teacher": "bert"}, "distill.teacher: expected one of dense or a path"),
-                       ({"beta": 1}, "distill.beta: unknown key; allowed keys: teacher, alpha, temperature"),
+                       ({"beta": 1}, "distill.beta: unknown key; allowed keys: teacher, alpha, temperature, teacher_train"),
                        ({"teacher_train": {"epochs": 2}}, r"distill.teacher_train.epochs: unknown key; allowed "
                                                           r"keys: lr, head_lr, weight_decay, warmup_ratio"),
                        ({"teacher_train": {"lr": 0}}, r"distill.teacher_train.lr: expected a number in \(0.0"),
@@ -73,6 +73,9 @@ def test_teacher_train_picks_the_dense_run_with_those_settings(tmp_path, monkeyp
     open(os.path.join(want, "model.safetensors"), "wb").close()
     assert resolve_teacher(student, **kw) == "teacher"
     assert loaded == [want]
+    # the same run is the one the student's accuracy is compared to (finetune's dense_accuracy)
+    assert ft.plan_run(ft.baseline_recipe(student), 32, 16, 2).key == ft.plan_run(dense, 32, 16, 2).key
+    assert ft.baseline_recipe(dense) is dense
 
 
 def test_distill_loss_limits_and_gradient():

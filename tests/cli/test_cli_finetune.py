@@ -127,6 +127,11 @@ def test_block90_recipe_shipped():
     assert e.kernel == "block-sparse" and e.pattern.block == (32, 32) and e.pattern.sparsity == 0.9
     assert e.schedule.kind == "cubic" and e.final_step == 101 and e.refresh_every == 0
     assert r.train.fast_dropout
+    # distilled at 10x the dense lr from the dense baseline itself: its teacher is minilm-bbc-dense's run
+    dense = load_recipe(os.path.join(ROOT, "recipes", "minilm-bbc-dense.yaml"))
+    assert r.distill.teacher == "dense" and r.train.lr == 10 * dense.train.lr
+    teacher = r.replace(train=r.distill.teacher_recipe_train(r.train), pruning=(), distill=None)
+    assert teacher.train == dense.train and teacher.model == dense.model and teacher.data == dense.data
 
 
 def test_block90_smoke_swaps_saves_and_reloads(tmp_path, capsys):
@@ -144,6 +149,7 @@ def test_block90_smoke_swaps_saves_and_reloads(tmp_path, capsys):
     with open(BLOCK90_FILE, encoding="utf-8") as f:
         d = yaml.safe_load(f)
     d["pruning"][0]["schedule"].update(end_step=2, frequency=1)
+    del d["distill"]  # the swap is under test here; distillation has its own tests
     recipe_path = tmp_path / "block90.yaml"
     recipe_path.write_text(yaml.safe_dump(d))
     out, js = tmp_path / "run", tmp_path / "r.json"

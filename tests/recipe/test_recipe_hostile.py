@@ -64,7 +64,7 @@ WRONG_TYPES = [
     (top(train={"bf16": "yes"}), r"^train\.bf16: expected true, false or auto, got str 'yes'"),
     (top(train={"bf16": 1}), r"^train\.bf16: expected true, false or auto, got int 1"),
     (top(train={"seed": None}), r"^train\.seed: expected an integer, got NoneType None"),
-    (top(distill="dense"), r"^distill: expected a mapping with keys teacher, alpha, temperature, got str"),
+    (top(distill="dense"), r"^distill: expected a mapping with keys teacher, alpha, temperature, teacher_train, got str"),
     (top(distill={"alpha": "half"}), r"^distill\.alpha: expected a number, got 'half'"),
     (top(pruning="2:4"), r"^pruning: expected a list of pruning entries, got str"),
     (top(pruning=[None]), r"^pruning\[0\]: expected a mapping with keys name, targets, .*got NoneType None"),
@@ -106,7 +106,7 @@ UNKNOWN_KEYS = [
                                   r"test_path, text, label, text_pair, encoding, test_size, val_size, train_size, "
                                   r"split_seed"),
     (top(train={"steps": 3}), r"^train\.steps: unknown key; allowed keys: epochs, batch_size"),
-    (top(distill={"beta": 1}), r"^distill\.beta: unknown key; allowed keys: teacher, alpha, temperature"),
+    (top(distill={"beta": 1}), r"^distill\.beta: unknown key; allowed keys: teacher, alpha, temperature, teacher_train"),
     (entry(when=3), r"^pruning\[0\]\.when: unknown key; allowed keys: name, targets, pattern"),
     (entry(targets={"regex": "x"}), r"^pruning\[0\]\.targets\.regex: unknown key; allowed keys: types, include"),
     ({"name": "t", "pruning": [{"pattern": {**NM, "dim": 0}}]}, r"pattern\.dim: unknown key; allowed keys: type, n, m"),
