@@ -32,6 +32,11 @@ def test_shipped_recipes_load():
     assert not is_dense(one) and not is_dense(two)
     dense = load_recipe(os.path.join(ROOT, "recipes", "minilm-bbc-dense.yaml"))
     assert (one.model, one.data, one.train) == (dense.model, dense.data, dense.train)  # shares the dense teacher
+    # the faster allocation: heads and FFN rows only, the same run otherwise (and the same teacher)
+    ffn = load_recipe(os.path.join(ROOT, "recipes", "mlpruning-minilm-bbc-ffn.yaml"))
+    assert ffn.mlpruning.rows == ("ffn_in",) and ffn.mlpruning.levels == one.mlpruning.levels
+    assert ffn.mlpruning.target == one.mlpruning.target and ffn.mlpruning.row_multiple == 32
+    assert (ffn.model, ffn.data, ffn.train, ffn.distill) == (one.model, one.data, one.train, one.distill)
 
 
 def test_mlpruning_block_is_strict():
