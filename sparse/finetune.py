@@ -528,21 +528,65 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
     return (1.0 - alpha) * ce + alpha * kd
 
 
+def needs_hidden_states(recipe: Recipe, teacher: torch.nn.Module | None, pruner=None) -> bool:
+    """Whether distillation compares hidden states too (MLPruning's ``mlpruning.distill``), not only logits."""
+    return teacher is not None and pruner is not None and recipe.mlpruning.distill is not None
+
+
+class TeacherLogits:
+    """The frozen teacher's logits per training example, computed on an example's first batch and reused in
+    later epochs (``[N, C]`` fp32 on the host, exactly the values :func:`distill_loss` reads).
+
+    The teacher is in eval mode and draws no random numbers, so its logits for an example do not change
+    between epochs; reusing them leaves the run's random stream as it was and drops the teacher's forward
+    from every step after the first epoch (with fixed-length padding the run is the same up to float
+    rounding; with batches cut to their longest sequence the reused logits were computed with another
+    batch's padding). Hidden-state distillation needs the teacher's activations each step and does not
+    use this.
+    """
+
+    def __init__(self, n: int):
+        self.logits: torch.Tensor | None = None
+        self.known = torch.zeros(n, dtype=torch.bool)
+
+    def get(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """``[B, C]`` fp32 logits of examples ``idx`` (``[B]`` int64), or None unless all are known."""
+        if self.logits is None or not bool(self.known[idx].all()):
+            return None
+        return self.logits[idx]
+
+    def put(self, idx: torch.Tensor, logits: torch.Tensor) -> None:
+        logits = logits.detach().float().cpu()
+        if self.logits is None:
+            self.logits = torch.zeros(len(self.known), logits.shape[-1])
+        self.logits[idx] = logits
+        self.known[idx] = True
+
+
 def training_loss(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, recipe: Recipe,
-                  teacher: torch.nn.Module | None, pruner=None) -> torch.Tensor:
+                  teacher: torch.nn.Module | None, pruner=None, teacher_logits: TeacherLogits | None = None,
+                  idx: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy on one batch, or :func:`distill_loss` against ``teacher``'s logits; with an MLPruning
-    ``pruner`` plus its regulariser, and the hidden-state MSE when ``mlpruning.distill`` asks for it."""
-    hidden = teacher is not None and pruner is not None and recipe.mlpruning.distill is not None
+    ``pruner`` plus its regulariser, and the hidden-state MSE when ``mlpruning.distill`` asks for it.
+    ``teacher_logits`` with the batch's example indices ``idx``: the teacher runs only for examples it has
+    not seen (:class:`TeacherLogits`)."""
+    hidden = needs_hidden_states(recipe, teacher, pruner)
     dev = inputs["input_ids"].device.type
+    memo = teacher_logits if teacher is not None and not hidden and idx is not None else None
+    t_logits = memo.get(idx) if memo is not None else None
     with torch.autocast(dev, dtype=torch.bfloat16, enabled=resolve_bf16(recipe.train.bf16, dev)):
         out = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
-        if teacher is not None:
+        if teacher is not None and t_logits is None:
             with torch.no_grad():
                 t_out = teacher(**inputs, output_hidden_states=True) if hidden else teacher(**inputs)
+            t_logits = t_out.logits
+            if memo is not None:
+                memo.put(idx, t_logits)
     if teacher is None:
         loss = F.cross_entropy(out.logits.float(), labels)
     else:
-        loss = distill_loss(out.logits, t_out.logits, labels, recipe.distill.alpha, recipe.distill.temperature)
+        loss = distill_loss(out.logits, t_logits.to(out.logits.device), labels, recipe.distill.alpha,
+                            recipe.distill.temperature)
     if hidden:
         from .mlpruning.distill import hidden_mse_loss
 
@@ -554,16 +598,16 @@ def training_loss(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, re
 
 def train_epoch(model: torch.nn.Module, opt: SparseOptimizer, sched, train: Split, perm: torch.Tensor,
                 recipe: Recipe, teacher: torch.nn.Module | None, step: int, total: int, bar, pruner=None,
-                step_seconds: list[float] | None = None) -> int:
+                step_seconds: list[float] | None = None, teacher_logits: TeacherLogits | None = None) -> int:
     """One pass over ``train`` in the order ``perm``, stopping at step ``total``; returns the step reached.
-    ``step_seconds``: each step's wall time is appended to it."""
+    ``step_seconds``: each step's wall time is appended to it; ``teacher_logits``: see :func:`training_loss`."""
     bs = recipe.train.batch_size
     device = model_device(model)
     for i in range(0, len(perm), bs):
         ts = time.perf_counter()
         idx = perm[i:i + bs]
         loss = training_loss(model, train.inputs(idx, device), train.labels[idx].to(device, non_blocking=True),
-                             recipe, teacher, pruner)
+                             recipe, teacher, pruner, teacher_logits, idx)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr")
         loss.backward()
@@ -678,11 +722,12 @@ def train(model: torch.nn.Module, opt: SparseOptimizer, sched, data: RunData, re
     train_time = 0.0
     step_seconds: list[float] = []
     bar = tqdm(total=total, desc=f"finetune {recipe.name}", unit="step", disable=not progress)
+    memo = TeacherLogits(len(data.train)) if teacher is not None else None
     while step < total:
         perm = torch.randperm(len(data.train), generator=gen)
         ts = time.perf_counter()
         step = train_epoch(model, opt, sched, data.train, perm, recipe, teacher, step, total, bar, pruner,
-                           step_seconds)
+                           step_seconds, memo)
         train_time += time.perf_counter() - ts
         scores = score_split(model, held_out, recipe)
         epoch_acc.append(scores["accuracy"])

@@ -157,3 +157,45 @@ def test_teacher_folder_errors(tmp_path):
     r = load_recipe(_recipe(teacher=str(tmp_path / "three")))
     with pytest.raises(ValueError, match="classifies 3 labels, the dataset has 5"):
         finetune(r, teacher=resolve_teacher(r, **kw), **kw)
+
+
+def test_teacher_logits_memo_unit():
+    from sparse.finetune import TeacherLogits
+
+    memo = TeacherLogits(5)
+    idx = torch.tensor([3, 0])
+    assert memo.get(idx) is None
+    memo.put(idx, torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.bfloat16))
+    assert torch.equal(memo.get(torch.tensor([0, 3])), torch.tensor([[3.0, 4.0], [1.0, 2.0]]))
+    assert memo.get(torch.tensor([0, 1])) is None  # example 1 not seen yet
+    assert memo.logits.dtype == torch.float32
+
+
+def test_teacher_runs_in_the_first_epoch_only_and_changes_nothing(tmp_path, monkeypatch):
+    """A distilled run calls the frozen teacher once per example (its first epoch) and reuses the logits
+    after; the trained model equals the one trained with the teacher run at every step (float rounding)."""
+    pytest.importorskip("transformers")
+    import sparse.finetune as ft
+
+    monkeypatch.setenv("SPARSE_CACHE_DIR", str(tmp_path / "cache"))
+    r = load_recipe(_recipe(teacher="dense", alpha=0.5, temperature=2.0))
+    kw = dict(epochs=2, limit_train=24, limit_test=4, progress=False)
+    teacher = resolve_teacher(r, **kw)
+    rows = []
+    hook = teacher.register_forward_pre_hook(lambda m, a, k: rows.append(k["input_ids"].shape[0]), with_kwargs=True)
+    torch.manual_seed(0)
+    memo_run = finetune(r, teacher=teacher, out_dir=str(tmp_path / "memo"), **kw)
+    n_train = memo_run.n_train
+    assert sum(rows) == n_train and memo_run.steps == 2 * len(rows)  # one epoch of teacher calls, two of steps
+    rows.clear()
+    monkeypatch.setattr(ft.TeacherLogits, "get", lambda self, idx: None)  # the teacher at every step
+    torch.manual_seed(0)
+    every = finetune(r, teacher=teacher, out_dir=str(tmp_path / "every"), **kw)
+    hook.remove()
+    assert sum(rows) == 2 * n_train
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "memo" / "model.safetensors")), load_file(str(tmp_path / "every" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert every.accuracy == memo_run.accuracy
