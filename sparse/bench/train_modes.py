@@ -17,6 +17,7 @@ Modes (:func:`parse_mode`, an explicit registry of families that raises on unkno
 * ``mlprunedNN``: :class:`sparse.mlpruning.MLPruner` one-shot (heads and rows, magnitude scores) to
   NN % of the encoder Linear weights pruned, then packed (pruned heads and rows physically removed);
   whole Hugging Face encoders only (``--model minilm``), unavailable elsewhere with the reason.
+  ``mlprunedNN-ffn``: the same with heads and FFN intermediate rows only (``recipes/mlpruning-minilm-bbc-ffn``).
 * ``packed:DIR``: a packed MLPruning run folder (``sparse finetune mlpruning-minilm-bbc`` saves one;
   :func:`sparse.mlpruning.load_packed`), i.e. the model the fine-tune really trained, with its learned
   per-layer head counts and widths (and ``BlockSparseLinear`` matrices after the block stage); checked
@@ -223,6 +224,7 @@ class Mode:
     transposable: bool = False
     sparsity: float = 0.0
     path: str = ""  # packed: the packed MLPruning folder
+    rows: tuple[str, ...] = ()  # mlpruned: the row kinds cut (empty: MLPruning's default, all three)
 
     def pattern(self):
         """The :mod:`sparse.pruning.patterns` object of this mode (None for dense and mlpruned)."""
@@ -243,14 +245,17 @@ class Mode:
             return f"BlockSparseLinear, {BLOCK}x{BLOCK} blocks {100 * self.sparsity:g}% pruned"
         if self.kind == "packed":
             return f"packed MLPruning run {self.path}"
-        return f"MLPruning heads+rows, {100 * self.sparsity:g}% of the encoder weights pruned, packed"
+        what = "heads+FFN rows" if self.rows == ("ffn_in",) else "heads+rows"
+        return f"MLPruning {what}, {100 * self.sparsity:g}% of the encoder weights pruned, packed"
 
 
 _NM = re.compile(r"(?P<n>\d+)of(?P<m>\d+)(?P<t>-t)?")
 _PCT = re.compile(r"(?P<family>block|mlpruned)(?P<pct>\d+)")
+_MLP_FFN = re.compile(r"mlpruned(?P<pct>\d+)-ffn")
 MODE_FORMS = ("dense", "NofM (masked dense N:M, e.g. 2of4)", "NofM-t (transposable, e.g. 2of4-t, 4of8-t)",
               "blockNN (NN% of 32x32 blocks pruned, BlockSparseLinear; e.g. block50, block90)",
               "mlprunedNN (MLPruning heads+rows, NN% of encoder weights pruned, packed; e.g. mlpruned50)",
+              "mlprunedNN-ffn (the same with heads and FFN rows only, as mlpruning-minilm-bbc-ffn; e.g. mlpruned50-ffn)",
               "packed:DIR (a packed MLPruning run folder, e.g. packed:sparse-runs/mlpruning-minilm-bbc-seed0)")
 
 
@@ -276,6 +281,9 @@ def parse_mode(name: str) -> Mode:
     match = _PCT.fullmatch(text)
     if match and 0 < int(match["pct"]) < 100:
         return Mode(text, match["family"], sparsity=int(match["pct"]) / 100)
+    match = _MLP_FFN.fullmatch(text)
+    if match and 0 < int(match["pct"]) < 100:
+        return Mode(text, "mlpruned", sparsity=int(match["pct"]) / 100, rows=("ffn_in",))
     raise ValueError(f"--modes: unknown mode {name!r}; valid modes: {'; '.join(MODE_FORMS)}")
 
 
@@ -372,13 +380,14 @@ def build_block(mode: Mode, work: Workload, device) -> Prepared:
 
 
 def build_mlpruned(mode: Mode, work: Workload, device) -> Prepared:
-    """MLPruning one-shot to ``1 - sparsity`` of the encoder Linear weights (heads and rows, magnitude
-    scores), packed: a physically smaller dense model. The pruner's masked model is the reference."""
+    """MLPruning one-shot to ``1 - sparsity`` of the encoder Linear weights (heads and rows, or heads and
+    FFN rows for ``-ffn``; magnitude scores), packed: a physically smaller dense model. The pruner's masked model is the reference."""
     from sparse.mlpruning import MLPruner
 
     masked = copy.deepcopy(work.model)
     keep = 1.0 - mode.sparsity
-    pruner = MLPruner(masked, {"levels": ["heads", "rows"], "target": keep})
+    cfg = {"levels": ["heads", "rows"], "target": keep, **({"rows": list(mode.rows)} if mode.rows else {})}
+    pruner = MLPruner(masked, cfg)
     kept = pruner.one_shot(keep)
     packed = pruner.pack()
     return Prepared(mode, packed, _adamw(packed), "torch (packed: heads and rows removed)",

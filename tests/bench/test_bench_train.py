@@ -134,6 +134,10 @@ def test_unknown_mode_is_a_clear_error(capsys):
     with pytest.raises(ValueError, match="unknown mode 'block100'"):
         tm.parse_mode("block100")
     assert tm.parse_mode("4of8-t") == tm.Mode("4of8-t", "nm", n=4, m=8, transposable=True)
+    assert tm.parse_mode("mlpruned50-ffn") == tm.Mode("mlpruned50-ffn", "mlpruned", sparsity=0.5, rows=("ffn_in",))
+    for bad in ("mlpruned100-ffn", "mlpruned50-attn", "block50-ffn"):
+        with pytest.raises(ValueError, match=f"unknown mode '{bad}'.*mlprunedNN-ffn"):
+            tm.parse_mode(bad)
 
 
 def test_a_mode_that_does_not_fit_the_model_is_unavailable_with_the_reason(tmp_path, tiny_layer):
@@ -201,15 +205,24 @@ def test_plot_writes_a_png(tmp_path, tiny_layer):
 def test_minilm_dense_block_and_mlpruned(tmp_path, minilm_dir, monkeypatch):
     """The real MiniLM: block90 and the packed MLPruning model pass the check (mlpruned against the
     pruner's masked model, on the gradients that kept their shape: embeddings, norms, head)."""
-    argv = ["--model", "minilm", "--modes", "dense,block90,mlpruned50", "--batch", "1", "--seq", "8",
+    argv = ["--model", "minilm", "--modes", "dense,block90,mlpruned50,mlpruned50-ffn", "--batch", "1", "--seq", "8",
             "--steps", "1", "--warmup", "0", "--threads", "1"]
     recs = _by_mode(_run(tmp_path, argv))
-    for name in ("dense", "block90", "mlpruned50"):
+    for name in ("dense", "block90", "mlpruned50", "mlpruned50-ffn"):
         assert recs[name]["correct"] is True, recs[name]["check"]
         assert isinstance(recs[name]["step_ms"], float) and recs[name]["breakdown"]["linear"] > 0
     ml = recs["mlpruned50"]
     assert 0 < ml["check"]["compared_grads"] < recs["dense"]["check"]["compared_grads"]
     assert "remain" in ml["note"]
+    # -ffn: heads and FFN rows only, so no residual-channel rows are scattered back and the FFN is narrower
+    work = tm.MODELS["minilm"](1, 8, torch.device("cpu"))
+    from sparse.mlpruning.pack import RowPrunedLinear
+
+    both = {m: tm.build(tm.parse_mode(m), work, "cpu").model for m in ("mlpruned50", "mlpruned50-ffn")}
+    assert any(isinstance(x, RowPrunedLinear) for x in both["mlpruned50"].modules())
+    assert not any(isinstance(x, RowPrunedLinear) for x in both["mlpruned50-ffn"].modules())
+    ffn_width = [layer.intermediate.dense.out_features for layer in both["mlpruned50-ffn"].bert.encoder.layer]
+    assert max(ffn_width) < 1536 and "heads+FFN rows" in tm.parse_mode("mlpruned50-ffn").describe()
     # from_pretrained hands over an eval-mode model; the timed steps must train (dropout on)
     work = tm.MODELS["minilm"](1, 8, torch.device("cpu"))
     assert not work.model.training
