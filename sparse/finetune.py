@@ -528,11 +528,6 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
     return (1.0 - alpha) * ce + alpha * kd
 
 
-def needs_hidden_states(recipe: Recipe, teacher: torch.nn.Module | None, pruner=None) -> bool:
-    """Whether distillation compares hidden states too (MLPruning's ``mlpruning.distill``), not only logits."""
-    return teacher is not None and pruner is not None and recipe.mlpruning.distill is not None
-
-
 class TeacherLogits:
     """The frozen teacher's logits per training example, computed on an example's first batch and reused in
     later epochs (``[N, C]`` fp32 on the host, exactly the values :func:`distill_loss` reads).
@@ -570,7 +565,7 @@ def training_loss(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, re
     ``pruner`` plus its regulariser, and the hidden-state MSE when ``mlpruning.distill`` asks for it.
     ``teacher_logits`` with the batch's example indices ``idx``: the teacher runs only for examples it has
     not seen (:class:`TeacherLogits`)."""
-    hidden = needs_hidden_states(recipe, teacher, pruner)
+    hidden = teacher is not None and pruner is not None and recipe.mlpruning.distill is not None
     dev = inputs["input_ids"].device.type
     memo = teacher_logits if teacher is not None and not hidden and idx is not None else None
     t_logits = memo.get(idx) if memo is not None else None
@@ -910,8 +905,7 @@ def finetune(recipe: Any, *, teacher: torch.nn.Module | None = None, max_steps: 
     best = trained.best_epoch - 1
     scores = {"macro_f1": test["macro_f1"], "val_accuracy": trained.epoch_accuracy[best],
               "val_macro_f1": trained.epoch_macro_f1[best]}
-    base = plan if is_dense(recipe) else plan_run(baseline_recipe(recipe), len(data.train), len(data.test),
-                                                   max_steps, data.fingerprint)
+    base = plan_run(baseline_recipe(recipe), len(data.train), len(data.test), max_steps, data.fingerprint)
     dense_accuracy = cache_accuracy(recipe, base, test["accuracy"], scores) if use_cache else None
     dense_record = cached_dense(base) if use_cache and dense_accuracy is not None else None
     result = FinetuneResult(recipe=recipe.name, seed=recipe.train.seed, steps=plan.total,
