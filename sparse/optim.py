@@ -59,6 +59,21 @@ _SPARSE_KEYS = ("version", "recipe", "recipe_name", "step", "masks", "dense", "s
 _SPARSE_REQUIRED = ("version", "recipe", "step", "masks", "dense", "sparsity")
 
 
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """``torch.optim.AdamW(params, **kwargs)`` as ``sparse finetune`` runs it: fused (one kernel over all
+    tensors) when every parameter is a floating-point CPU or CUDA tensor, else torch's default
+    (foreach). ``params``: parameters or parameter groups, as for AdamW; ``fused`` in ``kwargs`` wins.
+
+    Why: on a CPU the fused step is 4.6x faster than foreach for MiniLM's 22.7M parameters (157 -> 34 ms
+    a step at 1 thread, AVX512-BF16 Xeon), a tenth of a short-sequence training step."""
+    params = list(params)
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, Mapping) else [g])]
+    if "fused" not in kwargs:
+        fusable = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+        kwargs["fused"] = True if fusable else None
+    return torch.optim.AdamW(params, **kwargs)
+
+
 class SparseOptimizer:
     """Wrap ``optimizer`` so the recipe's target weights of ``model`` stay inside their masks.
 

@@ -198,6 +198,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--fast-dropout", action=argparse.BooleanOptionalAction, default=True,
                         help="use sparse.nn.use_fast_dropout on every mode's model (default on; reported "
                              "unavailable while it does not exist)")
+    parser.add_argument("--no-dropout", action="store_true",
+                        help="every dropout of every mode's model at p = 0 (no random numbers drawn): the step "
+                             "without dropout, the bound on what any dropout kernel can save; instead of "
+                             "--fast-dropout")
     parser.add_argument("--plot", metavar="PATH", default=None,
                         help="write a PNG bar chart of step time and speedup per mode (needs matplotlib)")
     parser.add_argument("--seed", type=int, default=0)
@@ -483,7 +487,12 @@ def run(args) -> int:
     device = harness.setup(args)
     torch.manual_seed(args.seed)
     work = tm.MODELS[args.model](args.batch, args.seq, device, seed=args.seed)
-    fast_fn, dropout_line = tm.fast_dropout_hook() if args.fast_dropout else (None, "torch dropout (--no-fast-dropout)")
+    if args.no_dropout:
+        fast_fn, dropout_line = None, "no dropout (--no-dropout: every dropout at p = 0, the bound for any dropout kernel)"
+    elif args.fast_dropout:
+        fast_fn, dropout_line = tm.fast_dropout_hook()
+    else:
+        fast_fn, dropout_line = None, "torch dropout (--no-fast-dropout)"
     machine = machine_info(device, args.dtype)
     print(f"sparse bench train: {args.model} ({work.info.get('shape', '')}), batch {args.batch} x seq {args.seq} "
           f"= {work.tokens} tokens, {args.dtype}{' autocast' if args.dtype == 'bf16' else ''}, {args.device}, "
@@ -507,6 +516,8 @@ def run(args) -> int:
         prep = tm.build(mode, work, device)
         if fast_fn is not None:
             fast_fn(prep.model, enabled=True)
+        if args.no_dropout:
+            tm.remove_dropout(prep.model)
         check = check_mode(prep, work, tm.reference_masks(mode, work), device, args.dtype)
         if mode.kind == "block":
             prep.backend = last_backend("block_sparse.linear") or "unknown"
@@ -573,7 +584,7 @@ def run(args) -> int:
     payload = {"benchmark": "train", "config": harness.config(args), "machine": machine,
                "model": {"name": work.name, **{k: v for k, v in work.info.items()}, "tokens": work.tokens,
                          "targets": work.targets},
-               "dropout": dropout_line, "fast_dropout": fast_fn is not None,
+               "dropout": dropout_line, "fast_dropout": fast_fn is not None, "no_dropout": args.no_dropout,
                "tolerances": {k: asdict(v) for k, v in TOLERANCES.items()},
                "breakdown_kinds": list(KINDS), "records": records}
     if args.json:

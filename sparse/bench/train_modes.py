@@ -340,8 +340,11 @@ class Prepared:
 
 
 def _adamw(model: nn.Module) -> torch.optim.Optimizer:
-    # lr small enough that a few steps never change a benchmark's numerics much; foreach as default
-    return torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
+    from sparse.optim import adamw
+
+    # the optimizer sparse finetune runs (fused where it can be); lr small enough that a few steps never
+    # change a benchmark's numerics much
+    return adamw(model.parameters(), lr=1e-5, weight_decay=0.01)
 
 
 def build_dense(mode: Mode, work: Workload, device) -> Prepared:
@@ -451,6 +454,17 @@ def fast_dropout_hook() -> tuple[Callable | None, str]:
     if fn is None:
         return None, "fast dropout unavailable (sparse.nn.use_fast_dropout does not exist yet): torch dropout"
     return fn, "fast dropout (sparse.nn.use_fast_dropout)"
+
+
+def remove_dropout(model: nn.Module) -> int:
+    """Every ``nn.Dropout`` of ``model`` (``sparse.nn.Dropout`` too) set to p = 0, which returns its input
+    unchanged without drawing random numbers; attention dropout of Hugging Face models reads its
+    module's ``p``, so it goes too. Returns how many modules had p > 0."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.Dropout) and m.p > 0:
+            m.p, n = 0.0, n + 1
+    return n
 
 
 def bsr_kernel_family(dtype: torch.dtype, device: torch.device) -> str:

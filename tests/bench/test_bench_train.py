@@ -160,6 +160,37 @@ def test_fast_dropout_is_applied_to_every_timed_model(tmp_path, tiny_layer, monk
     assert calls == [] and payload["fast_dropout"] is False
 
 
+def test_no_dropout_times_every_model_without_dropout(tmp_path, tiny_layer, monkeypatch):
+    import sparse.nn
+
+    fast, removed = [], []
+    monkeypatch.setattr(sparse.nn, "use_fast_dropout", lambda model, enabled=True: fast.append(enabled),
+                        raising=False)
+    real = tm.remove_dropout
+    monkeypatch.setattr(tm, "remove_dropout", lambda model: removed.append((real(model), model)) or removed[-1][0])
+    payload = _run(tmp_path, ["--model", tiny_layer, "--modes", "dense,block50", "--no-dropout", *TINY])
+    assert fast == [] and payload["no_dropout"] is True and payload["fast_dropout"] is False
+    assert "no dropout" in payload["dropout"]
+    assert [n for n, _ in removed] == [3, 3]  # attention probabilities, attention output, FFN output
+    for _, model in removed:
+        assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert all(r["correct"] for r in payload["records"])
+
+
+def test_remove_dropout_makes_training_mode_deterministic():
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    torch.manual_seed(0)
+    layer = BertLayer(BertConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                 hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)).train()
+    x = torch.randn(2, 5, 32)
+    assert not torch.equal(layer(x)[0], layer(x)[0])
+    assert tm.remove_dropout(layer) == 3 and tm.remove_dropout(layer) == 0
+    assert torch.equal(layer(x)[0], layer(x)[0])
+    assert torch.allclose(layer(x)[0], layer.eval()(x)[0])
+
+
 def test_fast_dropout_missing_is_reported(tmp_path, tiny_layer, monkeypatch):
     import sparse.nn
 

@@ -315,3 +315,23 @@ def test_closure_is_evaluated():
 
     loss = opt.step(closure)
     assert loss is not None and opt.step_count == 1
+
+
+def test_adamw_is_fused_where_every_parameter_allows_it():
+    from sparse.optim import adamw
+
+    a, b = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))
+    opt = adamw([{"params": [a], "lr": 1e-3}, {"params": [b], "weight_decay": 0.0}], lr=1e-4)
+    assert opt.defaults["fused"] is True and [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4]
+    assert adamw([a], fused=False).defaults["fused"] is False  # the caller's choice wins
+    # a parameter that fused AdamW cannot step (not floating point): torch's default instead
+    c = torch.nn.Parameter(torch.randn(2, dtype=torch.complex64))
+    assert not adamw([a, c]).defaults["fused"]
+    # same update as the unfused AdamW
+    ref = torch.nn.Parameter(a.detach().clone())
+    fused, plain = adamw([a], lr=1e-2), torch.optim.AdamW([ref], lr=1e-2)
+    for _ in range(3):
+        a.grad = torch.ones_like(a)
+        ref.grad = torch.ones_like(ref)
+        fused.step(), plain.step()
+    torch.testing.assert_close(a, ref)
