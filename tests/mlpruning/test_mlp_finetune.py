@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from sparse.finetune import evaluate, finetune, is_dense, load_data, resolve_teacher
+from sparse.finetune import baseline_recipe, evaluate, finetune, is_dense, load_data, resolve_teacher, run_key
 from sparse.mlpruning import is_packed_folder, load_packed
 from sparse.nn import BlockSparseLinear
 from sparse.recipe import RecipeError, load_recipe
@@ -36,7 +36,12 @@ def test_shipped_recipes_load():
     ffn = load_recipe(os.path.join(ROOT, "recipes", "mlpruning-minilm-bbc-ffn.yaml"))
     assert ffn.mlpruning.rows == ("ffn_in",) and ffn.mlpruning.levels == one.mlpruning.levels
     assert ffn.mlpruning.target == one.mlpruning.target and ffn.mlpruning.row_multiple == 32
-    assert (ffn.model, ffn.data, ffn.train, ffn.distill) == (one.model, one.data, one.train, one.distill)
+    assert (ffn.model, ffn.data) == (one.model, one.data) and ffn.train.lr == pytest.approx(3 * one.train.lr)
+    # 3x the dense lr (chosen on validation), distilled from the same dense run as the 50% all-rows recipe
+    assert baseline_recipe(ffn).train == one.train == dense.train
+    assert run_key(baseline_recipe(ffn), 0, 303, 1602, 445) == run_key(baseline_recipe(one), 0, 303, 1602, 445)
+    two_src = two.model.source
+    assert "mlpruning-minilm-bbc-ffn" in two_src and two.distill.teacher == two_src  # the stage measured
 
 
 def test_mlpruning_block_is_strict():
