@@ -324,6 +324,9 @@ def test_adamw_is_fused_where_every_parameter_allows_it():
     opt = adamw([{"params": [a], "lr": 1e-3}, {"params": [b], "weight_decay": 0.0}], lr=1e-4)
     assert opt.defaults["fused"] is True and [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4]
     assert adamw([a], fused=False).defaults["fused"] is False  # the caller's choice wins
+    # a group holding one tensor or a generator keeps its parameters (the check must not consume them)
+    opt = adamw([{"params": a}, {"params": (t for t in [b])}])
+    assert [g["params"] for g in opt.param_groups] == [[a], [b]] and opt.defaults["fused"] is True
     # a parameter that fused AdamW cannot step (not floating point): torch's default instead
     c = torch.nn.Parameter(torch.randn(2, dtype=torch.complex64))
     assert not adamw([a, c]).defaults["fused"]
