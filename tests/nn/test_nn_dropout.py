@@ -149,6 +149,27 @@ def test_attention_training_path_is_eager_with_fast_dropout(name):
 
 
 @requires_kernel
+@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.bfloat16])
+def test_attention_training_path_promotes_as_eager_does(mask_dtype):
+    # bf16 scores (autocast) with an fp32 mask are promoted to fp32, as eager's `weights + mask`; a mask of the
+    # scores' own dtype is added in place, with the same result
+    register_attention()
+    fn = ALL_ATTENTION_FUNCTIONS["sparse_fast_dropout"]
+    module = tiny_bert("eager").encoder.layer[0].attention.self.train()
+    q, k, v = [t.requires_grad_() for t in qkv(3, b=2, h=4, s=33, d=8)]
+    mask = additive_mask(2, 33).to(mask_dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, weights = fn(module, q, k, v, mask, scaling=0.25, dropout=0.3)
+    assert weights.dtype == torch.promote_types(torch.bfloat16, mask_dtype)
+    probs = reference_probs(q.detach(), k.detach(), mask.float(), 0.25)
+    kept = weights != 0
+    assert torch.allclose(weights[kept].float(), probs[kept] / 0.7, rtol=3e-2, atol=1e-3)
+    assert (weights[1, :, :, 6:] == 0).all()  # masked keys get no weight
+    out.float().square().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@requires_kernel
 def test_sdpa_variant_applies_is_causal_when_no_mask_was_built():
     register_attention()
     fn = ALL_ATTENTION_FUNCTIONS["sparse_fast_dropout+sdpa"]
