@@ -21,6 +21,13 @@ over dense measured in this same run (ratio of the medians, and the median of th
 ratios), peak memory of one more step (CPU: the process's RSS
 high-water mark, reset through ``/proc/self/clear_refs``; CUDA: ``max_memory_allocated``), and the
 breakdown of one profiled step by kind of work (:data:`KINDS`, ops mapped by :data:`OP_KINDS`).
+
+Dropout: every model runs ``sparse.nn.use_fast_dropout`` (``--fast-dropout``, the default), PyTorch's dropout
+(``--no-fast-dropout``) or none at all (``--no-dropout``: every dropout at p = 0, the bound on what any
+dropout kernel can save). ``--dropout-paths fast,torch,none`` times every mode on each listed path in the
+same interleaved rounds (records ``<mode>/<path>``, each against dense on its own path) and gives each record
+its step's speedup over the same mode with PyTorch's dropout (``speedup_vs_torch_dropout`` and ``_paired``):
+the fast dropout's gain and its bound, measured side by side rather than in separate runs.
 """
 from __future__ import annotations
 
@@ -202,6 +209,12 @@ def add_arguments(parser) -> None:
                         help="every dropout of every mode's model at p = 0 (no random numbers drawn): the step "
                              "without dropout, the bound on what any dropout kernel can save; instead of "
                              "--fast-dropout")
+    parser.add_argument("--dropout-paths", metavar="LIST", default=None,
+                        help="comma list of dropout paths to time every mode on, interleaved in the same rounds: "
+                             "fast (sparse.nn.use_fast_dropout), torch (PyTorch's dropout), none (every dropout at "
+                             "p = 0, the bound). Each record then names its path and, where the list has torch, "
+                             "its step's speedup over the same mode with PyTorch's dropout (ratio of medians and "
+                             "paired per round); instead of --fast-dropout / --no-dropout")
     parser.add_argument("--plot", metavar="PATH", default=None,
                         help="write a PNG bar chart of step time and speedup per mode (needs matplotlib)")
     parser.add_argument("--seed", type=int, default=0)
@@ -219,6 +232,25 @@ def parse_modes(text: str) -> list[tm.Mode]:
         if m.name not in seen:
             seen.add(m.name)
             out.append(m)
+    return out
+
+
+DROPOUT_PATHS = ("fast", "torch", "none")
+
+
+def dropout_paths(args) -> list[str]:
+    """The dropout paths to time: ``--dropout-paths`` (validated, duplicates dropped), else the one path that
+    ``--fast-dropout`` / ``--no-fast-dropout`` / ``--no-dropout`` say."""
+    if args.dropout_paths is None:
+        return ["none" if args.no_dropout else "fast" if args.fast_dropout else "torch"]
+    if args.no_dropout:
+        raise ValueError("--dropout-paths: give the paths there (e.g. fast,torch,none) instead of --no-dropout")
+    out = []
+    for name in harness.csv_arg(args.dropout_paths, str, "--dropout-paths"):
+        if name not in DROPOUT_PATHS:
+            raise ValueError(f"--dropout-paths: expected a comma list of {', '.join(DROPOUT_PATHS)}; got {name!r}")
+        if name not in out:
+            out.append(name)
     return out
 
 
@@ -469,7 +501,8 @@ def _record(mode: tm.Mode) -> dict:
             "unavailable": None, "correct": None, "check": None, "backend": None, "kernel_family": None,
             "note": "", "forward_ms": None, "backward_ms": None, "optimizer_ms": None, "step_ms": None,
             "infer_ms": None, "infer_speedup_vs_dense": None, "timings": None, "tokens_per_s": None,
-            "speedup_vs_dense": None, "speedup_vs_dense_paired": None,
+            "speedup_vs_dense": None, "speedup_vs_dense_paired": None, "dropout_path": None,
+            "speedup_vs_torch_dropout": None, "speedup_vs_torch_dropout_paired": None,
             "peak_mem_mb": None,
             "step_mem_mb": None, "state_mem_mb": None, "peak_mem_source": None, "breakdown": None,
             "breakdown_ms": None, "breakdown_other_ops": None}
@@ -487,12 +520,15 @@ def run(args) -> int:
     device = harness.setup(args)
     torch.manual_seed(args.seed)
     work = tm.MODELS[args.model](args.batch, args.seq, device, seed=args.seed)
-    if args.no_dropout:
-        fast_fn, dropout_line = None, "no dropout (--no-dropout: every dropout at p = 0, the bound for any dropout kernel)"
-    elif args.fast_dropout:
-        fast_fn, dropout_line = tm.fast_dropout_hook()
-    else:
-        fast_fn, dropout_line = None, "torch dropout (--no-fast-dropout)"
+    paths = dropout_paths(args)
+    fast_fn, fast_line = tm.fast_dropout_hook() if "fast" in paths else (None, "")
+    path_lines = {"fast": fast_line,
+                  "torch": "torch dropout" + (" (--no-fast-dropout)" if args.dropout_paths is None else ""),
+                  "none": "no dropout" + (" (--no-dropout" if args.dropout_paths is None else " (") +
+                          ": every dropout at p = 0, the bound for any dropout kernel)"}
+    dropout_line = "; ".join(path_lines[p] for p in paths)
+    if len(paths) > 1:
+        dropout_line = f"dropout paths {','.join(paths)}, interleaved: {dropout_line}"
     machine = machine_info(device, args.dtype)
     print(f"sparse bench train: {args.model} ({work.info.get('shape', '')}), batch {args.batch} x seq {args.seq} "
           f"= {work.tokens} tokens, {args.dtype}{' autocast' if args.dtype == 'bf16' else ''}, {args.device}, "
@@ -502,32 +538,40 @@ def run(args) -> int:
 
     from sparse.ops import last_backend
 
+    def key(mode: tm.Mode, path: str) -> str:  # one path: the mode's name, as before --dropout-paths
+        return mode.name if len(paths) == 1 else f"{mode.name}/{path}"
+
     records, prepared = [], {}
-    checking = _Progress(len(modes), "build + check")  # masks, packing and the check take a while too
+    checking = _Progress(len(modes) * len(paths), "build + check")  # masks, packing and the check take a while too
     for mode in modes:
-        checking.update(1, mode.name)
-        rec = _record(mode)
-        records.append(rec)
-        why = tm.unavailable(mode, work, device)
-        if why is not None:
-            rec.update(available=False, unavailable=why, note=f"unavailable: {why}")
-            log.info("mode %s unavailable: %s", mode.name, why)
-            continue
-        prep = tm.build(mode, work, device)
-        if fast_fn is not None:
-            fast_fn(prep.model, enabled=True)
-        if args.no_dropout:
-            tm.remove_dropout(prep.model)
-        check = check_mode(prep, work, tm.reference_masks(mode, work), device, args.dtype)
-        if mode.kind == "block":
-            prep.backend = last_backend("block_sparse.linear") or "unknown"
-            rec["kernel_family"] = machine["kernel_family"] if prep.backend == "csrc-cpu" else prep.backend
-        rec.update(correct=check["correct"], check=check, backend=prep.backend, note=prep.note)
-        if not check["correct"]:
-            rec["note"] = "WRONG, not timed: " + "; ".join(check["problems"])
-            log.warning("mode %s failed the correctness check: %s", mode.name, "; ".join(check["problems"]))
-            continue
-        prepared[mode.name] = prep
+        for path in paths:
+            name = key(mode, path)
+            checking.update(1, name)
+            rec = _record(mode)
+            rec.update(mode=name, dropout_path=path)
+            records.append(rec)
+            why = tm.unavailable(mode, work, device)
+            if why is None and path == "fast" and fast_fn is None and len(paths) > 1:
+                why = fast_line
+            if why is not None:
+                rec.update(available=False, unavailable=why, note=f"unavailable: {why}")
+                log.info("mode %s unavailable: %s", name, why)
+                continue
+            prep = tm.build(mode, work, device)
+            if path == "fast" and fast_fn is not None:
+                fast_fn(prep.model, enabled=True)
+            if path == "none":
+                tm.remove_dropout(prep.model)
+            check = check_mode(prep, work, tm.reference_masks(mode, work), device, args.dtype)
+            if mode.kind == "block":
+                prep.backend = last_backend("block_sparse.linear") or "unknown"
+                rec["kernel_family"] = machine["kernel_family"] if prep.backend == "csrc-cpu" else prep.backend
+            rec.update(correct=check["correct"], check=check, backend=prep.backend, note=prep.note)
+            if not check["correct"]:
+                rec["note"] = "WRONG, not timed: " + "; ".join(check["problems"])
+                log.warning("mode %s failed the correctness check: %s", name, "; ".join(check["problems"]))
+                continue
+            prepared[name] = prep
     checking.close()
 
     live = list(prepared)
@@ -536,7 +580,7 @@ def run(args) -> int:
     progress = _Progress((args.warmup + args.steps) * len(live), f"bench train {args.model}")
     try:
         for r in range(args.warmup + args.steps):
-            for name in live:  # round-robin: every mode sees the same machine state
+            for name in live:  # round-robin: every mode (and dropout path) sees the same machine state
                 t = train_step(prepared[name], work, device, args.dtype)
                 i = infer_step(prepared[name], work, device, args.dtype) if args.inference else None
                 if r >= args.warmup:
@@ -569,22 +613,23 @@ def run(args) -> int:
         rec["state_mem_mb"] = tm.mib(tm.state_bytes(prep))
         rec["breakdown"], rec["breakdown_ms"], rec["breakdown_other_ops"] = _profile(prep, work, device, args.dtype)
 
-    dense = records[0]
-    for rec in records:
-        if rec["step_ms"] is not None and dense["step_ms"] is not None:
-            rec["speedup_vs_dense"] = dense["step_ms"] / rec["step_ms"]
-            # the same ratio per round (dense and this mode ran back to back), whose median shrugs off
-            # slow phases of a shared machine better than the ratio of the medians
-            pairs = zip(dense["timings"]["step"]["times_ms"], rec["timings"]["step"]["times_ms"])
-            rec["speedup_vs_dense_paired"] = statistics.median(d / m for d, m in pairs)
-        if rec["infer_ms"] is not None and dense["infer_ms"] is not None:
-            rec["infer_speedup_vs_dense"] = dense["infer_ms"] / rec["infer_ms"]
+    by_key = {r["mode"]: r for r in records}
+    for mode in modes:
+        for path in paths:
+            rec = by_key[key(mode, path)]
+            _speedup(rec, by_key[key(modes[0], path)], "dense")  # dense on the same dropout path
+            if "torch" in paths:
+                _speedup(rec, by_key[key(mode, "torch")], "torch_dropout")  # the same mode on PyTorch's dropout
+            dense = by_key[key(modes[0], path)]
+            if rec["infer_ms"] is not None and dense["infer_ms"] is not None:
+                rec["infer_speedup_vs_dense"] = dense["infer_ms"] / rec["infer_ms"]
 
     _print_tables(records)
     payload = {"benchmark": "train", "config": harness.config(args), "machine": machine,
                "model": {"name": work.name, **{k: v for k, v in work.info.items()}, "tokens": work.tokens,
                          "targets": work.targets},
-               "dropout": dropout_line, "fast_dropout": fast_fn is not None, "no_dropout": args.no_dropout,
+               "dropout": dropout_line, "fast_dropout": fast_fn is not None, "no_dropout": paths == ["none"],
+               "dropout_paths": paths,
                "tolerances": {k: asdict(v) for k, v in TOLERANCES.items()},
                "breakdown_kinds": list(KINDS), "records": records}
     if args.json:
@@ -593,6 +638,16 @@ def run(args) -> int:
         write_plot(args.plot, records, f"{args.model}, {work.tokens} tokens, {args.dtype}, {machine['cpu_model']}",
                    force=args.force)
     return 0
+
+
+def _speedup(rec: dict, base: dict, what: str) -> None:
+    """``speedup_vs_<what>`` of ``rec`` over ``base`` (step, ratio of the medians) and ``..._paired`` (the median
+    of the per-round ratios: both ran in the same round, so a slow phase of a shared machine hits both)."""
+    if rec["step_ms"] is None or base["step_ms"] is None:
+        return
+    rec[f"speedup_vs_{what}"] = base["step_ms"] / rec["step_ms"]
+    pairs = zip(base["timings"]["step"]["times_ms"], rec["timings"]["step"]["times_ms"])
+    rec[f"speedup_vs_{what}_paired"] = statistics.median(d / m for d, m in pairs)
 
 
 def _profile(prep, work, device, dtype):
@@ -619,6 +674,7 @@ def _print_tables(records: list[dict]) -> None:
             C("range", "min-max", missing="-"), C("tokens_per_s", "tok/s", ".0f", missing="-"),
             C("speedup_vs_dense", "vs dense", lambda v: f"{v:.2f}x", missing="-"),
             C("speedup_vs_dense_paired", "paired", lambda v: f"{v:.2f}x", missing="-"),
+            C("speedup_vs_torch_dropout_paired", "vs torch dropout", lambda v: f"{v:.2f}x", missing="-"),
             C("infer_ms", "infer ms", ".1f", missing="-"),
             C("infer_speedup_vs_dense", "infer vs dense", lambda v: f"{v:.2f}x", missing="-"),
             C("peak_mem_mb", "peak MB", ".0f", missing="-"), C("step_mem_mb", "step MB", ".0f", missing="-"),

@@ -177,6 +177,44 @@ def test_no_dropout_times_every_model_without_dropout(tmp_path, tiny_layer, monk
     assert all(r["correct"] for r in payload["records"])
 
 
+def test_dropout_paths_time_every_mode_on_each_path_in_one_run(tmp_path, tiny_layer, monkeypatch):
+    import sparse.nn
+
+    fast, removed = [], []
+    real_fast = sparse.nn.use_fast_dropout
+    monkeypatch.setattr(sparse.nn, "use_fast_dropout",
+                        lambda model, enabled=True: fast.append(model) or real_fast(model, enabled))
+    real = tm.remove_dropout
+    monkeypatch.setattr(tm, "remove_dropout", lambda model: removed.append(model) or real(model))
+    payload = _run(tmp_path, ["--model", tiny_layer, "--modes", "dense,block50", "--dropout-paths",
+                              "fast,torch,none,fast", *TINY])
+    assert payload["dropout_paths"] == ["fast", "torch", "none"]
+    recs = _by_mode(payload)
+    assert list(recs) == [f"{m}/{p}" for m in ("dense", "block50") for p in ("fast", "torch", "none")]
+    assert len(fast) == 2 and len(removed) == 2 and not set(map(id, fast)) & set(map(id, removed))
+    for name, r in recs.items():
+        mode, path = name.split("/")
+        assert r["dropout_path"] == path and r["correct"] and r["step_ms"] > 0
+        assert len(r["timings"]["step"]["times_ms"]) == 2
+        torch_rec = recs[f"{mode}/torch"]
+        # the same arithmetic as the record's own timings, whatever they are
+        assert r["speedup_vs_torch_dropout"] == pytest.approx(torch_rec["step_ms"] / r["step_ms"])
+        ratios = [a / b for a, b in zip(torch_rec["timings"]["step"]["times_ms"], r["timings"]["step"]["times_ms"])]
+        assert r["speedup_vs_torch_dropout_paired"] == pytest.approx(sum(ratios) / 2)  # median of 2 rounds
+        dense = recs[f"dense/{path}"]  # vs dense on the same dropout path
+        assert r["speedup_vs_dense"] == pytest.approx(dense["step_ms"] / r["step_ms"])
+    assert "fast,torch,none" in payload["dropout"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dropout-paths", "fast,bogus"], "--dropout-paths: expected a comma list of fast, torch, none; got 'bogus'"),
+    (["--dropout-paths", "fast,torch", "--no-dropout"], "--dropout-paths: give the paths there"),
+])
+def test_bad_dropout_paths_are_clear_errors(tiny_layer, argv, message, capsys):
+    assert main(["bench", "train", "--model", tiny_layer, "--modes", "dense", *argv, *TINY]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_remove_dropout_makes_training_mode_deterministic():
     from transformers import BertConfig
     from transformers.models.bert.modeling_bert import BertLayer
