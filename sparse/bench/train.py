@@ -522,10 +522,11 @@ def run(args) -> int:
     work = tm.MODELS[args.model](args.batch, args.seq, device, seed=args.seed)
     paths = dropout_paths(args)
     fast_fn, fast_line = tm.fast_dropout_hook() if "fast" in paths else (None, "")
+    flags = args.dropout_paths is None  # one path, said by the older flags
     path_lines = {"fast": fast_line,
-                  "torch": "torch dropout" + (" (--no-fast-dropout)" if args.dropout_paths is None else ""),
-                  "none": "no dropout" + (" (--no-dropout" if args.dropout_paths is None else " (") +
-                          ": every dropout at p = 0, the bound for any dropout kernel)"}
+                  "torch": "torch dropout" + (" (--no-fast-dropout)" if flags else ""),
+                  "none": f"no dropout ({'--no-dropout: ' if flags else ''}every dropout at p = 0, the bound for "
+                          f"any dropout kernel)"}
     dropout_line = "; ".join(path_lines[p] for p in paths)
     if len(paths) > 1:
         dropout_line = f"dropout paths {','.join(paths)}, interleaved: {dropout_line}"

@@ -203,7 +203,7 @@ def test_dropout_paths_time_every_mode_on_each_path_in_one_run(tmp_path, tiny_la
         assert r["speedup_vs_torch_dropout_paired"] == pytest.approx(sum(ratios) / 2)  # median of 2 rounds
         dense = recs[f"dense/{path}"]  # vs dense on the same dropout path
         assert r["speedup_vs_dense"] == pytest.approx(dense["step_ms"] / r["step_ms"])
-    assert "fast,torch,none" in payload["dropout"]
+    assert "fast,torch,none" in payload["dropout"] and "no dropout (every dropout at p = 0" in payload["dropout"]
 
 
 @pytest.mark.parametrize("argv, message", [
