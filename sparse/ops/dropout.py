@@ -23,8 +23,8 @@ medians of 15 interleaved rounds): forward 8.3-11.1x and forward+backward 5.1-7.
 1 thread, 13-15.5x and 7.5-10.1x at 2 threads, on 16x128x384, 16x12x128x128, 16x128x1536 and 16x128x768 in bf16
 and fp32. A whole MiniLM training step with :func:`sparse.nn.use_fast_dropout` vs PyTorch's dropout (``sparse bench
 train --dropout-paths fast,torch,none``, fp32 as ``bf16: auto`` picks there, 2 threads, paired): 1.43x dense, 1.73x
-block90 at 16 x 128 tokens (no dropout at all: 1.53x, 1.99x); 1.16-1.23x at the tweets recipes' 16 x 40-56 tokens,
-where no dropout at all gives 1.22-1.27x (the fp32 matmuls are most of that step).
+block90 at 16 x 128 tokens (no dropout at all: 1.53x, 1.99x); 1.18-1.22x at the tweets recipes' median batch of
+16 x 55 tokens, where no dropout at all gives 1.26x (the fp32 matmuls are most of that step).
 """
 from __future__ import annotations
 
